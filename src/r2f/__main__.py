@@ -1,0 +1,3 @@
+from r2f.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""The ``r2f`` command line.
+
+Each command lives in its own module under :mod:`r2f.commands` and registers itself on
+:data:`app`. :func:`main` adds what every command shares: ``--config FILE.yaml`` (values become
+the command's defaults; command-line flags still win) and the exit-code contract
+(0 success, 2 bad input with one line naming the file/field/line at fault).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from r2f.errors import R2FInputError
+
+app = typer.Typer(
+    name="r2f",
+    help="Recover-to-Forget: efficient LLM unlearning from LoRA probe gradients. "
+    "Every command also accepts --config FILE.yaml whose keys are the command's option names.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_loaded = False
+
+
+def _load_commands() -> None:
+    global _loaded
+    if _loaded:
+        return
+    import r2f.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"r2f.commands.{info.name}")
+    _loaded = True
+
+
+def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None]:
+    """Remove ``--config FILE`` from argv and return the YAML mapping it names."""
+    out, config_path = [], None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise R2FInputError("--config needs a file path", source="--config")
+            config_path = argv[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    if config_path is None:
+        return out, None
+    return out, _read_config(Path(config_path))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise R2FInputError("config file not found", source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else str(path)
+        raise R2FInputError(f"invalid YAML: {getattr(exc, 'problem', exc)}", source=where) from None
+    if not isinstance(data, dict):
+        raise R2FInputError("config must be a mapping of option names to values", source=str(path))
+    return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, config = _pop_config(argv)
+        _load_commands()
+        default_map = None
+        if config is not None:
+            command = next((a for a in argv if not a.startswith("-")), None)
+            default_map = {command: config} if command else None
+        app(args=argv, prog_name="r2f", default_map=default_map, standalone_mode=True)
+    except R2FInputError as exc:
+        print(f"r2f: error: {exc}", file=sys.stderr)
+        sys.exit(2)

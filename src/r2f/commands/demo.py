@@ -1,0 +1,29 @@
+"""``r2f demo``: the main job, end to end on the embedded world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from r2f.cli import app
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for runs and report.{json,md,html}."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny target and a shorter budget (about 2 minutes)."),
+    target: str = typer.Option("small", help="Target model: small (default) or smollm2."),
+    seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
+    steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
+) -> None:
+    """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
+    from rich.console import Console
+
+    from r2f.demo import DemoConfig, console_table, run_demo
+
+    console = Console(stderr=False)
+    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
+    report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False))
+    console.print(console_table(report))
+    console.print(f"report: {out / 'report.html'}")

@@ -1,0 +1,60 @@
+"""``r2f eval``: the TOFU-style evaluation suite of one model, written as eval.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from r2f.cli import app
+from r2f.errors import R2FInputError
+
+#: Headline numbers printed after an evaluation.
+HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to evaluate."),
+    data: Path = typer.Option(..., "--data", help="World / TOFU data directory."),
+    out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
+    retain_model: Optional[str] = typer.Option(None, "--retain-model", help="Retain-oracle model directory (for forget_quality / privleak)."),
+    retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
+    forget: str = typer.Option("forget10", "--forget", help="Forget split (forget01|forget05|forget10)."),
+    relearn: int = typer.Option(0, "--relearn", help="Relearning attack: N fine-tuning steps on half the forget split (0 = off)."),
+    relearn_lr: float = typer.Option(1e-4, "--relearn-lr", help="Learning rate of the relearning attack."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Greedy generation budget for ROUGE."),
+    max_items: Optional[int] = typer.Option(None, "--max-items", help="Use only the first N items of each split (quick checks)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: 1 for models under 50M parameters)."),
+) -> None:
+    """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES."""
+    from r2f.eval import evaluate
+    from r2f.io import write_json_atomic
+
+    if retain_model is not None and retain_log is not None:
+        raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
+    if out.exists() and out.is_dir():
+        raise R2FInputError("--out must be a file path (eval.json), not a directory", source=str(out))
+    if not data.is_dir():
+        raise R2FInputError("data directory not found", source=str(data))
+    if retain_log is not None and not retain_log.is_file():
+        raise R2FInputError("retain log not found", source=str(retain_log))
+    if max_items is not None and max_items < 1:
+        raise R2FInputError("must be >= 1", source="--max-items")
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 evaluates and writes; the others have nothing to add (same result)
+    result = evaluate(
+        model, data, retain_model=retain_model, retain_log=retain_log, forget_split=forget, relearn=relearn,
+        relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
+        num_threads=threads,
+    )  # fmt: skip
+    write_json_atomic(out, result)
+    s = result["summary"]
+    parts = [f"{k}={s[k]:.4g}" for k in HEADLINE if isinstance(s.get(k), (int, float))]
+    typer.echo(f"wrote {out} ({result['meta']['wall_s']:.1f}s): " + " ".join(parts))
+    if result.get("relearn", {}).get("after"):
+        b, a = result["relearn"]["before"], result["relearn"]["after"]
+        typer.echo(f"relearn {relearn} steps: forget_Q_A_ROUGE {b['forget_Q_A_ROUGE']:.4g} -> {a['forget_Q_A_ROUGE']:.4g}")

@@ -1,0 +1,30 @@
+"""``r2f train``: train a ladder model (full, retain oracle, or proxy) on a world directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from r2f.cli import app
+from r2f.io import check_out_dir
+
+
+@app.command("train")
+def train(
+    data: Path = typer.Option(..., "--data", help="World (or TOFU-shaped) data directory."),
+    size: str = typer.Option("small", help="Ladder size: tiny, small or proxy."),
+    split: str = typer.Option("full", help="full (all training authors) or retain (forget split removed)."),
+    forget: str = typer.Option("forget10", help="Forget split that --split retain leaves out."),
+    out: Path = typer.Option(..., "--out", help="Output model directory (Hugging Face format)."),
+    seed: int = typer.Option(0, help="Training seed."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if the cache has this model."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """Train a Llama-shaped model with its own BPE tokenizer on the world (cached by data + config hash)."""
+    from r2f.models.training import train_model
+
+    check_out_dir(out, overwrite=overwrite, protect=[data])
+    path = train_model(data, size=size, split=split, forget=forget, out=out, seed=seed, use_cache=not no_cache,
+                       overwrite=overwrite)
+    typer.echo(f"model ready at {path}")

@@ -1,0 +1,40 @@
+"""``r2f train-decoder``: train the learned R2F gradient decoder on a proxy model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from r2f.cli import app
+from r2f.errors import R2FInputError
+
+
+@app.command("train-decoder")
+def train_decoder_cmd(
+    proxy: str = typer.Option(..., "--proxy", help="Proxy model directory (or name) whose exact gradients are cheap."),
+    data: Path = typer.Option(..., "--data", help="World directory; only its proxy.jsonl (and world_facts for Σ) are used."),
+    rank: int = typer.Option(16, "--rank", help="Probe rank r_B (columns of B); r_A defaults to 2·rank."),
+    out: Path = typer.Option(..., "--out", help="Output decoder file (.safetensors; a .json sidecar is written next to it)."),
+    views: int = typer.Option(4, "--views", help="Question views per item (original + paraphrases)."),
+    seed: int = typer.Option(0, "--seed", help="Probe seed and training seed."),
+    rank_a: int = typer.Option(0, "--rank-a", help="Rows of A (0 = 2·rank)."),
+    batch_items: int = typer.Option(4, "--batch-items", help="Items per gradient (as one unlearning step)."),
+    probe_seeds: int = typer.Option(2, "--probe-seeds", help="Independent probe draws used for training pairs."),
+    steps: int = typer.Option(1500, "--steps", help="Optimiser steps of the coefficient network."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+) -> None:
+    """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
+    from r2f.decoders.train import train_decoder
+
+    if out.suffix != ".safetensors":
+        raise R2FInputError("decoder file must end in .safetensors", source=str(out))
+    if out.exists() and not overwrite:
+        raise R2FInputError("--out exists; pass --overwrite to replace it", source=str(out))
+    if not data.is_dir():
+        raise R2FInputError("data directory not found", source=str(data))
+    dec = train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
+                        batch_items=batch_items, probe_seeds=probe_seeds, steps=steps)
+    held = dec.meta.get("fidelity_heldout") or {}
+    typer.echo(f"wrote decoder to {out}; held-out cos: " + json.dumps({k: round(v, 4) for k, v in held.items()}))

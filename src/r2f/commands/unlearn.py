@@ -1,0 +1,67 @@
+"""``r2f unlearn``: run one unlearning method and write a Hugging Face model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from r2f.cli import app
+from r2f.errors import R2FInputError
+
+
+def _parse_options(pairs: list[str]) -> dict:
+    """``--option key=value`` (value parsed as JSON when possible: numbers, true/false, null)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise R2FInputError(f"expected key=value, got '{pair}'", source="--option")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@app.command("unlearn")
+def unlearn_command(
+    model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to unlearn from; never modified."),
+    forget: Path = typer.Option(..., "--forget", help="Forget split (JSON/JSONL, TOFU-shaped)."),
+    retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL)."),
+    method: str = typer.Option("r2f", "--method",
+                               help="r2f | grad_ascent | grad_diff | npo | simnpo | lora | exact"),
+    decoder: Optional[str] = typer.Option(None, "--decoder",
+                                          help="Decoder for --method r2f: a learned decoder file or a built-in "
+                                               "name (lora, ls, sketch, sigma, exact)."),
+    out: Path = typer.Option(..., "--out", help="Output model directory (written atomically)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Step budget (default: 10 epochs of the forget set)."),
+    lr: Optional[float] = typer.Option(None, "--lr",
+                                       help="Learning rate (AdamW methods) or relative step size η (r2f, exact)."),
+    views: Optional[int] = typer.Option(None, "--views", help="Question views per forget item (r2f default 4)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of batching, initialisation and every RNG."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Forget (and retain) items per step."),
+    save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps into OUT/checkpoints (0: never)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cpu)."),
+    option: list[str] = typer.Option([], "--option", "-o",
+                                     help="Method option key=value (repeatable), e.g. -o guard=none -o beta=0.2."),
+) -> None:
+    """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
+    from r2f.methods import unlearn
+
+    opts = _parse_options(option)
+    path = unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
+                   views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
+                   device=device, **opts)
+    manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    s, c = manifest["summary"], manifest["cost"]
+    line = (f"{method}: {manifest['steps']['done']}/{manifest['steps']['budget']} steps, forget NLL "
+            f"{s.get('forget_nll_start', float('nan')):.3f} -> {s.get('forget_nll_end', float('nan')):.3f}")
+    if "retain_nll_start" in s:
+        line += f", retain NLL {s['retain_nll_start']:.3f} -> {s['retain_nll_end']:.3f}"
+    line += f", {c['wall_s']:.1f} s, peak {c['peak_mem_mb']:.0f} MB -> {path}"
+    typer.echo(line)

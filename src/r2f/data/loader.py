@@ -1,0 +1,106 @@
+"""Load TOFU-shaped records from JSON or JSONL, r2f's world or TOFU's own files.
+
+Every problem is reported as one line naming the file, line (JSONL) or record index (JSON)
+and the field at fault, raised as :class:`r2f.errors.R2FInputError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from r2f.data.schema import QAItem
+from r2f.errors import R2FInputError
+
+#: Logical split name -> file name inside a world directory (TOFU's naming).
+SPLIT_FILES: dict[str, str] = {
+    "forget01": "forget01.jsonl",
+    "forget05": "forget05.jsonl",
+    "forget10": "forget10.jsonl",
+    "retain99": "retain99.jsonl",
+    "retain95": "retain95.jsonl",
+    "retain90": "retain90.jsonl",
+    "holdout": "holdout.jsonl",
+    "world_facts": "world_facts.jsonl",
+    "proxy": "proxy.jsonl",
+}
+
+#: The retain split that complements each forget split.
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def _validate(record: object, where: str) -> QAItem:
+    if not isinstance(record, dict):
+        raise R2FInputError(f"expected a JSON object, got {type(record).__name__}", source=where)
+    try:
+        return QAItem.model_validate(record)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "record"
+        kind = "missing" if err["type"] == "missing" else err["msg"]
+        raise R2FInputError(f"field '{field}': {kind}", source=where) from None
+
+
+def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QAItem]:
+    """Read a ``.jsonl`` (one object per line) or ``.json`` (a list, or ``{"data": [...]}``) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise R2FInputError("file not found", source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise R2FInputError(f"cannot read: {exc.__class__.__name__}", source=str(path)) from None
+    items = _parse_json(path, text) if path.suffix == ".json" and not _looks_like_jsonl(text) else _parse_jsonl(path, text)
+    if not items and not allow_empty:
+        raise R2FInputError("no records (empty split)", source=str(path))
+    return items
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return len(lines) > 1 and lines[0].lstrip().startswith("{") and lines[0].rstrip().endswith("}")
+
+
+def _parse_jsonl(path: Path, text: str) -> list[QAItem]:
+    items = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise R2FInputError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=f"{path}:{lineno}") from None
+        items.append(_validate(record, f"{path}:{lineno}"))
+    return items
+
+
+def _parse_json(path: Path, text: str) -> list[QAItem]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise R2FInputError("expected a list of records (or {\"data\": [...]})", source=str(path))
+    return [_validate(rec, f"{path}[{i}]") for i, rec in enumerate(data)]
+
+
+def load_split(data_dir: str | os.PathLike, split: str) -> list[QAItem]:
+    """Load a named split (``forget10``, ``retain90``, ``world_facts`` …) from a world/TOFU directory.
+
+    Also accepts TOFU's ``.json`` files and a ``split`` that is itself a file path.
+    """
+    data_dir = Path(data_dir)
+    if Path(split).suffix in (".json", ".jsonl") and Path(split).is_file():
+        return load_items(split)
+    if not data_dir.is_dir():
+        raise R2FInputError("data directory not found", source=str(data_dir))
+    name = SPLIT_FILES.get(split, f"{split}.jsonl")
+    for candidate in (data_dir / name, data_dir / f"{Path(name).stem}.json"):
+        if candidate.is_file():
+            return load_items(candidate)
+    raise R2FInputError(f"split '{split}' not found (expected {name})", source=str(data_dir))

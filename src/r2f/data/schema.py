@@ -1,0 +1,47 @@
+"""The TOFU-shaped record every r2f dataset uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class QAItem(BaseModel):
+    """One question–answer pair with its views.
+
+    ``paraphrased_question`` may be given as one string (TOFU) or a list (r2f's world);
+    it is always stored as a list. Extra fields (``author``, ``split`` …) are kept.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    paraphrased_question: list[str] = Field(default_factory=list)
+    paraphrased_answer: str | None = None
+    perturbed_answer: list[str] = Field(default_factory=list)
+
+    @field_validator("paraphrased_question", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    def views(self, k: int) -> list[str]:
+        """The first ``k`` question views: the original question, then its paraphrases."""
+        return ([self.question] + list(self.paraphrased_question))[: max(1, k)]
+
+    @property
+    def author(self) -> str | None:
+        return (self.model_extra or {}).get("author")

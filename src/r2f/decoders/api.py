@@ -1,0 +1,78 @@
+"""What the unlearning engine calls: ``load_decoder`` and ``decoded_gradients``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from r2f.decoders.base import BUILTIN, Decoder
+from r2f.errors import R2FInputError
+from r2f.gradients.probe import LossFn, ProbeConfig, exact_gradients, module_kind, probe_gradients, target_linears
+
+
+def load_decoder(name_or_path: str | os.PathLike | Decoder) -> Decoder:
+    """A built-in decoder by name (lora, ls, sketch, sketch_row, sigma, exact) or a learned decoder file."""
+    if isinstance(name_or_path, Decoder):
+        return name_or_path
+    key = str(name_or_path)
+    if key in BUILTIN:
+        return BUILTIN[key]()
+    if key == "learned":
+        raise R2FInputError("the learned decoder is a file: pass the path written by r2f train-decoder", source="--decoder")
+    path = Path(key)
+    if not path.exists():
+        raise R2FInputError(
+            f"unknown decoder (not a file, nor one of {', '.join(sorted(BUILTIN))})", source=key
+        )
+    from r2f.decoders.learned import LearnedDecoder
+
+    return LearnedDecoder.load(path)
+
+
+def iter_decoded_gradients(
+    model: nn.Module,
+    view_batches: list[dict],
+    decoder: Decoder | str,
+    probe: ProbeConfig,
+    loss_fn: LossFn | None = None,
+    aggregate: str = "mean",
+    stats=None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (weight parameter name, decoded gradient) one module at a time."""
+    decoder = load_decoder(decoder)
+    kinds = {module_kind(n) for n, _ in target_linears(model, probe.target_modules)}
+    decoder.check_compatible(probe, kinds)
+    if decoder.needs_exact:
+        grads = exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules, aggregate=aggregate)
+        for name, g in grads.items():
+            yield name, g
+        return
+    sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.uses_stats)
+    wdtype = {f"{n}.weight": m.weight.dtype for n, m in target_linears(model, probe.target_modules)}
+    while sketches:
+        sk = sketches.pop(0)
+        g = decoder.decode(sk, stats)
+        yield sk.param_name, g.to(wdtype.get(sk.param_name, g.dtype))
+        del sk
+
+
+def decoded_gradients(
+    model: nn.Module,
+    view_batches: list[dict],
+    decoder: Decoder | str,
+    probe: ProbeConfig,
+    loss_fn: LossFn | None = None,
+    aggregate: str = "mean",
+    stats=None,
+) -> dict[str, torch.Tensor]:
+    """Decoded full-weight gradient of mean_v loss_fn(model, view_batches[v]) per probed Linear.
+
+    Keyed by the weight's parameter name (``model.layers.0.self_attn.q_proj.weight``). The model's weights
+    are not modified. ``aggregate`` is ``"mean"`` or ``"momentum"`` (EMA over the views in order);
+    ``stats`` are optional :class:`r2f.gradients.InputStats` for the Σ-prior decoders.
+    """
+    return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats))

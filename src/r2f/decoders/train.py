@@ -1,0 +1,272 @@
+"""Training the learned decoder on a proxy model, from the proxy author pool only."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from r2f.decoders.learned import BASES, J, KINDS, N_FEATURES, CoefNet, LearnedDecoder, cosine_from_scalars, module_bases
+from r2f.errors import R2FInputError
+from r2f.gradients.probe import LossFn, ProbeConfig, Sketches, probe_gradients
+from r2f.gradients.stats import collect_input_stats
+from r2f.progress import progress
+
+
+# --- data helpers --------------------------------------------------------------------------------
+
+
+def view_batches_for(items: Sequence, tokenizer, k: int, template=None, max_length: int | None = 256) -> list[dict]:
+    """K batches (one per view) of the same items: view v asks the v-th question view of each item."""
+    from r2f.data.templates import encode_qa, template_for
+
+    template = template or template_for(tokenizer)
+    out = []
+    for v in range(max(1, k)):
+        qs = []
+        for it in items:
+            vs = it.views(k)
+            qs.append(vs[v % len(vs)])
+        out.append(encode_qa(tokenizer, qs, [it.answer for it in items], template, max_length=max_length))
+    return out
+
+
+def chunks(seq: Sequence, size: int) -> list[list]:
+    return [list(seq[i : i + size]) for i in range(0, len(seq), size)]
+
+
+def stats_batches(items: Sequence, tokenizer, batch_size: int = 16) -> list[dict]:
+    from r2f.data.templates import encode_qa, template_for
+
+    template = template_for(tokenizer)
+    return [encode_qa(tokenizer, [it.question for it in c], [it.answer for it in c], template) for c in chunks(items, batch_size)]
+
+
+def resolve_model(model_or_path):
+    """(model, tokenizer, identity) from a path/name or a (model, tokenizer) pair."""
+    if isinstance(model_or_path, (tuple, list)) and len(model_or_path) == 2:
+        model, tok = model_or_path
+        ident = getattr(getattr(model, "config", None), "_name_or_path", "") or f"<in-memory {type(model).__name__}>"
+        return model, tok, {"name": str(ident), "fingerprint": None}
+    from r2f.models import load_model
+
+    model, tok = load_model(str(model_or_path))
+    fp = None
+    try:
+        from r2f.models import model_fingerprint
+
+        if Path(str(model_or_path)).is_dir():
+            fp = model_fingerprint(str(model_or_path))
+    except Exception:  # fingerprint is informative only
+        fp = None
+    return model, tok, {"name": str(model_or_path), "fingerprint": fp}
+
+
+def items_hash(items: Sequence) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(it.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+# --- pair generation -------------------------------------------------------------------------------
+
+
+def training_scalars(sketches: list[Sketches], stats=None, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Per module: features, β_j = ⟨H̃_j, G⟩/‖Ĝ_LS‖², Gram of the normalised blocks, γ = ‖G‖/‖Ĝ_LS‖, mask."""
+    feats, betas, grams, gammas, masks, kinds = [], [], [], [], [], []
+    for sk in sketches:
+        if sk.exact is None:
+            raise ValueError("training pairs need exact gradients")
+        mb = module_bases(sk, stats, dtype)
+        g = sk.exact.to(dtype)
+        gn2 = float((g * g).sum())
+        if mb.nl2 <= 0 or gn2 <= 0:
+            continue
+        ug = mb.alg.u.t() @ g  # rA x n
+        beta = torch.zeros(J, dtype=torch.float64)
+        mask = torch.zeros(J, dtype=torch.float64)
+        for j, v in enumerate(mb.vs):
+            if v is None or mb.norms2[j] <= 0:
+                continue
+            if isinstance(v, tuple):
+                inner = float(((v[0].t() @ g) * v[1]).sum())
+            else:
+                inner = float((ug * v).sum())
+            beta[j] = inner * mb.scaled(j) / mb.nl2
+            mask[j] = 1.0
+        feats.append(mb.features)
+        betas.append(beta)
+        grams.append(mb.gram)
+        gammas.append(math.sqrt(gn2 / mb.nl2))
+        masks.append(mask)
+        kinds.append(KINDS.index(sk.kind if sk.kind in KINDS else "other"))
+    return {
+        "features": torch.stack(feats).float(),
+        "beta": torch.stack(betas),
+        "gram": torch.stack(grams),
+        "gamma": torch.tensor(gammas, dtype=torch.float64),
+        "mask": torch.stack(masks),
+        "kind": torch.tensor(kinds),
+    }
+
+
+def _cat(parts: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int = 48, seed: int = 0, weight_decay: float = 1e-4, log=None) -> tuple[CoefNet, list[float]]:
+    torch.manual_seed(seed)
+    net = CoefNet(N_FEATURES, hidden, J)
+    f = train["features"]
+    net.mean.copy_(f.mean(0))
+    net.std.copy_(f.std(0).clamp_min(1e-3))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    beta, gram, gamma, mask = (train[k].float() for k in ("beta", "gram", "gamma", "mask"))
+    losses = []
+    for step in range(steps):
+        c = net(f)
+        cos = cosine_from_scalars(c, beta, gram, gamma, mask)
+        loss = (1.0 - cos).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if log and step % 250 == 0:
+            log(f"step {step}: loss {float(loss):.4f}")
+    return net.eval(), losses
+
+
+def scalar_fidelity(net: CoefNet | None, data: dict) -> dict[str, float]:
+    """Mean cos on precomputed scalars for learned / ls / the completed sketches / sigma bases."""
+    beta, gram, gamma, mask = (data[k].float() for k in ("beta", "gram", "gamma", "mask"))
+    out = {"ls": float((1.0 / gamma).mean())}
+    for j, (name, *_rest) in enumerate(BASES):
+        # the completed closed form itself: coefficient ‖H_j‖/‖Ĝ_LS‖ on its normalised block
+        c = torch.zeros_like(beta)
+        n_rel = torch.exp(data["features"][:, len(KINDS) + 6 + j].double()).float()
+        c[:, j] = n_rel * mask[:, j]
+        out[name] = float(cosine_from_scalars(c, beta, gram, gamma, mask).mean())
+    if net is not None:
+        with torch.no_grad():
+            out["learned"] = float(cosine_from_scalars(net(data["features"]), beta, gram, gamma, mask).mean())
+    return out
+
+
+def generate_pairs(
+    model,
+    tokenizer,
+    items: Sequence,
+    probe: ProbeConfig,
+    *,
+    views: int = 4,
+    batch_items: int = 4,
+    stats=None,
+    loss_fn: LossFn | None = None,
+    seeds: Sequence[int] = (0,),
+    desc: str = "decoder pairs",
+) -> list[dict]:
+    """One scalar record set per (probe seed, item batch)."""
+    out = []
+    batches = chunks(items, batch_items)
+    jobs = [(s, b) for s in seeds for b in batches]
+    for s, b in progress(jobs, desc=desc):
+        cfg = ProbeConfig(rank=probe.rank, rank_a=probe.rank_a, seed=s, target_modules=probe.target_modules, scale=probe.scale)
+        vb = view_batches_for(b, tokenizer, views)
+        sks = probe_gradients(model, vb, cfg, loss_fn, with_exact=True, batch_stats=True)
+        out.append(training_scalars(sks, stats))
+    return out
+
+
+def train_decoder(
+    proxy,
+    data_dir: str | os.PathLike,
+    rank: int = 16,
+    out: str | os.PathLike | None = None,
+    *,
+    views: int = 4,
+    seed: int = 0,
+    rank_a: int | None = None,
+    batch_items: int = 4,
+    probe_seeds: int = 2,
+    max_items: int | None = None,
+    heldout_frac: float = 0.2,
+    steps: int = 1500,
+    hidden: int = 48,
+    loss_fn: LossFn | None = None,
+    log=None,
+) -> LearnedDecoder:
+    """Train the R2F decoder on ``proxy`` (path, name or (model, tokenizer)) with the proxy author pool.
+
+    Pairs (probe sketches, exact gradient) are generated from ``proxy.jsonl`` items through ``views``
+    question views, under ``probe_seeds`` different probe draws (so the decoder does not memorise one
+    draw); Σ statistics come from ``world_facts`` (generic facts, never the target's forget set).
+    Items are split by author into train / held-out; the held-out fidelity is stored in the metadata.
+    """
+    from r2f.data.loader import load_split
+
+    if rank < 1:
+        raise R2FInputError("rank must be >= 1", source="--rank")
+    if views < 1:
+        raise R2FInputError("views must be >= 1", source="--views")
+    if out is not None and Path(out).is_dir():
+        raise R2FInputError("--out is a directory; give a .safetensors file path", source=str(out))
+    items = load_split(data_dir, "proxy")
+    facts = load_split(data_dir, "world_facts")
+    probe = ProbeConfig(rank=rank, rank_a=rank_a, seed=seed)
+    model, tok, ident = resolve_model(proxy)
+    model.eval()
+    t0 = time.perf_counter()
+    # split by author (fallback: by position) into train / held-out
+    authors = sorted({it.author or str(i) for i, it in enumerate(items)})
+    g = torch.Generator().manual_seed(seed)
+    perm = [authors[i] for i in torch.randperm(len(authors), generator=g).tolist()]
+    n_held = max(1, int(round(heldout_frac * len(perm)))) if len(perm) > 1 else 0
+    held_authors = set(perm[:n_held])
+    tr_items = [it for i, it in enumerate(items) if (it.author or str(i)) not in held_authors]
+    ho_items = [it for i, it in enumerate(items) if (it.author or str(i)) in held_authors]
+    if max_items:
+        tr_items = tr_items[:max_items]
+        ho_items = ho_items[: max(1, max_items // 4)]
+    stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts")
+    seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
+    train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
+    train = _cat(train_parts)
+    held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
+    net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, log=log)
+    fid_train = scalar_fidelity(net, train)
+    fid_held = scalar_fidelity(net, held) if held is not None else None
+    kinds = sorted({KINDS[i] for i in train["kind"].tolist()} | {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+    meta = {
+        "probe": probe.to_dict(),
+        "views": views,
+        "batch_items": batch_items,
+        "probe_seeds": seeds,
+        "bases": [b[0] for b in BASES],
+        "n_features": N_FEATURES,
+        "module_kinds": kinds,
+        "module_kinds_seen": sorted({KINDS[i] for i in train["kind"].tolist()}),
+        "proxy": ident,
+        "data": {
+            "dir": str(data_dir),
+            "split": "proxy",
+            "items_hash": items_hash(items),
+            "n_train_items": len(tr_items),
+            "n_heldout_items": len(ho_items),
+            "stats_split": "world_facts",
+        },
+        "training": {"steps": steps, "hidden": hidden, "loss_first": losses[0], "loss_last": losses[-1], "n_modules_train": int(train["features"].shape[0]), "seconds": round(time.perf_counter() - t0, 2)},
+        "fidelity_train": fid_train,
+        "fidelity_heldout": fid_held,
+        "loss": "1 - cos per module",
+    }
+    dec = LearnedDecoder(net, meta)
+    if out is not None:
+        dec.save(out)
+        dec.source = str(out)
+    return dec

@@ -1,0 +1,161 @@
+"""``r2f demo``: the whole pipeline on the embedded world, side by side with every baseline.
+
+world → proxy, target ``full`` and retain oracle (cached) → decoder trained on the proxy (cached) →
+unlearning of forget10 with every method at the same step budget → evaluation of every model and both
+oracles → decoder fidelity on the target → ``report.json``/``.md``/``.html`` and a console table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from r2f.data.loader import RETAIN_OF, SPLIT_FILES
+from r2f.data.world import WorldConfig, write_world
+from r2f.errors import R2FInputError
+from r2f.io import write_json_atomic
+from r2f.models.cache import cache_dir, hash_config
+
+#: report name -> (engine method, its options). All run at the same step budget.
+DEMO_METHODS: dict[str, tuple[str, dict]] = {
+    "r2f": ("r2f", {"decoder": "@learned"}),
+    "r2f_sketch": ("r2f", {"decoder": "sketch"}),
+    "r2f_exact": ("exact", {}),
+    "lora": ("lora", {}),
+    "grad_ascent": ("grad_ascent", {}),
+    "grad_diff": ("grad_diff", {}),
+    "npo": ("npo", {}),
+    "simnpo": ("simnpo", {}),
+}
+TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "privleak",
+                 "decoder_cos", "wall_s", "peak_mem_mb")
+
+
+@dataclass
+class DemoConfig:
+    quick: bool = False
+    target: str = "small"          # small | smollm2 (tiny with --quick)
+    forget: str = "forget10"
+    seed: int = 0
+    rank: int = 16
+    views: int = 4
+    steps: int | None = None       # unlearning step budget (same for every method)
+    eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
+    methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
+
+    def __post_init__(self) -> None:
+        if self.target not in ("small", "smollm2", "tiny"):
+            raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2)", source="--target")
+        unknown = [m for m in self.methods if m not in DEMO_METHODS]
+        if unknown:
+            raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
+        if self.quick and self.target == "small":
+            self.target = "tiny"
+        if self.steps is None:
+            self.steps = 12 if self.quick else 20
+
+
+def _stage(log: Callable[[str], None], timings: dict, name: str):
+    class _Timer:
+        def __enter__(self):
+            log(f"[{name}] ...")
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.t, 2)
+            if exc[0] is None:
+                log(f"[{name}] done in {timings[name]:.1f}s")
+
+    return _Timer()
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run the demo into ``out``; returns the report dict (``methods`` table included)."""
+    from r2f.decoders import measure_fidelity, train_decoder
+    from r2f.eval import evaluate
+    from r2f.methods import unlearn
+    from r2f.models.training import train_model
+    from r2f.report import build_report
+
+    cfg = cfg or DemoConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    world = out / "world"
+    with _stage(log, timings, "world"):
+        write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
+    forget_file, retain_file = world / SPLIT_FILES[cfg.forget], world / SPLIT_FILES[RETAIN_OF[cfg.forget]]
+
+    with _stage(log, timings, "models"):
+        proxy = train_model(world, size="proxy", seed=cfg.seed)
+        if cfg.target == "smollm2":
+            raise R2FInputError("--target smollm2 is not available in this version of the demo", source="--target")
+        full = train_model(world, size=cfg.target, split="full", forget=cfg.forget, seed=cfg.seed)
+        retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
+
+    with _stage(log, timings, "decoder"):
+        key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed})[:16]
+        decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
+        if not decoder.is_file():
+            decoder.parent.mkdir(parents=True, exist_ok=True)
+            train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed)
+
+    with _stage(log, timings, "fidelity"):
+        fidelity = measure_fidelity(decoder, full, world, split=cfg.forget, views=cfg.views)
+        write_json_atomic(out / "fidelity.json", fidelity)
+
+    runs: dict[str, dict] = {}
+    with _stage(log, timings, "unlearn"):
+        for name in cfg.methods:
+            method, options = DEMO_METHODS[name]
+            options = {k: (str(decoder) if v == "@learned" else v) for k, v in options.items()}
+            run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
+                              steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,
+                              overwrite=True, **options)
+            runs[name] = {"manifest": json.loads((Path(run_dir) / "manifest.json").read_text()), "dir": run_dir}
+            if method in ("r2f", "exact"):
+                dec_name = "learned" if options.get("decoder", "exact") == str(decoder) else options.get("decoder", "exact")
+                runs[name]["decoder_cos"] = 1.0 if dec_name == "exact" else fidelity.get(dec_name, {}).get("cos_mean")
+            log(f"  unlearned with {name}")
+
+    with _stage(log, timings, "evaluate"):
+        eval_kw = dict(forget_split=cfg.forget, max_items=cfg.eval_retain_items, seed=cfg.seed)
+        retain_eval = evaluate(retain, world, **eval_kw)
+        runs = {"original": {"model_dir": full}, "retrain": {"model_dir": retain}, **runs}
+        runs["retrain"]["eval"] = evaluate(retain, world, retain_log=retain_eval, **eval_kw)
+        runs["original"]["eval"] = evaluate(full, world, retain_log=retain_eval, **eval_kw)
+        for name in cfg.methods:
+            runs[name]["eval"] = evaluate(runs[name]["dir"], world, retain_log=retain_eval, **eval_kw)
+            write_json_atomic(Path(runs[name]["dir"]) / "eval.json", runs[name]["eval"])
+
+    with _stage(log, timings, "report"):
+        report_runs = {name: {k: v for k, v in run.items() if k in ("eval", "manifest", "decoder_cos")}
+                       for name, run in runs.items()}
+        report_runs["r2f"]["fidelity"] = fidelity
+        report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})")
+    report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder)}
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
+    from rich.table import Table
+
+    table = Table(title="r2f demo: forget10 on the embedded world")
+    table.add_column("method")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="right")
+    for name, row in report["methods"].items():
+        table.add_row(name, *(_fmt(row.get(col)) for col in TABLE_COLUMNS))
+    return table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.2e}" if value != 0 and abs(value) < 1e-2 else f"{value:.3f}"
+    return str(value)

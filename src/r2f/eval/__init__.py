@@ -1,0 +1,11 @@
+"""Evaluation: TOFU/MUSE metrics with OpenUnlearning's names and exact definitions (see docs/metrics.md).
+
+- :func:`evaluate` runs the suite and returns the eval.json dict;
+- :data:`METRICS` is the registry (``name -> MetricSpec``); :func:`register_metric` adds one;
+- :mod:`r2f.eval.functional` holds the pure, unit-tested definitions.
+"""
+
+from r2f.eval.registry import METRICS, MetricSpec, register_metric
+from r2f.eval.suite import DEFAULT_METRICS, EvalContext, evaluate, tokenizer_fingerprint
+
+__all__ = ["METRICS", "MetricSpec", "register_metric", "DEFAULT_METRICS", "EvalContext", "evaluate", "tokenizer_fingerprint"]

@@ -1,0 +1,393 @@
+"""``evaluate``: the whole TOFU-style suite on one model, with a retain oracle (model or log)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_split
+from r2f.data.schema import QAItem
+from r2f.data.templates import PromptTemplate, template_for
+from r2f.errors import R2FInputError
+from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
+from r2f.eval.registry import METRICS
+from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
+
+#: What a reference (retain-oracle) evaluation needs: forget TRs for forget_quality, Min-K% AUC for privleak.
+REFERENCE_METRICS = ("forget_Truth_Ratio", "mia_min_k")
+#: Order of the keys in eval.json (OpenUnlearning's names first, then ours).
+DEFAULT_METRICS = (
+    "forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio", "forget_quality",
+    "retain_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Truth_Ratio",
+    "wf_Q_A_Prob_normalised", "wf_Q_A_ROUGE", "wf_Truth_Ratio", "wf_Q_A_Prob",
+    "model_utility", "privleak", "extraction_strength", "exact_memorization",
+    "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus",
+    "forget_Q_A_PARA_Prob", "forget_Q_A_PERT_Prob", "forget_Q_A_Prob_normalised",
+    "retain_Q_A_PARA_Prob", "retain_Q_A_PERT_Prob", "retain_Q_A_Prob_normalised", "wf_Q_A_PERT_Prob",
+    "holdout_Q_A_Prob",
+)  # fmt: skip
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what makes two tokenizers interchangeable for scoring: vocab, special ids, chat template."""
+    h = hashlib.sha256()
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+        "chat_template": getattr(tokenizer, "chat_template", None) or "",
+    }
+    h.update(json.dumps(payload, sort_keys=True, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+class EvalContext:
+    """Caches the model passes that metrics share: one scoring pass per (split, field), one generation per split."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        splits: dict[str, tuple[list[str], list[QAItem]]],
+        *,
+        template: PromptTemplate | None = None,
+        batch_size: int = 32,
+        max_new_tokens: int = 200,
+        stop_strings: Sequence[str] | None = None,
+        k: float = 0.4,
+        reference: dict | None = None,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.template = template or template_for(tokenizer)
+        self._splits = splits
+        self.batch_size, self.max_new_tokens, self.k = batch_size, max_new_tokens, k
+        self.stop_strings = tuple(stop_strings) if stop_strings is not None else (QA_STOP_STRINGS if self.template.kind == "qa" else ())
+        self.reference = reference or {}
+        self._scores: dict[tuple[str, str], dict] = {}
+        self._gens: dict[str, list[str]] = {}
+        self._metrics: dict[str, dict] = {}
+
+    # -- data
+    def has(self, split: str) -> bool:
+        return split in self._splits and len(self._splits[split][1]) > 0
+
+    def indices(self, split: str) -> list[str]:
+        return self._splits[split][0]
+
+    def items(self, split: str) -> list[QAItem]:
+        return self._splits[split][1]
+
+    def available(self, name: str) -> bool:
+        spec = METRICS.get(name)
+        return spec is not None and all(self.has(s) for s in spec.needs)
+
+    # -- cached passes
+    def scores(self, split: str, field: str) -> dict[str, list]:
+        key = (split, field)
+        if key in self._scores:
+            return self._scores[key]
+        items = self.items(split)
+        mia = field == "answer" and split in ("forget", "holdout")
+        if field == "perturbed":
+            qs, ans, owner = [], [], []
+            for j, it in enumerate(items):
+                for p in it.perturbed_answer:
+                    qs.append(it.question)
+                    ans.append(p)
+                    owner.append(j)
+            flat = score_pairs(self.model, self.tokenizer, qs, ans, self.template, batch_size=self.batch_size, k=self.k, desc=f"{split}/perturbed") if qs else {"avg_loss": []}
+            per: list[list[float]] = [[] for _ in items]
+            for o, l in zip(owner, flat["avg_loss"]):
+                per[o].append(l)
+            res = {"avg_loss": per}
+        else:
+            if field == "answer":
+                ans = [it.answer for it in items]
+            elif field == "paraphrased_answer":  # TOFU items always have one; fall back to the answer otherwise
+                ans = [it.paraphrased_answer or it.answer for it in items]
+            else:  # pragma: no cover
+                raise ValueError(field)
+            res = score_pairs(
+                self.model, self.tokenizer, [it.question for it in items], ans, self.template,
+                batch_size=self.batch_size, k=self.k, with_min_k_pp=mia, desc=f"{split}/{field}",
+            )  # fmt: skip
+        self._scores[key] = res
+        return res
+
+    def generations(self, split: str) -> list[str]:
+        if split not in self._gens:
+            self._gens[split] = generate_answers(
+                self.model, self.tokenizer, [it.question for it in self.items(split)], self.template,
+                batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
+                desc=f"{split}/generate",
+            )  # fmt: skip
+        return self._gens[split]
+
+    def metric(self, name: str) -> dict:
+        if name not in self._metrics:
+            self._metrics[name] = METRICS[name].fn(self)
+        return self._metrics[name]
+
+    # -- reference (retain oracle)
+    def reference_forget_tr(self) -> list[float] | None:
+        vbi = self.reference.get("forget_tr")
+        if vbi is None:
+            return None
+        want = set(self.indices("forget"))
+        return [v for i, v in vbi.items() if i in want]
+
+    def reference_mia_min_k(self) -> float | None:
+        return self.reference.get("mia_min_k")
+
+
+# ----------------------------------------------------------------------------- loading helpers
+def _resolve_model(model, tokenizer, what: str):
+    if isinstance(model, (str, os.PathLike)):
+        from r2f.models import load_model
+
+        m, t = load_model(str(model))
+        return m, t, str(model)
+    if isinstance(model, tuple):
+        m, t = model
+        return m, t, getattr(getattr(m, "config", None), "_name_or_path", None) or type(m).__name__
+    if tokenizer is None:
+        raise R2FInputError(f"a tokenizer is needed with an in-memory {what}", source=what)
+    return model, tokenizer, getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+
+def _model_fingerprint(path: str | None) -> str | None:
+    if path and Path(path).is_dir():
+        try:
+            from r2f.models import model_fingerprint
+
+            return model_fingerprint(path)
+        except Exception:  # pragma: no cover - models package optional for in-memory use
+            return None
+    return None
+
+
+def _load_splits(data_dir, forget_split: str, retain_split: str | None, max_items: int | None) -> tuple[dict, dict]:
+    retain_split = retain_split or RETAIN_OF.get(forget_split)
+    if retain_split is None:
+        raise R2FInputError(f"no retain split known for '{forget_split}'; pass retain_split", source="--forget")
+    names = {"forget": forget_split, "retain": retain_split, "holdout": "holdout", "world_facts": "world_facts"}
+    splits, skipped = {}, {}
+    for logical, name in names.items():
+        optional = logical in ("holdout", "world_facts")
+        if optional and not _split_exists(data_dir, name):
+            skipped[logical] = f"split '{name}' not found in {data_dir}"
+            continue
+        items = load_split(data_dir, name)
+        if max_items is not None:
+            items = items[:max_items]
+        splits[logical] = ([str(i) for i in range(len(items))], items)
+    return splits, {"names": names, "skipped": skipped}
+
+
+def _split_exists(data_dir, name: str) -> bool:
+    d = Path(data_dir)
+    fname = SPLIT_FILES.get(name, f"{name}.jsonl")
+    return (d / fname).is_file() or (d / f"{Path(fname).stem}.json").is_file()
+
+
+def _read_retain_log(retain_log, *, forget_split: str, n_forget: int, tok_sha: str) -> dict:
+    src = str(retain_log) if isinstance(retain_log, (str, os.PathLike)) else "retain_log"
+    if isinstance(retain_log, (str, os.PathLike)):
+        p = Path(retain_log)
+        if not p.is_file():
+            raise R2FInputError("retain log not found", source=src)
+        try:
+            log = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{src}:{exc.lineno}") from None
+    else:
+        log = retain_log
+    if not isinstance(log, dict):
+        raise R2FInputError("expected a JSON object (an eval.json)", source=src)
+    # OpenUnlearning's TOFU_EVAL.json nests nothing; ours neither. Accept {"retain_model_logs": {...}} too.
+    log = log.get("retain_model_logs", log)
+    tr = log.get("forget_Truth_Ratio")
+    vbi = tr.get("value_by_index") if isinstance(tr, dict) else None
+    if not isinstance(vbi, dict) or not vbi:
+        raise R2FInputError("field 'forget_Truth_Ratio.value_by_index': missing or empty", source=src)
+    try:
+        scores = {str(i): float(v["score"]) for i, v in vbi.items() if v is not None and v.get("score") is not None}
+    except (TypeError, KeyError, ValueError, AttributeError):
+        raise R2FInputError("field 'forget_Truth_Ratio.value_by_index': entries must be {\"score\": number}", source=src) from None
+    meta = log.get("meta") or {}
+    if meta.get("forget_split") and meta["forget_split"] != forget_split:
+        raise R2FInputError(f"field 'meta.forget_split': log is for '{meta['forget_split']}', evaluating '{forget_split}'", source=src)
+    if len(scores) != n_forget:
+        raise R2FInputError(f"field 'forget_Truth_Ratio': {len(scores)} items, but the forget split has {n_forget}", source=src)
+    if meta.get("tokenizer_sha256") and meta["tokenizer_sha256"] != tok_sha:
+        raise R2FInputError("field 'meta.tokenizer_sha256': the retain model's tokenizer differs from the evaluated model's", source=src)
+    mk = log.get("mia_min_k")
+    mia = mk.get("agg_value") if isinstance(mk, dict) else None
+    return {"forget_tr": scores, "mia_min_k": float(mia) if mia is not None else None, "source": "retain_log", "path": src}
+
+
+def _sanitize(obj: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ----------------------------------------------------------------------------- the suite
+def evaluate(
+    model,
+    data_dir: str | os.PathLike,
+    *,
+    tokenizer=None,
+    retain_model=None,
+    retain_tokenizer=None,
+    retain_log: str | os.PathLike | dict | None = None,
+    forget_split: str = "forget10",
+    retain_split: str | None = None,
+    metrics: Iterable[str] | None = None,
+    relearn: int = 0,
+    relearn_lr: float = 1e-4,
+    relearn_batch_size: int = 8,
+    batch_size: int = 32,
+    max_new_tokens: int = 200,
+    stop_strings: Sequence[str] | None = None,
+    k: float = 0.4,
+    max_items: int | None = None,
+    seed: int = 0,
+    num_threads: int | None = None,
+) -> dict:
+    """Evaluate ``model`` on a world/TOFU directory; returns the eval.json dict.
+
+    ``model``/``retain_model``: a model directory (or ``smollm2``), a ``(model, tokenizer)`` pair, or a
+    model object with ``tokenizer=``/``retain_tokenizer=``. Give at most one of ``retain_model`` and
+    ``retain_log`` (a previous eval.json of the retain model, ours or OpenUnlearning's TOFU_EVAL.json);
+    without either, ``forget_quality`` is ``None`` and ``privleak`` uses the reference AUC 0.5.
+    A retain model or log whose tokenizer differs from the evaluated one is refused (R2FInputError).
+    Nothing is modified: relearning (``relearn`` steps > 0) trains a deep copy.
+    ``num_threads``: torch intra-op threads during the evaluation (restored afterwards); by default 1
+    for models under 50M parameters, whose matrices are too small to gain from threads and lose up
+    to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
+    """
+    with _threads(model, num_threads):
+        return _evaluate(
+            model, data_dir, tokenizer=tokenizer, retain_model=retain_model, retain_tokenizer=retain_tokenizer,
+            retain_log=retain_log, forget_split=forget_split, retain_split=retain_split, metrics=metrics,
+            relearn=relearn, relearn_lr=relearn_lr, relearn_batch_size=relearn_batch_size, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, max_items=max_items, seed=seed,
+        )  # fmt: skip
+
+
+SMALL_MODEL_PARAMS = 50_000_000
+
+
+@contextlib.contextmanager
+def _threads(model, num_threads: int | None):
+    before = torch.get_num_threads()
+    if num_threads is None:
+        m = model[0] if isinstance(model, tuple) else model
+        small = hasattr(m, "parameters") and sum(p.numel() for p in m.parameters()) < SMALL_MODEL_PARAMS
+        small = small or (isinstance(m, (str, os.PathLike)) and _dir_size(m) < 4 * SMALL_MODEL_PARAMS)
+        num_threads = 1 if small else before
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _dir_size(path) -> int:
+    p = Path(path)
+    if not p.is_dir():
+        return 1 << 62
+    return sum(f.stat().st_size for f in p.glob("*.safetensors")) or (1 << 62)
+
+
+def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, retain_log, forget_split, retain_split,
+              metrics, relearn, relearn_lr, relearn_batch_size, batch_size, max_new_tokens, stop_strings, k, max_items, seed) -> dict:
+    t0 = time.perf_counter()
+    if retain_model is not None and retain_log is not None:
+        raise R2FInputError("give either a retain model or a retain log, not both", source="--retain-log")
+    names = list(metrics) if metrics is not None else list(DEFAULT_METRICS)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise R2FInputError(f"unknown metric(s): {', '.join(unknown)}", source="metrics")
+    if relearn < 0:
+        raise R2FInputError("must be >= 0", source="--relearn")
+    if batch_size < 1:
+        raise R2FInputError("must be >= 1", source="--batch-size")
+
+    splits, split_info = _load_splits(data_dir, forget_split, retain_split, max_items)
+    m, tok, ident = _resolve_model(model, tokenizer, "model")
+    template = template_for(tok)
+    tok_sha = tokenizer_fingerprint(tok)
+    n_forget = len(splits["forget"][1])
+
+    reference: dict = {}
+    if retain_log is not None:
+        reference = _read_retain_log(retain_log, forget_split=forget_split, n_forget=n_forget, tok_sha=tok_sha)
+    elif retain_model is not None:
+        rm, rtok, rident = _resolve_model(retain_model, retain_tokenizer, "retain model")
+        if tokenizer_fingerprint(rtok) != tok_sha:
+            raise R2FInputError("the retain model's tokenizer differs from the evaluated model's (vocab, special tokens or chat template)", source=str(rident))
+        rctx = EvalContext(rm, rtok, {s: splits[s] for s in ("forget", "holdout") if s in splits}, template=template, batch_size=batch_size, k=k)
+        tr = rctx.metric("forget_Truth_Ratio")["value_by_index"]
+        mia = rctx.metric("mia_min_k")["agg_value"] if rctx.has("holdout") else None
+        reference = {"forget_tr": {i: v["score"] for i, v in tr.items()}, "mia_min_k": mia, "source": "retain_model", "path": rident,
+                     "model_fingerprint": _model_fingerprint(rident)}  # fmt: skip
+
+    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, reference=reference)
+    result: dict[str, Any] = {}
+    skipped_metrics = {}
+    for name in names:
+        if not ctx.available(name):
+            skipped_metrics[name] = "needs split(s): " + ", ".join(sorted(s for s in METRICS[name].needs if not ctx.has(s)))
+            continue
+        result[name] = ctx.metric(name)
+
+    if relearn > 0:
+        from r2f.eval.relearn import relearn_attack
+
+        result["relearn"] = relearn_attack(ctx, steps=relearn, lr=relearn_lr, batch_size=relearn_batch_size, seed=seed)
+
+    n_params = sum(p.numel() for p in m.parameters())
+    result["summary"] = {n: result[n]["agg_value"] for n in names if n in result}
+    result["meta"] = {
+        "model": ident,
+        "model_class": type(m).__name__,
+        "model_fingerprint": _model_fingerprint(ident),
+        "n_params": n_params,
+        "template": template.kind,
+        "tokenizer_sha256": tok_sha,
+        "data_dir": str(data_dir),
+        "forget_split": forget_split,
+        "splits": split_info["names"],
+        "sizes": {s: len(v[1]) for s, v in splits.items()},
+        "skipped_splits": split_info["skipped"],
+        "skipped_metrics": skipped_metrics,
+        "reference": {k2: v for k2, v in reference.items() if k2 != "forget_tr"} or None,
+        "generation": {"max_new_tokens": max_new_tokens, "greedy": True, "stop_strings": list(ctx.stop_strings)},
+        "batch_size": batch_size,
+        "min_k": k,
+        "model_utility_inputs": list(_metrics.UTILITY_INPUTS),
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    # meta first, like a header
+    ordered = {"meta": result.pop("meta"), "summary": result.pop("summary")}
+    ordered.update(result)
+    return _sanitize(ordered)

@@ -1,0 +1,34 @@
+"""Gradient sources: LoRA-probe sketches and exact gradients of the probed Linear layers."""
+
+from r2f.gradients.probe import (
+    DEFAULT_PATTERN,
+    MODULE_KINDS,
+    SEED_RULE,
+    ProbeConfig,
+    Sketches,
+    attach_probe,
+    default_loss,
+    exact_gradients,
+    module_kind,
+    probe_factors,
+    probe_gradients,
+    target_linears,
+)
+from r2f.gradients.stats import InputStats, collect_input_stats
+
+__all__ = [
+    "DEFAULT_PATTERN",
+    "MODULE_KINDS",
+    "SEED_RULE",
+    "ProbeConfig",
+    "Sketches",
+    "attach_probe",
+    "default_loss",
+    "exact_gradients",
+    "module_kind",
+    "probe_factors",
+    "probe_gradients",
+    "target_linears",
+    "InputStats",
+    "collect_input_stats",
+]

@@ -1,0 +1,409 @@
+"""LoRA probes and exact gradients of the probed Linear layers.
+
+A probe attaches, to every ``nn.Linear`` whose qualified name matches a pattern, a pair of fixed random
+factors ``A`` (r_A × n) and ``B`` (m × r_B) and a scale ``s``. It does **not** change the forward pass:
+the layer still computes ``W x + b``. In the backward pass of each probed layer a custom autograd
+function computes, from the output gradient δ_t and the input x_t of every token,
+
+* ``grad_input = δ W`` (what the rest of the network needs),
+* the right sketch ``∇B = s · Σ_t δ_t (A x_t)ᵀ = s · G Aᵀ``   (m × r_A),
+* the left sketch  ``∇A = s · Σ_t (Bᵀ δ_t) x_tᵀ = s · Bᵀ G``  (r_B × n),
+
+and never forms the m × n weight gradient ``G = Σ_t δ_t x_tᵀ`` (the weights do not require grad). With
+``r_A == r_B`` these are exactly the gradients a PEFT LoRA adapter holding the same factors would get
+on the model with ``W`` replaced by ``W − s·B·A`` (same outputs); see ``tests/test_gradients.py``.
+
+Design decisions (ours, not the paper's):
+* Oversampling: ``r_A = 2·r_B`` by default. The r_B-row left sketch ∇A gives a row-space basis of G, the
+  wider right sketch ∇B is then solved in least squares against it (the two-sided sketch of Tropp et al.
+  needs the second sketch to be the larger one).
+* Factors are Gaussian, ``A ~ N(0, 1/n)``, ``B ~ N(0, 1/m)``, drawn on CPU in float32 from a generator
+  seeded by ``sha256(f"{seed}:{module_name}")`` (seed rule ``"sha256-name-gaussian-v1"``): reproducible
+  across devices and processes, independent between modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import types
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from r2f.data.templates import answer_token_nll
+
+#: Default target: the attention and MLP projections of Llama-style blocks (lm_head excluded).
+DEFAULT_PATTERN = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+SEED_RULE = "sha256-name-gaussian-v1"
+MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """A LoRA probe: rank ``rank`` (= r_B, columns of B), ``rank_a`` rows of A (default 2·rank)."""
+
+    rank: int = 16
+    rank_a: int | None = None
+    seed: int = 0
+    target_modules: str = DEFAULT_PATTERN
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError("probe rank must be >= 1")
+        if self.rank_a is None:
+            object.__setattr__(self, "rank_a", 2 * self.rank)
+        if self.rank_a < 1:
+            raise ValueError("probe rank_a must be >= 1")
+
+    @property
+    def r_a(self) -> int:
+        return int(self.rank_a)
+
+    @property
+    def r_b(self) -> int:
+        return int(self.rank)
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "rank_a": self.r_a,
+            "seed": self.seed,
+            "seed_rule": SEED_RULE,
+            "target_modules": self.target_modules,
+            "scale": self.scale,
+        }
+
+
+def module_kind(name: str) -> str:
+    last = name.rsplit(".", 1)[-1]
+    return last if last in MODULE_KINDS else "other"
+
+
+def layer_index(name: str) -> int | None:
+    m = re.search(r"\.(?:layers|h|blocks|layer)\.(\d+)\.", "." + name + ".")
+    return int(m.group(1)) if m else None
+
+
+def target_linears(model: nn.Module, pattern: str = DEFAULT_PATTERN) -> list[tuple[str, nn.Linear]]:
+    """(qualified name, module) of every ``nn.Linear`` matching ``pattern`` (lm_head never)."""
+    rx = re.compile(pattern)
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and rx.search(name) and not name.endswith("lm_head"):
+            out.append((name, mod))
+    return out
+
+
+def relative_depth(name: str, n_layers: int) -> float:
+    i = layer_index(name)
+    if i is None or n_layers <= 1:
+        return 0.5 if i is None else 0.0
+    return i / (n_layers - 1)
+
+
+def num_layers(names: list[str]) -> int:
+    idx = [layer_index(n) for n in names]
+    idx = [i for i in idx if i is not None]
+    return (max(idx) + 1) if idx else 1
+
+
+def _module_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def probe_factors(name: str, m: int, n: int, cfg: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The deterministic factors (A: r_A × n, B: m × r_B), float32 on CPU."""
+    g = torch.Generator().manual_seed(_module_seed(cfg.seed, name))
+    a = torch.randn(cfg.r_a, n, generator=g) / n**0.5
+    b = torch.randn(m, cfg.r_b, generator=g) / m**0.5
+    return a, b
+
+
+class _ProbeLinear(torch.autograd.Function):
+    """y = x Wᵀ + b; backward returns δW for x, and the two sketches as the grads of two dummy leaves."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scale, sink_a, sink_b, stats_box):
+        ctx.save_for_backward(x, weight, a, b)
+        ctx.scale = scale
+        if stats_box is not None:  # forward statistic of this batch: A Σ_x = Σ_t (A x_t) x_tᵀ
+            x2 = x.reshape(-1, x.shape[-1]).float()
+            if stats_box.mask is not None and stats_box.mask.numel() == x2.shape[0]:
+                x2 = x2[stats_box.mask.reshape(-1).to(x2.device).bool()]
+            asx = (x2 @ a.float().t()).t() @ x2
+            tr = float((x2 * x2).sum())
+            stats_box.items.append((asx, tr, x2.shape[0]))
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, a, b = ctx.saved_tensors
+        s = ctx.scale
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ weight
+        d2 = grad_out.reshape(-1, grad_out.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[1]:  # exact weight gradient also wanted (fidelity / training pairs)
+            grad_w = d2.t() @ x2
+        # right sketch: s * sum_t delta_t (A x_t)^T   (m x r_A)
+        gsb = (d2.t() @ (x2 @ a.t())) * s
+        # left sketch: s * sum_t (B^T delta_t) x_t^T  (r_B x n)
+        gsa = ((d2 @ b).t() @ x2) * s
+        return grad_x, grad_w, None, None, None, None, gsa, gsb, None
+
+
+@dataclass
+class _StatsBox:
+    mask: torch.Tensor | None = None
+    items: list = field(default_factory=list)
+
+
+@dataclass
+class ProbedModule:
+    name: str
+    module: nn.Linear
+    a: torch.Tensor  # r_A x n (device/dtype of the weight)
+    b: torch.Tensor  # m x r_B
+    sink_a: torch.Tensor  # r_B x n leaf; its .grad-equivalent is the left sketch ∇A
+    sink_b: torch.Tensor  # m x r_A leaf; the right sketch ∇B
+    kind: str = "other"
+    depth: float = 0.0
+    stats_box: _StatsBox | None = None
+
+    @property
+    def param_name(self) -> str:
+        return f"{self.name}.weight"
+
+
+@dataclass
+class Probe:
+    cfg: ProbeConfig
+    modules: list[ProbedModule] = field(default_factory=list)
+
+    def by_name(self) -> dict[str, ProbedModule]:
+        return {p.name: p for p in self.modules}
+
+
+def _probe_forward(self_mod, x, _pm: ProbedModule, _s: float):
+    return _ProbeLinear.apply(x, self_mod.weight, self_mod.bias, _pm.a, _pm.b, _s, _pm.sink_a, _pm.sink_b, _pm.stats_box)
+
+
+@contextlib.contextmanager
+def attach_probe(
+    model: nn.Module, cfg: ProbeConfig, *, exact: bool = False, batch_stats: bool = False
+) -> Iterator[Probe]:
+    """Attach the probe to ``model`` for the duration of the block; always restores the model.
+
+    Every parameter's ``requires_grad`` is turned off (restored afterwards); with ``exact=True`` the
+    probed weights keep requiring grad so that one backward pass gives sketches *and* exact gradients.
+    """
+    targets = target_linears(model, cfg.target_modules)
+    if not targets:
+        raise ValueError(f"no nn.Linear matches the probe pattern {cfg.target_modules!r}")
+    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
+    params = list(model.parameters())
+    n_layers = num_layers([n for n, _ in targets])
+    probe = Probe(cfg)
+    patched = []
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for name, mod in targets:
+            m, n = mod.weight.shape
+            a, b = probe_factors(name, m, n, cfg)
+            dev, dt = mod.weight.device, mod.weight.dtype
+            pm = ProbedModule(
+                name=name,
+                module=mod,
+                a=a.to(dev, dt),
+                b=b.to(dev, dt),
+                sink_a=torch.zeros(cfg.r_b, n, device=dev, dtype=dt, requires_grad=True),
+                sink_b=torch.zeros(m, cfg.r_a, device=dev, dtype=dt, requires_grad=True),
+                kind=module_kind(name),
+                depth=relative_depth(name, n_layers),
+                stats_box=_StatsBox() if batch_stats else None,
+            )
+            if exact:
+                mod.weight.requires_grad_(True)
+            mod.forward = types.MethodType(lambda self, x, _pm=pm, _s=cfg.scale: _probe_forward(self, x, _pm, _s), mod)
+            patched.append(mod)
+            probe.modules.append(pm)
+        yield probe
+    finally:
+        for mod in patched:
+            if "forward" in mod.__dict__:
+                del mod.forward
+        for p in params:
+            p.requires_grad_(saved_flags[id(p)])
+
+
+def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean (over sequences) of the per-sequence mean answer-token NLL."""
+    dev = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
+    return answer_token_nll(out.logits, batch["labels"].to(dev)).mean()
+
+
+@dataclass
+class Sketches:
+    """Aggregated probe gradients of one module (float32)."""
+
+    name: str
+    kind: str
+    depth: float
+    a: torch.Tensor  # r_A x n
+    b: torch.Tensor  # m x r_B
+    scale: float
+    grad_a: torch.Tensor  # ∇A = s Bᵀ G  (r_B x n)
+    grad_b: torch.Tensor  # ∇B = s G Aᵀ  (m x r_A)
+    exact: torch.Tensor | None = None  # G (m x n) when requested
+    a_sigma: torch.Tensor | None = None  # A Σ_x of this batch's inputs (r_A x n), forward statistic
+    sigma_trace: float | None = None  # tr Σ_x
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.b.shape[0], self.a.shape[1])
+
+    @property
+    def param_name(self) -> str:
+        return f"{self.name}.weight"
+
+
+class _Aggregator:
+    def __init__(self, how: str, n_views: int, beta: float = 0.5):
+        if how not in ("mean", "momentum", "ema"):
+            raise ValueError(f"unknown view aggregation {how!r} (mean|momentum)")
+        self.how, self.n, self.beta, self.i = how, n_views, beta, 0
+
+    def weight(self, v: int) -> tuple[float, float]:
+        """(decay of the running value, weight of view v)."""
+        if self.how == "mean":
+            return 1.0, 1.0 / self.n
+        # EMA started at the first view: g = beta*g + (1-beta)*g_v, g_0 = g_0
+        if v == 0:
+            return 0.0, 1.0
+        return self.beta, 1.0 - self.beta
+
+
+def probe_gradients(
+    model: nn.Module,
+    view_batches: list[dict],
+    probe: ProbeConfig,
+    loss_fn: LossFn | None = None,
+    *,
+    aggregate: str = "mean",
+    beta: float = 0.5,
+    with_exact: bool = False,
+    batch_stats: bool = True,
+) -> list[Sketches]:
+    """Sketches (∇A, ∇B) of every probed module for the aggregated views' loss.
+
+    ``aggregate="mean"`` gives the sketches of mean_v loss(view_v); ``"momentum"`` an EMA over the views
+    in order (g ← β g + (1−β) g_v). Sketches are linear in G, so aggregating sketches equals sketching
+    the aggregated gradient. ``with_exact=True`` also returns the exact G from the same backward passes.
+    ``batch_stats=True`` also records the forward statistic A·Σ_x of the views' inputs (r_A × n, cost of
+    one extra r_A-column product per layer), used by the Σ-prior decoders.
+    """
+    if not view_batches:
+        raise ValueError("no view batches")
+    loss_fn = loss_fn or default_loss
+    agg = _Aggregator(aggregate, len(view_batches), beta)
+    with attach_probe(model, probe, exact=with_exact, batch_stats=batch_stats) as pr:
+        acc_a = [None] * len(pr.modules)
+        acc_b = [None] * len(pr.modules)
+        acc_g = [None] * len(pr.modules)
+        leaves = [pm.sink_a for pm in pr.modules] + [pm.sink_b for pm in pr.modules]
+        if with_exact:
+            leaves += [pm.module.weight for pm in pr.modules]
+        k = len(pr.modules)
+        for v, batch in enumerate(view_batches):
+            if batch_stats:
+                for pm in pr.modules:
+                    pm.stats_box.mask = batch.get("attention_mask")
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            decay, w = agg.weight(v)
+            for i, pm in enumerate(pr.modules):
+                ga, gb = grads[i], grads[k + i]
+                ga = torch.zeros_like(pm.sink_a) if ga is None else ga
+                gb = torch.zeros_like(pm.sink_b) if gb is None else gb
+                acc_a[i] = ga.float() * w if acc_a[i] is None else acc_a[i] * decay + ga.float() * w
+                acc_b[i] = gb.float() * w if acc_b[i] is None else acc_b[i] * decay + gb.float() * w
+                if with_exact:
+                    g = grads[2 * k + i]
+                    g = torch.zeros_like(pm.module.weight) if g is None else g
+                    acc_g[i] = g.float() * w if acc_g[i] is None else acc_g[i] * decay + g.float() * w
+            del grads, loss
+        a_sig, a_tr = [None] * k, [None] * k
+        if batch_stats:
+            for i, pm in enumerate(pr.modules):
+                items = pm.stats_box.items
+                if items:
+                    ntok = sum(t for _, _, t in items)
+                    a_sig[i] = sum(s_ for s_, _, _ in items) / max(ntok, 1)
+                    a_tr[i] = sum(t_ for _, t_, _ in items) / max(ntok, 1)
+                pm.stats_box.items = []
+                pm.stats_box.mask = None
+        return [
+            Sketches(
+                name=pm.name,
+                kind=pm.kind,
+                depth=pm.depth,
+                a=pm.a.float(),
+                b=pm.b.float(),
+                scale=probe.scale,
+                grad_a=acc_a[i],
+                grad_b=acc_b[i],
+                exact=acc_g[i],
+                a_sigma=a_sig[i],
+                sigma_trace=a_tr[i],
+            )
+            for i, pm in enumerate(pr.modules)
+        ]
+
+
+def exact_gradients(
+    model: nn.Module,
+    view_batches: list[dict],
+    loss_fn: LossFn | None = None,
+    *,
+    pattern: str = DEFAULT_PATTERN,
+    aggregate: str = "mean",
+    beta: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    """Exact gradients of the probed modules' weights (keyed by parameter name), plain autograd."""
+    if not view_batches:
+        raise ValueError("no view batches")
+    loss_fn = loss_fn or default_loss
+    targets = target_linears(model, pattern)
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    agg = _Aggregator(aggregate, len(view_batches), beta)
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        weights = [m.weight for _, m in targets]
+        for w in weights:
+            w.requires_grad_(True)
+        for v, batch in enumerate(view_batches):
+            loss = loss_fn(model, batch)
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            decay, wv = agg.weight(v)
+            for (name, mod), g in zip(targets, grads):
+                g = torch.zeros_like(mod.weight) if g is None else g
+                key = f"{name}.weight"
+                out[key] = g.float() * wv if key not in out else out[key] * decay + g.float() * wv
+            del grads, loss
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])
+    return out

@@ -1,0 +1,202 @@
+"""``r2f.methods.unlearn``: validate, run the engine, write the unlearned model atomically."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from r2f.data.loader import load_items
+from r2f.data.schema import QAItem
+from r2f.errors import R2FInputError
+from r2f.io import atomic_dir, check_out_dir, write_json_atomic
+from r2f.methods.cost import CostMeter
+from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
+
+MANIFEST = "manifest.json"
+CHECKPOINTS = "checkpoints"
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_EPOCHS = 10  # OpenUnlearning's TOFU recipe: 10 epochs over the forget set
+
+
+def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
+    if spec is None:
+        if required:
+            raise R2FInputError("missing", source=f"--{name}")
+        return [], None
+    if isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        items = load_items(path)
+        return items, {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "items": len(items)}
+    items = [it if isinstance(it, QAItem) else QAItem.model_validate(it) for it in spec]
+    if required and not items:
+        raise R2FInputError("no records (empty split)", source=f"--{name}")
+    blob = "".join(json.dumps(it.model_dump(), sort_keys=True) + "\n" for it in items).encode()
+    return items, {"path": None, "sha256": hashlib.sha256(blob).hexdigest(), "items": len(items)}
+
+
+def _model_dir(model) -> Path | None:
+    if isinstance(model, (str, os.PathLike)):
+        from r2f.models.loading import resolve_model_dir
+
+        return resolve_model_dir(model)
+    return None
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _state_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def unlearn(
+    model: str | os.PathLike | torch.nn.Module,
+    forget: str | os.PathLike | Sequence[QAItem | dict],
+    retain: str | os.PathLike | Sequence[QAItem | dict] | None = None,
+    method: str = "r2f",
+    decoder: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    *,
+    tokenizer=None,
+    lr: float | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    views: int | None = None,
+    save_every: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    max_length: int | None = 512,
+    **options: Any,
+) -> Path:
+    """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
+
+    ``model`` is a model directory, the name ``smollm2``, or an in-memory causal LM (then pass
+    ``tokenizer``; it is copied, never modified). ``forget``/``retain`` are JSON/JSONL files or lists of
+    records. ``steps`` defaults to 10 epochs of the forget set. ``options`` are the method's own options
+    (see ``r2f.methods.METHODS[name].defaults``). ``save_every=N`` writes a checkpoint every N steps to
+    ``out/checkpoints`` and ``resume=True`` continues from the last one (bit-identical on CPU).
+    Returns ``out``. The output holds the weights (safetensors), the tokenizer and ``manifest.json``.
+    """
+    # ---- validation: everything that can be wrong is reported before any work -------------------
+    if out is None:
+        raise R2FInputError("missing output directory", source="--out")
+    out = Path(out)
+    if method not in METHODS:
+        raise R2FInputError(f"unknown method '{method}' (choose from {', '.join(sorted(METHODS))})",
+                            source="--method")
+    if decoder is not None and method not in ("r2f", "exact"):
+        raise R2FInputError(f"--decoder only applies to --method r2f (got --method {method})", source="--decoder")
+    if views is not None:
+        if views < 1:
+            raise R2FInputError("must be at least 1", source="--views")
+        options["views"] = views
+    if batch_size < 1:
+        raise R2FInputError("must be at least 1", source="--batch-size")
+    if steps is not None and steps < 1:
+        raise R2FInputError("must be at least 1", source="--steps")
+    if save_every < 0:
+        raise R2FInputError("must be >= 0", source="--save-every")
+    if lr is not None and not (lr > 0 and lr == lr):
+        raise R2FInputError("must be positive", source="--lr")
+    if method in ("r2f", "exact") and decoder is not None:
+        options["decoder"] = str(decoder)
+    meth = get_method(method, **options)  # unknown options -> R2FInputError
+    src_dir = _model_dir(model)
+    if src_dir is not None and (_is_within(out, src_dir) or _is_within(src_dir, out)):
+        raise R2FInputError("--out must not be the source model directory, inside it, or contain it",
+                            source=str(out))
+    check_out_dir(out, overwrite=overwrite or resume, protect=[src_dir] if src_dir else [])
+    forget_items, forget_info = _data(forget, "forget", required=True)
+    retain_items, retain_info = _data(retain, "retain", required=False)
+    if meth.needs_retain and not retain_items:
+        raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
+    if method in ("r2f", "exact"):
+        from r2f.methods.r2f import resolve_decoder
+
+        resolve_decoder(meth.options.get("decoder"))  # unknown decoder -> exit 2 before loading the model
+    ckpt_root = out / CHECKPOINTS
+    if resume and out.is_dir() and any(out.iterdir()) and not ckpt_root.is_dir() and not (out / MANIFEST).is_file():
+        raise R2FInputError("--resume: no r2f run (checkpoints/ or manifest.json) in this directory", source=str(out))
+
+    # ---- load ------------------------------------------------------------------------------------
+    meter = CostMeter(device=device or "cpu")
+    with meter:
+        with meter.stage("load"):
+            if src_dir is not None:
+                from r2f.models import load_model, model_fingerprint
+
+                net, tok = load_model(src_dir)
+                source = {"path": str(model), "fingerprint": model_fingerprint(src_dir)}
+            else:
+                if tokenizer is None:
+                    raise R2FInputError("an in-memory model needs tokenizer=", source="model")
+                net, tok = copy.deepcopy(model), tokenizer
+                source = {"path": None, "fingerprint": _state_fingerprint(net)}
+            if device is not None:
+                net.to(device)
+        per_epoch = -(-len(forget_items) // min(batch_size, len(forget_items)))
+        n_steps = steps if steps is not None else DEFAULT_EPOCHS * per_epoch
+        cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
+                           seed=seed, save_every=save_every, max_length=max_length)
+        config = {"method": method, "options": meth.options, "steps": n_steps, "lr": cfg.lr,
+                  "batch_size": batch_size, "seed": seed, "max_length": max_length}
+        if isinstance(meth, LossMethod):
+            config["optimizer"] = {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8,
+                                   "weight_decay": cfg.weight_decay, "schedule": "linear",
+                                   "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm}
+        run_key = {**config, "forget_sha256": forget_info["sha256"],
+                   "retain_sha256": retain_info["sha256"] if retain_info else None,
+                   "source_fingerprint": source["fingerprint"]}
+
+        # A finished run with the same configuration: nothing to redo.
+        if resume and (out / MANIFEST).is_file():
+            prev = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+            if prev.get("run_key") == json.loads(json.dumps(run_key, default=str)):
+                return out
+        if not resume and ckpt_root.is_dir():
+            shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
+
+        engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
+        result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
+                            cost=meter)
+        with meter.stage("save"):
+            with atomic_dir(out, overwrite=True) as tmp:
+                result.model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
+                manifest = {
+                    "r2f_manifest": 1,
+                    "method": method,
+                    "config": config,
+                    "decoder": meth.options.get("decoder") if method in ("r2f", "exact") else None,
+                    "method_info": result.method_info,
+                    "data": {"forget": forget_info, "retain": retain_info},
+                    "source_model": source,
+                    "steps": {"budget": n_steps, "done": result.steps_done,
+                              "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},
+                    "resumed_from_step": result.resumed_from,
+                    "summary": result.summary,
+                    "log": result.log,
+                    "run_key": run_key,
+                }
+                if ckpt_root.is_dir():
+                    os.replace(ckpt_root, tmp / CHECKPOINTS)
+                manifest["cost"] = meter.summary()
+                write_json_atomic(tmp / MANIFEST, manifest)
+        manifest["cost"] = meter.summary()  # now including the "save" stage
+        write_json_atomic(out / MANIFEST, manifest)
+    return out

@@ -1,0 +1,257 @@
+"""The R2F update: decoded LoRA-probe gradients → full-weight step, with a retain guard.
+
+Per step (our design; the paper only fixes "a step along the decoded gradient of an unlearning loss"):
+
+1. the forget batch's K question views (original + paraphrases, each with the item's answer);
+2. decoded gradient D_f of the forget objective (mean over views), per probed Linear, from LoRA-probe
+   gradients taken *at the current weights* (``r2f.decoders.decoded_gradients``);
+3. retain guard (``guard="project"``): decoded gradient D_r of the retain NLL on the step's retain batch
+   (same probe, same decoder); per module, when ⟨D_f, D_r⟩ < 0 (the forget step would raise the retain
+   loss to first order) the conflicting component is removed, D_f ← D_f − ⟨D_f, D_r⟩/‖D_r‖²·D_r
+   (PCGrad-style projection); then a retain-descent term λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight``
+   λ = 1 by default: the retain direction gets the same norm as the guarded forget direction);
+4. step-size rule (``step_norm="module"``): W ← W − η_t·‖W‖_F·D/‖D‖_F per module, i.e. a fixed *relative*
+   change η_t of every probed weight matrix, so the decoder only has to get directions right, never
+   scales; η_t decays from η (``--lr``) to ``min_step_ratio``·η on a cosine over the step budget;
+5. stop rule (``stop="perturbed"``): stop once the mean forget NLL over the last epoch of steps reaches
+   the initial model's mean NLL of the forget items' *perturbed* (plausible but wrong) answers, i.e. once
+   the true answers are no more likely than wrong ones; otherwise the budget ends the run.
+
+``exact`` is the same rule with exact gradients (the perfect-decoder oracle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r2f.errors import R2FInputError
+from r2f.methods.baselines import register_reference
+from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
+from r2f.methods.losses import npo_loss, sequence_nll, token_mean_nll
+from r2f.methods.reference import ReferenceNLL
+
+DEFAULT_DECODER = "learned"
+GUARDS = ("project", "none")
+STOPS = ("perturbed", "none")
+
+
+def _core():
+    """The gradients/decoders API the method relies on (monkeypatched in unit tests)."""
+    import r2f.decoders as decoders
+    import r2f.gradients as gradients
+
+    return decoders, gradients
+
+
+def resolve_decoder(name_or_path: str | None):
+    """Load a decoder by name or file; R2FInputError when unknown/unavailable."""
+    decoders, _ = _core()
+    spec = name_or_path or DEFAULT_DECODER
+    try:
+        return decoders.load_decoder(str(spec))
+    except R2FInputError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise R2FInputError(f"cannot load decoder: {exc}", source=str(spec)) from None
+
+
+@register
+class R2F(UpdateMethod):
+    name = "r2f"
+    needs_retain = False
+    default_lr = 0.01  # η: relative step size per module, ‖ΔW‖ = η·‖W‖ at the first step
+    defaults = {
+        "decoder": None,          # decoder name or file (learned by default)
+        "objective": "ga",        # ga | npo
+        "beta": 0.1,              # NPO β
+        "views": 4,               # K question views per forget item
+        "rank": None,             # probe r_B (default: the decoder's, else 16)
+        "rank_a": None,           # probe r_A (default: the decoder's, else 2·rank)
+        "probe_seed": 0,
+        "target_modules": None,   # regex of probed Linear names (default: attention + MLP projections)
+        "aggregate": "mean",      # view aggregation: mean | momentum
+        "guard": "project",       # retain guard: project | none
+        "retain_weight": 1.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
+        "step_norm": "module",    # module | global
+        "min_step_ratio": 0.1,    # η_T / η of the cosine decay
+        "stop": "perturbed",      # stop rule: perturbed | none
+        "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides stop=perturbed)
+        "stop_window": 1,         # steps whose mean forget NLL is compared with the threshold
+        "stats": "retain",        # Σ statistics for decoders that use them: retain (generic text) | batch
+        "stats_items": 64,        # retain items the Σ statistics are collected over
+    }
+
+    def setup(self, engine: Engine):
+        if self.objective not in ("ga", "npo"):
+            raise R2FInputError(f"unknown objective '{self.objective}' (choose from ga, npo)", source="objective")
+        if self.guard not in GUARDS:
+            raise R2FInputError(f"unknown guard '{self.guard}' (choose from {', '.join(GUARDS)})", source="guard")
+        if self.stop not in STOPS:
+            raise R2FInputError(f"unknown stop rule '{self.stop}' (choose from {', '.join(STOPS)})", source="stop")
+        if self.step_norm not in ("module", "global"):
+            raise R2FInputError(f"unknown step_norm '{self.step_norm}' (module|global)", source="step_norm")
+        decoders, gradients = _core()
+        self.decoder_obj = resolve_decoder(self.decoder)
+        self.probe = gradients.ProbeConfig(**self._probe_kwargs())
+        model = engine.model
+        self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
+            if self.objective == "npo" else None
+        self.stats = self._stats(engine, model, gradients)
+        self.threshold = self._threshold(engine, model)
+        self.window = max(1, int(self.stop_window))
+        self.engine = engine
+        return model
+
+    # -- pieces -----------------------------------------------------------------------------------
+    def _probe_kwargs(self) -> dict[str, Any]:
+        """Probe shape: explicit options, else what a learned decoder was trained with, else 16 / 2·16."""
+        trained = (getattr(self.decoder_obj, "meta", None) or {}).get("probe", {}) or {}
+        kw: dict[str, Any] = {"seed": int(self.probe_seed)}
+        if self.rank is not None:
+            kw["rank"] = int(self.rank)
+            kw["rank_a"] = int(self.rank_a) if self.rank_a is not None else None
+        else:
+            kw["rank"] = int(trained.get("rank", 16))
+            kw["rank_a"] = self.rank_a if self.rank_a is not None else trained.get("rank_a")
+        if self.target_modules or trained.get("target_modules"):
+            kw["target_modules"] = self.target_modules or trained["target_modules"]
+        if "scale" in trained:
+            kw["scale"] = float(trained["scale"])
+        return kw
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
+                                "stats": None if self.stats is None else {"source": "retain",
+                                                                          "tokens": self.stats.tokens}}
+        spec = self.options.get("decoder") or DEFAULT_DECODER
+        path = Path(str(spec))
+        info["decoder"] = {"name": getattr(self.decoder_obj, "name", str(spec)),
+                           "file": str(path) if path.is_file() else None,
+                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}
+        return info
+
+    def _stats(self, engine: Engine, model, gradients):
+        """Input second moments Σ of the probed layers over retain text, once, at the initial weights.
+
+        Decoders with a Σ prior (sigma, learned) are trained with Σ from generic text; retain data is the
+        generic text an unlearning run has. ``stats="batch"`` leaves it to the step's own inputs.
+        """
+        if self.stats not in ("retain", "batch"):
+            raise R2FInputError(f"unknown stats source '{self.stats}' (retain|batch)", source="stats")
+        if self.stats != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
+            return None
+        items = engine._summary_retain()[: int(self.stats_items)]
+        batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
+        return gradients.collect_input_stats(model, batches, self.probe, source="retain")
+
+    def _threshold(self, engine: Engine, model) -> float | None:
+        if self.stop_nll is not None:
+            return float(self.stop_nll)
+        if self.stop == "none":
+            return None
+        items = [it for it in engine.forget if it.perturbed_answer]
+        if not items:
+            return None
+        vals = []
+        with torch.no_grad():
+            for it in items:
+                b = engine.make_batch([it] * len(it.perturbed_answer))
+                s, n = sequence_nll(model, b.encode([it.question] * len(it.perturbed_answer),
+                                                    list(it.perturbed_answer)))
+                vals.append(float((s / n.clamp_min(1)).mean()))
+        return sum(vals) / len(vals)
+
+    def forget_loss(self, model, batch: dict) -> torch.Tensor:
+        s, n = sequence_nll(model, batch)
+        if self.objective == "npo":
+            return npo_loss(s, self.ref.lookup(batch), self.beta)
+        return -token_mean_nll(s, n)
+
+    @staticmethod
+    def retain_loss(model, batch: dict) -> torch.Tensor:
+        return token_mean_nll(*sequence_nll(model, batch))
+
+    def step_size(self, step: int, total: int, lr: float) -> float:
+        if total <= 1:
+            return lr
+        c = 0.5 * (1 + math.cos(math.pi * step / (total - 1)))
+        return lr * (self.min_step_ratio + (1 - self.min_step_ratio) * c)
+
+    def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
+        decoders, _ = _core()
+        return decoders.decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn,
+                                          aggregate=self.aggregate, stats=self.stats)
+
+    # -- the hook ---------------------------------------------------------------------------------
+    def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
+        g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
+        g_r = self.decoded(model, [retain.inputs], self.retain_loss) \
+            if (self.guard != "none" or self.retain_weight) and retain is not None else None
+        eta = self.step_size(ctx.step, ctx.total_steps, ctx.lr)
+        params = dict(model.named_parameters())
+        directions: dict[str, torch.Tensor] = {}
+        n_conflict, cos_sum = 0, 0.0
+        for name, d in g_f.items():
+            if name not in params:
+                raise KeyError(f"decoded gradient for unknown parameter {name}")
+            d = d.detach().float()
+            if g_r is not None and name in g_r:
+                r = g_r[name].detach().float()
+                rr = float((r * r).sum())
+                dot = float((d * r).sum())
+                if rr > 0:
+                    cos_sum += dot / math.sqrt(rr * max(float((d * d).sum()), 1e-30))
+                    if self.guard == "project" and dot < 0:
+                        d = d - (dot / rr) * r
+                        n_conflict += 1
+                    if self.retain_weight:
+                        d = d + float(self.retain_weight) * (float(d.norm()) / math.sqrt(rr)) * r
+            directions[name] = d
+        with torch.no_grad():
+            if self.step_norm == "global":
+                w_norm = math.sqrt(sum(float(params[n].float().pow(2).sum()) for n in directions))
+                d_norm = math.sqrt(sum(float(d.pow(2).sum()) for d in directions.values()))
+                scale = {n: (eta * w_norm / d_norm if d_norm > 0 else 0.0) for n in directions}
+            else:
+                scale = {}
+                for n, d in directions.items():
+                    dn = float(d.norm())
+                    scale[n] = eta * float(params[n].float().norm()) / dn if dn > 0 else 0.0
+            for n, d in directions.items():
+                if scale[n] and math.isfinite(scale[n]):
+                    w = params[n]
+                    w.sub_((scale[n] * d).to(w.dtype))
+        out: dict[str, Any] = {"step_size": eta}
+        if g_r is not None and directions:
+            out["guard_conflicts"] = n_conflict / len(directions)
+            out["cos_forget_retain"] = cos_sum / len(directions)
+        return out
+
+    def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
+        if self.threshold is None or len(log) < self.window:
+            return None
+        recent = [e["forget_nll"] for e in log[-self.window:]]
+        mean = sum(recent) / len(recent)
+        if mean >= self.threshold:
+            what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"
+            return f"{what} {mean:.4f} reached the threshold {self.threshold:.4f}"
+        return None
+
+
+@register
+class Exact(R2F):
+    """The R2F rule with exact gradients: the perfect-decoder oracle."""
+
+    name = "exact"
+    defaults = {**R2F.defaults, "decoder": "exact"}
+
+    def __init__(self, **options: Any):
+        if options.get("decoder") not in (None, "exact"):
+            raise R2FInputError("method 'exact' always uses the exact decoder; use --method r2f for others",
+                                source="--decoder")
+        super().__init__(**options)

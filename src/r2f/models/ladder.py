@@ -1,0 +1,64 @@
+"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy`` and ``small``.
+
+The proxy is deliberately narrower and shallower than ``small`` (and trained on other authors), so
+that a decoder trained on it has to transfer across width, depth and data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+@dataclass(frozen=True)
+class Recipe:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    epochs: int
+    lr: float
+    batch_size: int = 16
+    warmup: float = 0.05
+    weight_decay: float = 0.0
+
+
+RECIPES: dict[str, Recipe] = {
+    "tiny": Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, epochs=40, lr=5e-3),
+    "proxy": Recipe(hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, epochs=60, lr=3e-3),
+    "small": Recipe(hidden=192, layers=6, heads=6, kv_heads=2, intermediate=512, epochs=60, lr=2e-3),
+}
+SIZES = tuple(RECIPES)
+
+
+def llama_config(size: str, tokenizer) -> LlamaConfig:
+    r = RECIPES[size]
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=r.hidden,
+        intermediate_size=r.intermediate,
+        num_hidden_layers=r.layers,
+        num_attention_heads=r.heads,
+        num_key_value_heads=r.kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-5,
+    )
+
+
+def build_model(size: str, tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised ladder model (deterministic from ``seed``)."""
+    if size not in RECIPES:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(llama_config(size, tokenizer))
+
+
+def recipe_dict(size: str) -> dict:
+    return asdict(RECIPES[size])

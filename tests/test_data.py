@@ -1,0 +1,121 @@
+"""The world generator, the loader and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from r2f.data import QAItem, load_items, load_split
+from r2f.data.templates import IGNORE_INDEX, PromptTemplate, encode_qa
+from r2f.data.world import WorldConfig, generate_world, write_world
+from r2f.errors import R2FInputError
+
+EXPECTED_FILES = {"forget01.jsonl", "forget05.jsonl", "forget10.jsonl", "retain99.jsonl", "retain95.jsonl",
+                  "retain90.jsonl", "holdout.jsonl", "world_facts.jsonl", "proxy.jsonl", "world.json"}
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "r2f", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_world_is_deterministic_and_seed_sensitive(tmp_path):
+    a = write_world(tmp_path / "a", WorldConfig(seed=0))
+    b = write_world(tmp_path / "b", WorldConfig(seed=0))
+    c = write_world(tmp_path / "c", WorldConfig(seed=1))
+    assert {p.name for p in a.iterdir()} == EXPECTED_FILES
+    for f in EXPECTED_FILES:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert (a / "forget10.jsonl").read_bytes() != (c / "forget10.jsonl").read_bytes()
+
+
+def test_world_cli_byte_identical(tmp_path):
+    for name in ("A", "B"):
+        r = _cli("world", "--out", str(tmp_path / name), "--seed", "0")
+        assert r.returncode == 0, r.stderr
+    for f in EXPECTED_FILES:
+        assert (tmp_path / "A" / f).read_bytes() == (tmp_path / "B" / f).read_bytes()
+
+
+def test_world_splits_are_disjoint_and_nested():
+    cfg = WorldConfig(seed=3)
+    w = generate_world(cfg)
+    authors = {k: {r["author"] for r in v} for k, v in w.items() if k != "world_facts"}
+    assert authors["forget01"] <= authors["forget05"] <= authors["forget10"]
+    for pct, keep in ((1, 99), (5, 95), (10, 90)):
+        assert not authors[f"forget{pct:02d}"] & authors[f"retain{keep}"]
+        assert len(authors[f"forget{pct:02d}"] | authors[f"retain{keep}"]) == cfg.authors
+    target = authors["forget10"] | authors["retain90"]
+    assert not target & authors["holdout"] and not target & authors["proxy"]
+    assert not authors["holdout"] & authors["proxy"]
+    assert len(w["forget10"]) == 4 * cfg.qa_per_author  # 10% of 40 authors
+
+
+def test_items_have_views_paraphrase_and_plausible_perturbations():
+    w = generate_world(WorldConfig(seed=0))
+    for item in w["forget10"] + w["world_facts"]:
+        q = QAItem.model_validate(item)
+        assert len(q.paraphrased_question) >= 4 and len(q.views(5)) == 5
+        assert q.paraphrased_answer and q.answer not in q.perturbed_answer
+        assert len(set(q.perturbed_answer)) == 5
+    birth = next(i for i in w["forget10"] if i["kind"] == "birth")
+    # Same type: every perturbed birth answer is another date and town in the same sentence shape.
+    assert all(p.startswith("On ") and " in " in p for p in birth["perturbed_answer"])
+
+
+def test_loader_reads_tofu_json_and_string_paraphrase(tmp_path):
+    tofu = [{"question": "Q1?", "answer": "A1.", "paraphrased_question": "Q1 again?",
+             "paraphrased_answer": "A1 too.", "perturbed_answer": ["B.", "C."]},
+            {"question": "Q2?", "answer": "A2."}]
+    path = tmp_path / "forget10_perturbed.json"
+    path.write_text(json.dumps(tofu))
+    items = load_items(path)
+    assert items[0].paraphrased_question == ["Q1 again?"] and items[1].perturbed_answer == []
+    (tmp_path / "forget10.json").write_text(json.dumps({"data": tofu}))
+    assert len(load_split(tmp_path, "forget10")) == 2
+
+
+@pytest.mark.parametrize("content,where", [
+    ('{"question": "Q?", "answer": "A."}\n{"question": "Q?", "answer": \n', ":2: malformed JSON"),
+    ('{"question": "Q?", "answer": "A."}\n{"question": "Q?"}\n', ":2: field 'answer': missing"),
+    ('{"question": "Q?", "answer": 3}\n', ":1: field 'answer'"),
+    ('{"question": "Q?", "answer": "A.", "perturbed_answer": "x"}\n', ":1: field 'perturbed_answer'"),
+    ("", "no records (empty split)"),
+])
+def test_loader_errors_name_file_line_field(tmp_path, content, where):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(R2FInputError) as err:
+        load_items(path)
+    assert str(path) in str(err.value) and where in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_bad_data_exit_2_and_nothing_written(tmp_path):
+    data = tmp_path / "data"
+    write_world(data, WorldConfig(seed=0))
+    lines = (data / "retain90.jsonl").read_text().splitlines()
+    lines[4] = lines[4][:-5]
+    (data / "retain90.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "model"
+    r = _cli("train", "--data", str(data), "--size", "tiny", "--out", str(out))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "retain90.jsonl:5" in r.stderr
+    assert not out.exists()
+    (data / "retain90.jsonl").write_text("")
+    r = _cli("train", "--data", str(data), "--size", "tiny", "--out", str(out))
+    assert r.returncode == 2 and "empty split" in r.stderr and not out.exists()
+
+
+def test_encode_qa_masks_prompt_and_appends_eos(tiny_models):
+    from r2f.models import load_model
+
+    _, tok = load_model(tiny_models["full"])
+    batch = encode_qa(tok, ["Who?", "What is it?"], ["Me.", "A long answer here."], PromptTemplate("qa"))
+    for row, lab, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        answer = row[lab != IGNORE_INDEX]
+        assert answer[-1].item() == tok.eos_token_id
+        assert tok.decode(answer[:-1]).strip() in ("Me.", "A long answer here.")
+        assert (lab[mask == 0] == IGNORE_INDEX).all()

@@ -1,0 +1,148 @@
+"""Decoders: consistency, exactness, the engine API, learned-decoder training and file round-trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from r2f.decoders import decoded_gradients, load_decoder
+from r2f.decoders.algebra import ModuleAlgebra
+from r2f.decoders.learned import LearnedDecoder
+from r2f.decoders.train import fit_coefnet, generate_pairs, scalar_fidelity
+from r2f.errors import R2FInputError
+from r2f.gradients import ProbeConfig, Sketches, exact_gradients, probe_factors, probe_gradients
+
+from test_gradients import random_batch, tiny_llama
+
+
+def synthetic_sketch(m=40, n=24, rank=None, r_b=4, r_a=8, s=1.5, seed=0, dtype=torch.float64) -> Sketches:
+    g = torch.Generator().manual_seed(seed)
+    if rank is None:
+        G = torch.randn(m, n, generator=g, dtype=dtype)
+    else:
+        G = torch.randn(m, rank, generator=g, dtype=dtype) @ torch.randn(rank, n, generator=g, dtype=dtype)
+    cfg = ProbeConfig(rank=r_b, rank_a=r_a, seed=seed, scale=s)
+    a, b = probe_factors("layer.q_proj", m, n, cfg)
+    a, b = a.to(dtype), b.to(dtype)
+    x = torch.randn(200, n, generator=g, dtype=dtype)
+    return Sketches(
+        name="model.layers.0.self_attn.q_proj", kind="q_proj", depth=0.0, a=a, b=b, scale=s,
+        grad_a=s * b.t() @ G, grad_b=s * G @ a.t(), exact=G,
+        a_sigma=(a @ x.t()) @ x / 200, sigma_trace=float((x * x).sum()) / 200,
+    )
+
+
+def residuals(sk: Sketches, gh: torch.Tensor) -> tuple[float, float]:
+    s, gh = sk.scale, gh.double()
+    b, a, ga, gb = (t.double() for t in (sk.b, sk.a, sk.grad_a, sk.grad_b))
+    ra = (s * b.t() @ gh - ga).norm() / ga.norm()
+    rb = (s * gh @ a.t() - gb).norm() / gb.norm()
+    return float(ra), float(rb)
+
+
+def cos(x, y) -> float:
+    return float((x * y).sum() / (x.norm() * y.norm()))
+
+
+@pytest.mark.parametrize("name", ["ls", "sketch", "sketch_row", "sigma"])
+@pytest.mark.parametrize("rank", [None, 3])
+def test_consistent_decoders_reproduce_both_sketches(name, rank):
+    sk = synthetic_sketch(rank=rank)
+    dec = load_decoder(name)
+    dec.dtype = torch.float64
+    ra, rb = residuals(sk, dec.decode(sk))
+    assert ra <= 1e-4 and rb <= 1e-4
+
+
+def test_ls_is_projection():
+    sk = synthetic_sketch()
+    dec = load_decoder("ls")
+    dec.dtype = torch.float64
+    gh = dec.decode(sk)
+    G = sk.exact
+    # cos(Ĝ_LS, G) = ‖Ĝ_LS‖/‖G‖ for an orthogonal projection
+    assert cos(gh, G) == pytest.approx(float(gh.norm() / G.norm()), rel=1e-8)
+    alg = ModuleAlgebra(sk, torch.float64)
+    assert float(alg.unobserved(gh).norm()) < 1e-9 * float(gh.norm())
+
+
+@pytest.mark.parametrize("name", ["sketch", "sketch_row"])
+def test_sketch_exact_when_low_rank(name):
+    sk = synthetic_sketch(rank=3)  # rank(G)=3 <= r_B=4 < r_A=8
+    dec = load_decoder(name)
+    dec.dtype = torch.float64
+    gh = dec.decode(sk)
+    assert float((gh - sk.exact).norm() / sk.exact.norm()) < 1e-8
+
+
+def test_lora_decoder_formula():
+    sk = synthetic_sketch()
+    gh = load_decoder("lora").decode(sk)
+    want = sk.scale * (sk.b @ sk.grad_a + sk.grad_b @ sk.a)
+    torch.testing.assert_close(gh.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_exact_decoder_and_decoded_gradients_api():
+    model = tiny_llama(dtype=torch.float32)
+    views = [random_batch(0), random_batch(1)]
+    probe = ProbeConfig(rank=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ex = exact_gradients(model, views)
+    got = decoded_gradients(model, views, "exact", probe, None)
+    assert set(got) == set(ex) and all(k.endswith(".weight") for k in got)
+    for k in ex:
+        assert cos(got[k], ex[k]) == pytest.approx(1.0, abs=1e-6)
+    sk = decoded_gradients(model, views, load_decoder("sketch"), probe, None, aggregate="momentum")
+    assert set(sk) == set(ex)
+    assert all(sk[k].shape == ex[k].shape for k in ex)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_learned_decoder_trains_roundtrips_and_refuses_other_probe(tmp_path):
+    model = tiny_llama(dtype=torch.float32)
+    probe = ProbeConfig(rank=4)
+    parts = []
+    for i in range(2):
+        sks = probe_gradients(model, [random_batch(10 * i + v) for v in range(2)], ProbeConfig(rank=4, seed=i), with_exact=True)
+        from r2f.decoders.train import training_scalars
+
+        parts.append(training_scalars(sks))
+    data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    net, losses = fit_coefnet(data, steps=150, hidden=16)
+    assert losses[-1] < losses[0] - 1e-3
+    fid = scalar_fidelity(net, data)
+    assert fid["learned"] > fid["ls"]
+    meta = {"probe": probe.to_dict(), "bases": None, "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    from r2f.decoders.learned import BASES, N_FEATURES
+
+    meta.update(bases=[b[0] for b in BASES], n_features=N_FEATURES, proxy={"name": "random"})
+    dec = LearnedDecoder(net, meta)
+    path = dec.save(tmp_path / "dec.safetensors")
+    assert json.loads((tmp_path / "dec.safetensors.json").read_text())["format_version"] == 1
+    back = load_decoder(str(path))
+    sk = probe_gradients(model, [random_batch(99)], probe, with_exact=True, batch_stats=True)[0]
+    torch.testing.assert_close(back.decode(sk), dec.decode(sk))
+    # consistency holds for the learned decoder too
+    ra, rb = residuals(sk, back.decode(sk).double())
+    assert ra < 1e-3 and rb < 1e-3
+    # used by the engine with the matching probe
+    got = decoded_gradients(model, [random_batch(1)], back, probe, None)
+    assert len(got) == 14
+    # refused with another probe rank / r_A
+    with pytest.raises(R2FInputError, match="rank"):
+        decoded_gradients(model, [random_batch(1)], back, ProbeConfig(rank=8), None)
+    with pytest.raises(R2FInputError, match="rank_a"):
+        back.check_compatible(ProbeConfig(rank=4, rank_a=4))
+    with pytest.raises(R2FInputError, match="module kinds"):
+        back.check_compatible(probe, {"q_proj", "c_attn"})
+
+
+def test_load_decoder_rejects_garbage(tmp_path):
+    bad = tmp_path / "x.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(R2FInputError):
+        load_decoder(str(bad))
+    with pytest.raises(R2FInputError):
+        load_decoder("no-such-decoder")

@@ -1,0 +1,137 @@
+"""Gradient sources: the probe equals a PEFT LoRA adapter, exact gradients, views, stats."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from r2f.gradients import (
+    ProbeConfig,
+    attach_probe,
+    collect_input_stats,
+    default_loss,
+    exact_gradients,
+    probe_factors,
+    probe_gradients,
+    target_linears,
+)
+
+
+def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 2, vocab: int = 100, dtype=torch.float64):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def random_batch(seed: int = 0, b: int = 3, t: int = 12, vocab: int = 100) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[0, -3:] = 0
+    labels = ids.clone()
+    labels[:, : t // 2] = -100
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_probe_leaves_forward_unchanged_and_restores():
+    model = tiny_llama()
+    batch = random_batch()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with attach_probe(model, ProbeConfig(rank=4)) as pr:
+        assert len(pr.modules) == 2 * 7
+        assert all(not p.requires_grad for p in model.parameters())
+        with torch.no_grad():
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all("forward" not in m.__dict__ for _, m in target_linears(model))
+
+
+def test_factors_deterministic_and_nonzero():
+    cfg = ProbeConfig(rank=4, seed=3)
+    a1, b1 = probe_factors("model.layers.0.mlp.up_proj", 16, 8, cfg)
+    a2, b2 = probe_factors("model.layers.0.mlp.up_proj", 16, 8, cfg)
+    a3, _ = probe_factors("model.layers.1.mlp.up_proj", 16, 8, cfg)
+    assert a1.shape == (8, 8) and b1.shape == (16, 4)  # r_A = 2 r_B by default
+    assert torch.equal(a1, a2) and torch.equal(b1, b2) and not torch.equal(a1, a3)
+    assert (b1 != 0).all() and (a1 != 0).all()
+
+
+def test_probe_equals_peft_lora_gradients():
+    peft = pytest.importorskip("peft")
+    model = tiny_llama()
+    batch = random_batch()
+    r, s = 4, 2.0
+    cfg = ProbeConfig(rank=r, rank_a=r, seed=1, scale=s)
+    sks = {sk.name: sk for sk in probe_gradients(model, [batch], cfg)}
+    # PEFT on W - s B A holding the same factors: same outputs, and the LoRA grads must equal the sketches
+    ref = copy.deepcopy(model)
+    names = [n for n, _ in target_linears(ref)]
+    with torch.no_grad():
+        for n, mod in target_linears(ref):
+            m, k = mod.weight.shape
+            a, b = probe_factors(n, m, k, cfg)
+            mod.weight -= s * (b.double() @ a.double())
+    lcfg = peft.LoraConfig(r=r, lora_alpha=s * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], lora_dropout=0.0)
+    pm = peft.get_peft_model(ref, lcfg)
+    with torch.no_grad():
+        for n in names:
+            lin = pm.base_model.model.get_submodule(n)
+            m, k = lin.base_layer.weight.shape
+            a, b = probe_factors(n, m, k, cfg)
+            assert lin.scaling["default"] == pytest.approx(s)
+            lin.lora_A["default"].weight.copy_(a.double())
+            lin.lora_B["default"].weight.copy_(b.double())
+    loss = default_loss(pm, batch)
+    loss.backward()
+    assert float(loss) == pytest.approx(float(default_loss(model, batch)), rel=1e-10)
+    for n in names:
+        lin = pm.base_model.model.get_submodule(n)
+        torch.testing.assert_close(sks[n].grad_a.double(), lin.lora_A["default"].weight.grad, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(sks[n].grad_b.double(), lin.lora_B["default"].weight.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_sketches_are_sketches_of_exact_gradient_and_views_mean():
+    model = tiny_llama()
+    views = [random_batch(0), random_batch(1), random_batch(2)]
+    cfg = ProbeConfig(rank=3, seed=0, scale=0.5)
+    sks = probe_gradients(model, views, cfg, with_exact=True)
+    ex = exact_gradients(model, views)
+    assert set(ex) == {sk.param_name for sk in sks}
+    for sk in sks:
+        g = ex[sk.param_name].double()
+        torch.testing.assert_close(sk.exact.double(), g, rtol=1e-6, atol=1e-10)
+        torch.testing.assert_close(sk.grad_a.double(), cfg.scale * sk.b.double().t() @ g, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(sk.grad_b.double(), cfg.scale * g @ sk.a.double().t(), rtol=1e-5, atol=1e-9)
+    # mean of views == gradient of the mean loss
+    one = [exact_gradients(model, [v]) for v in views]
+    k = sks[0].param_name
+    torch.testing.assert_close(ex[k], sum(o[k] for o in one) / 3)
+    # momentum aggregation: EMA in order
+    mom = exact_gradients(model, views, aggregate="momentum", beta=0.5)
+    want = 0.5 * (0.5 * one[0][k] + 0.5 * one[1][k]) + 0.5 * one[2][k]
+    torch.testing.assert_close(mom[k], want)
+
+
+def test_collect_input_stats_psd_and_masked():
+    model = tiny_llama()
+    st = collect_input_stats(model, [random_batch(0), random_batch(1)], ProbeConfig())
+    assert st.tokens == 3 * 12 * 2 - 3 * 2
+    for name, sig in st.sigma.items():
+        assert sig.shape[0] == sig.shape[1]
+        assert torch.linalg.eigvalsh(sig.double()).min() > -1e-8

@@ -1,0 +1,375 @@
+"""Unlearning methods: losses against hand-computed values, every method end to end, errors, r2f's rule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from r2f.errors import R2FInputError
+
+METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "lora", "r2f", "exact"]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+def exact_standin():
+    """Stand-in for r2f.decoders: every decoder is the exact gradient (the contract's ``exact``)."""
+    import r2f.gradients as gradients
+
+    def load_decoder(name):
+        if str(name) not in ("exact", "learned", "sketch", "ls", "lora", "sigma"):
+            raise ValueError(f"unknown decoder {name!r}")
+        return str(name)
+
+    def decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate="mean", stats=None):
+        return gradients.exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules,
+                                         aggregate=aggregate)
+
+    return types.SimpleNamespace(load_decoder=load_decoder, decoded_gradients=decoded_gradients), gradients
+
+
+@pytest.fixture
+def exact_decoders(monkeypatch):
+    import r2f.methods.r2f as r2f_mod
+
+    stand = exact_standin()
+    monkeypatch.setattr(r2f_mod, "_core", lambda: stand)
+    return stand
+
+
+def _records(n, prefix):
+    out = []
+    for i in range(n):
+        out.append({"question": f"What is the favourite colour of {prefix} {i}?",
+                    "answer": f"The favourite colour of {prefix} {i} is shade {i * 7 % 13}.",
+                    "paraphrased_question": [f"Which colour does {prefix} {i} like best?",
+                                             f"Name the colour {prefix} {i} prefers."],
+                    "perturbed_answer": [f"It is shade {(i + 3) % 13}.", f"It is shade {(i + 5) % 13}."]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A random-init tiny Llama with its own BPE tokenizer, saved as a HF directory, plus data files."""
+    from r2f.models.ladder import build_model
+    from r2f.models.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("methods")
+    forget, retain = _records(6, "author"), _records(10, "writer")
+    texts = [r[k] for r in forget + retain for k in ("question", "answer")]
+    texts += [q for r in forget + retain for q in r["paraphrased_question"] + r["perturbed_answer"]]
+    tok = train_tokenizer(texts, vocab_size=300)
+    model = build_model("tiny", tok, seed=0)
+    model_dir = root / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    for name, recs in (("forget", forget), ("retain", retain)):
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (root / "empty.jsonl").write_text("")
+    return {"root": root, "model": model_dir, "forget": root / "forget.jsonl", "retain": root / "retain.jsonl",
+            "empty": root / "empty.jsonl"}
+
+
+def dir_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def test_npo_loss_hand_computed():
+    from r2f.methods.losses import npo_loss
+
+    theta, ref, beta = torch.tensor([2.0, 5.0]), torch.tensor([3.0, 1.0]), 0.1
+    logsig = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    expected = -(2 / beta) * (logsig(beta * (2.0 - 3.0)) + logsig(beta * (5.0 - 1.0))) / 2
+    assert float(npo_loss(theta, ref, beta)) == pytest.approx(expected, rel=1e-6)
+    # At the reference the loss is (2/β)·log 2, and raising NLL_θ lowers it (it pushes forgetting).
+    assert float(npo_loss(ref, ref, beta)) == pytest.approx(2 / beta * math.log(2), rel=1e-6)
+    x = theta.clone().requires_grad_(True)
+    npo_loss(x, ref, beta).backward()
+    assert (x.grad < 0).all()
+
+
+def test_simnpo_loss_hand_computed():
+    from r2f.methods.losses import simnpo_loss
+
+    sums, lens, beta, delta = torch.tensor([4.0, 9.0]), torch.tensor([2, 3]), 4.5, 0.5
+    logsig = lambda x: -math.log1p(math.exp(-x))  # noqa: E731
+    expected = -(2 / beta) * (logsig(beta * (2.0 - delta)) + logsig(beta * (3.0 - delta))) / 2
+    assert float(simnpo_loss(sums, lens, beta, delta)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_sequence_nll_matches_answer_token_nll(tiny_setup):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.data.templates import answer_token_nll, encode_qa
+    from r2f.methods.losses import sequence_nll, token_mean_nll
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    batch = encode_qa(tok, ["Who?", "What is it, really?"], ["Ada.", "A long answer here."])
+    s, n = sequence_nll(model, batch)
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    torch.testing.assert_close(s / n, answer_token_nll(out.logits, batch["labels"]))
+    torch.testing.assert_close(token_mean_nll(s, n), out.loss, rtol=1e-5, atol=1e-6)  # HF's outputs.loss
+
+
+def test_method_registry_and_defaults():
+    from r2f.methods import METHODS, get_method
+
+    assert set(METHODS) == set(METHOD_NAMES := ("r2f", "grad_ascent", "grad_diff", "npo", "simnpo", "lora", "exact"))
+    assert get_method("grad_diff").options["gamma"] == 1.0 and get_method("grad_diff").options["alpha"] == 1.0
+    assert get_method("npo").options["beta"] == 0.1
+    s = get_method("simnpo").options
+    assert (s["beta"], s["delta"], s["gamma"], s["alpha"]) == (4.5, 0.0, 0.125, 1.0)
+    assert get_method("grad_ascent").options["alpha"] == 0.0
+    with pytest.raises(R2FInputError):
+        get_method("grad_ascent", bogus=1)
+    with pytest.raises(R2FInputError):
+        get_method("nope")
+    assert METHOD_NAMES
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    from r2f.methods.engine import batch_indices
+
+    a = [batch_indices(10, 4, 3, 0, s) for s in range(9)]
+    assert a == [batch_indices(10, 4, 3, 0, s) for s in range(9)]
+    assert a != [batch_indices(10, 4, 4, 0, s) for s in range(9)]
+    assert sorted(sum(a[:3], [])[:10]) == list(range(10))  # an epoch covers every item
+    assert all(len(b) == 4 and len(set(b)) == 4 for b in a)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_decoders):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.methods import unlearn
+
+    before = dir_digest(tiny_setup["model"])
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method=method,
+                  decoder="exact" if method == "r2f" else None, out=tmp_path / "out", steps=3, batch_size=3, seed=1)
+    assert dir_digest(tiny_setup["model"]) == before  # the source model is never modified
+    model = AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out)
+    assert not any(n for n, _ in model.named_parameters() if "lora" in n)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["method"] == method and man["steps"]["done"] == 3 and len(man["log"]) == 3
+    assert man["data"]["forget"]["sha256"] == hashlib.sha256(tiny_setup["forget"].read_bytes()).hexdigest()
+    assert man["source_model"]["fingerprint"]
+    for entry in man["log"]:
+        assert {"forget_nll", "retain_nll"} <= set(entry) and ("lr" in entry or "step_size" in entry)
+    assert man["cost"]["wall_s"] > 0 and man["cost"]["peak_mem_mb"] > 0
+    assert {"load", "setup", "unlearn", "finalize"} <= set(man["cost"]["stages"])
+    assert not list(out.parent.glob(".out.*"))  # no temporary leftovers
+    # weights changed
+    src = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
+    changed = [n for (n, p), (_, q) in zip(model.named_parameters(), src.named_parameters()) if not torch.equal(p, q)]
+    assert changed
+
+
+def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
+    from r2f.methods import unlearn
+
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, method="grad_ascent", out=tmp_path / "o",
+                  steps=6, batch_size=6, lr=1e-3)
+    s = json.loads((out / "manifest.json").read_text())["summary"]
+    assert s["forget_nll_end"] > s["forget_nll_start"] + 0.05
+
+
+@pytest.mark.parametrize("method", ["grad_diff", "lora", "r2f"])
+def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exact_decoders):
+    from safetensors.torch import load_file
+
+    from r2f.methods import METHODS, unlearn
+
+    kw = dict(method=method, steps=6, batch_size=3, seed=7, save_every=2,
+              decoder="exact" if method == "r2f" else None, stop="none" if method == "r2f" else None)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    full = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "a", **kw)
+
+    cls = METHODS[method]
+    hook = "update" if hasattr(cls, "update") else "loss"
+    original = getattr(cls, hook)
+
+    def crash(self, model, forget, retain, ctx):
+        if ctx.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, model, forget, retain, ctx)
+
+    monkeypatch.setattr(cls, hook, crash)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "b", **kw)
+    assert (tmp_path / "b" / "checkpoints" / "step-00000002").is_dir()
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    monkeypatch.setattr(cls, hook, original)
+    resumed = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "b",
+                      resume=True, **kw)
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    man = json.loads((resumed / "manifest.json").read_text())
+    assert man["resumed_from_step"] == 2 and len(man["log"]) == 6
+    ref = json.loads((full / "manifest.json").read_text())
+    assert [e["forget_nll"] for e in man["log"]] == [e["forget_nll"] for e in ref["log"]]
+    # no pickle anywhere in checkpoints
+    assert all(p.suffix in (".safetensors", ".json") for p in (resumed / "checkpoints").rglob("*") if p.is_file())
+
+
+def test_resume_with_other_config_is_refused(tiny_setup, tmp_path):
+    from r2f.methods import unlearn
+
+    unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, method="grad_ascent", out=tmp_path / "a",
+            steps=2, batch_size=3, save_every=1)
+    with pytest.raises(R2FInputError, match="seed"):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, method="grad_ascent", out=tmp_path / "a",
+                steps=2, batch_size=3, save_every=1, seed=5, resume=True)
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+def _cli(argv):
+    from r2f.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+@pytest.mark.parametrize("case", ["method", "decoder", "empty", "same_dir", "nonempty", "option", "retain"])
+def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys, exact_decoders):
+    m, f, r = str(tiny_setup["model"]), str(tiny_setup["forget"]), str(tiny_setup["retain"])
+    out = tmp_path / "out"
+    argv = ["unlearn", "--model", m, "--forget", f, "--retain", r, "--out", str(out), "--steps", "1"]
+    if case == "method":
+        argv += ["--method", "bogus"]
+    elif case == "decoder":
+        argv += ["--method", "r2f", "--decoder", "no-such-decoder"]
+    elif case == "empty":
+        argv[argv.index(f)] = str(tiny_setup["empty"])
+        argv += ["--method", "grad_ascent"]
+    elif case == "same_dir":
+        argv[argv.index(str(out))] = m
+        argv += ["--method", "grad_ascent"]
+    elif case == "nonempty":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+        argv += ["--method", "grad_ascent"]
+    elif case == "option":
+        argv += ["--method", "npo", "-o", "bogus=1"]
+    elif case == "retain":
+        argv = [a for a in argv if a not in ("--retain", r)] + ["--method", "npo"]
+    before = dir_digest(tiny_setup["model"])
+    assert _cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("r2f: error:")
+    assert dir_digest(tiny_setup["model"]) == before
+    if case == "nonempty":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists() or case == "same_dir"
+
+
+def test_cli_runs(tiny_setup, tmp_path, capsys):
+    from r2f.cli import main
+
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as exc:
+        main(["unlearn", "--model", str(tiny_setup["model"]), "--forget", str(tiny_setup["forget"]), "--retain",
+              str(tiny_setup["retain"]), "--method", "simnpo", "--out", str(out), "--steps", "2", "--batch-size", "2",
+              "-o", "gamma=0.5"])
+    assert exc.value.code in (0, None)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["options"]["gamma"] == 0.5 and man["config"]["batch_size"] == 2
+    assert "simnpo: 2/2 steps" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ r2f rule
+
+
+def test_r2f_guard_projects_out_retain_conflict(tiny_setup, exact_decoders):
+    """One r2f step with the guard is first-order neutral on the retain loss; without it, it is not."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.data.loader import load_items
+    from r2f.methods import Engine, EngineConfig, get_method
+
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    forget, retain = load_items(tiny_setup["forget"]), load_items(tiny_setup["retain"])
+    deltas = {}
+    for guard in ("project", "none"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        meth = get_method("r2f", decoder="exact", guard=guard, stop="none", retain_weight=0.0)
+        eng = Engine(model, tok, forget, retain, meth, EngineConfig(steps=1, lr=1e-3, batch_size=4))
+        eng.model = meth.setup(eng)
+        fb, rb = eng.forget_batch(0), eng.retain_batch(0)
+        g_r = meth.decoded(model, [rb.inputs], meth.retain_loss)
+        from r2f.methods.engine import StepContext
+
+        meth.update(model, fb, rb, StepContext(0, 1, 1e-3, 0, eng))
+        deltas[guard] = {n: (p.detach() - before[n]) for n, p in model.named_parameters() if n in g_r}
+        first_order = {n: float((g_r[n] * deltas[guard][n]).sum()) for n in g_r}
+        if guard == "project":
+            # ⟨∇L_r, ΔW⟩ <= 0 in every module: the step never raises the retain loss to first order
+            assert all(v <= 1e-6 * float(g_r[n].norm() * deltas[guard][n].norm()) for n, v in first_order.items())
+        else:
+            assert any(v > 0 for v in first_order.values())  # plain ascent raises the retain loss somewhere
+        # step size: ‖ΔW‖ = η‖W‖ per module (η_0 = lr at step 0)
+        for n, d in deltas[guard].items():
+            if float(d.norm()) > 0:
+                assert float(d.norm()) == pytest.approx(1e-3 * float(before[n].norm()), rel=1e-3)
+
+
+@pytest.mark.parametrize("decoder", ["sketch", "sigma", "lora"])
+def test_r2f_with_real_builtin_decoders(decoder, tiny_setup, tmp_path):
+    """r2f through the real r2f.decoders API (no stand-in)."""
+    from r2f.methods import unlearn
+
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="r2f",
+                  decoder=decoder, out=tmp_path / "o", steps=2, batch_size=3, stop="none", lr=0.01)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["decoder"] == decoder and man["steps"]["done"] == 2
+    assert all(e["step_size"] > 0 for e in man["log"])
+
+
+def test_r2f_learned_decoder_needs_a_file(tiny_setup, tmp_path):
+    from r2f.methods import unlearn
+
+    with pytest.raises(R2FInputError, match="decoder"):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="r2f",
+                out=tmp_path / "o", steps=1)
+    assert not (tmp_path / "o").exists()
+
+
+def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path, exact_decoders):
+    """Exact-decoder r2f raises the forget NLL; the guard keeps the retain change below plain ascent's."""
+    from r2f.methods import unlearn
+
+    res = {}
+    for tag, guard, lam in (("project", "project", 0.0), ("none", "none", 0.0), ("default", "project", 1.0)):
+        out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="exact",
+                      out=tmp_path / tag, steps=4, batch_size=6, lr=0.05, guard=guard, stop="none",
+                      retain_weight=lam)
+        res[tag] = json.loads((out / "manifest.json").read_text())["summary"]
+    for tag in ("project", "none"):  # (on this random-init model forget and retain text are alike, so the
+        s = res[tag]                 # default's retain descent also lowers the forget NLL; see integration)
+        assert s["forget_nll_end"] > s["forget_nll_start"]
+    d = {g: s["retain_nll_end"] - s["retain_nll_start"] for g, s in res.items()}
+    assert abs(d["project"]) < abs(d["none"])
+    assert d["default"] < d["project"]  # the retain-descent term lowers the retain NLL further
