@@ -61,8 +61,10 @@ def test_items_have_views_paraphrase_and_plausible_perturbations():
         assert q.paraphrased_answer and q.answer not in q.perturbed_answer
         assert len(set(q.perturbed_answer)) == 5
     birth = next(i for i in w["forget10"] if i["kind"] == "birth")
-    # Same type: every perturbed birth answer is another date and town in the same sentence shape.
-    assert all(p.startswith("On ") and " in " in p for p in birth["perturbed_answer"])
+    # Same type and the paraphrased answer's sentence shape (the truth-ratio base): another date and town.
+    name = birth["author"]
+    assert all(p.startswith(f"{name} was born in ") for p in birth["perturbed_answer"])
+    assert birth["paraphrased_answer"] not in birth["perturbed_answer"]
 
 
 def test_loader_reads_tofu_json_and_string_paraphrase(tmp_path):

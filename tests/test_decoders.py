@@ -10,7 +10,7 @@ import torch
 from r2f.decoders import decoded_gradients, load_decoder
 from r2f.decoders.algebra import ModuleAlgebra
 from r2f.decoders.learned import LearnedDecoder
-from r2f.decoders.train import fit_coefnet, generate_pairs, scalar_fidelity
+from r2f.decoders.train import fit_coefnet, scalar_fidelity
 from r2f.errors import R2FInputError
 from r2f.gradients import ProbeConfig, Sketches, exact_gradients, probe_factors, probe_gradients
 

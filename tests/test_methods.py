@@ -190,7 +190,7 @@ def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
     assert s["forget_nll_end"] > s["forget_nll_start"] + 0.05
 
 
-@pytest.mark.parametrize("method", ["grad_diff", "lora", "r2f"])
+@pytest.mark.parametrize("method", ["grad_diff", "npo", "lora", "r2f"])
 def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exact_decoders):
     from safetensors.torch import load_file
 
@@ -224,6 +224,7 @@ def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exac
         assert torch.equal(a[k], b[k]), k
     man = json.loads((resumed / "manifest.json").read_text())
     assert man["resumed_from_step"] == 2 and len(man["log"]) == 6
+    assert man["cost"]["total_wall_s"] >= man["cost"]["wall_s"] and "before_resume" in man["cost"]
     ref = json.loads((full / "manifest.json").read_text())
     assert [e["forget_nll"] for e in man["log"]] == [e["forget_nll"] for e in ref["log"]]
     # no pickle anywhere in checkpoints
@@ -373,3 +374,37 @@ def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path, exact
     d = {g: s["retain_nll_end"] - s["retain_nll_start"] for g, s in res.items()}
     assert abs(d["project"]) < abs(d["none"])
     assert d["default"] < d["project"]  # the retain-descent term lowers the retain NLL further
+
+
+def test_resume_of_a_finished_run_returns_it_and_foreign_dir_is_refused(tiny_setup, tmp_path):
+    from r2f.methods import unlearn
+
+    kw = dict(method="grad_ascent", steps=2, batch_size=3, save_every=1)
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, out=tmp_path / "a", **kw)
+    before = dir_digest(out)
+    assert unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, out=out, resume=True, **kw) == out
+    assert dir_digest(out) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a run")
+    with pytest.raises(R2FInputError, match="resume"):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, out=foreign, resume=True, **kw)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_in_memory_model_and_records_are_not_modified(tiny_setup, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.methods import unlearn
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    records = [json.loads(line) for line in tiny_setup["forget"].read_text().splitlines()]
+    with pytest.raises(R2FInputError, match="tokenizer"):
+        unlearn(model, records, None, method="grad_ascent", out=tmp_path / "x", steps=1)
+    out = unlearn(model, records, None, method="grad_ascent", out=tmp_path / "o", steps=2, tokenizer=tok, lr=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["source_model"]["path"] is None and len(man["source_model"]["fingerprint"]) == 64
+    assert man["data"]["forget"]["items"] == len(records)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -50,7 +49,7 @@ def make_runs(root: Path) -> list[Path]:
         d.mkdir(parents=True)
         (d / "eval.json").write_text(json.dumps(_eval(fq, mu, fr, rr, pl, rl)))
         if name != "retain":
-            log = [{"step": s, "forget_loss": 2.0 + s * (0.3 if name != "npo" else 0.1), "retain_loss": 1.0 + 0.01 * s} for s in range(12)]
+            log = [{"step": s, "forget_loss": 2.0 + s * {"grad_ascent": 0.5, "npo": 0.1, "r2f": 0.3}[name], "retain_loss": 1.0 + 0.01 * s} for s in range(12)]
             (d / "manifest.json").write_text(json.dumps({"method": name, "config": {"decoder": dec} if dec else {}, "log": log,
                                                          "cost": {"wall_s": {"grad_ascent": 12.0, "npo": 20.0, "r2f": 9.0}[name], "peak_mem_mb": 800 + 10 * len(name)}}))
         if name == "r2f":

@@ -3,7 +3,8 @@
 Each command lives in its own module under :mod:`r2f.commands` and registers itself on
 :data:`app`. :func:`main` adds what every command shares: ``--config FILE.yaml`` (values become
 the command's defaults; command-line flags still win) and the exit-code contract
-(0 success, 2 bad input with one line naming the file/field/line at fault).
+(0 success, 2 bad input with one line naming the file/field/line at fault, 3 a run that kept
+producing NaN/Inf beyond --max-failures).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import typer
 
-from r2f.errors import R2FInputError
+from r2f.errors import R2FInputError, R2FNumericalError
 
 app = typer.Typer(
     name="r2f",
@@ -93,7 +94,21 @@ def main(argv: list[str] | None = None) -> None:
         if config is not None:
             command = next((a for a in argv if not a.startswith("-")), None)
             default_map = {command: config} if command else None
-        app(args=argv, prog_name="r2f", default_map=default_map, standalone_mode=True)
+        from r2f import distributed
+
+        # torchrun / accelerate launch (WORLD_SIZE > 1): one process group for the whole command
+        distributed.init_from_env()
+        try:
+            app(args=argv, prog_name="r2f", default_map=default_map, standalone_mode=True)
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                distributed.teardown()
+            raise
+        else:
+            distributed.teardown()
     except R2FInputError as exc:
-        print(f"r2f: error: {exc}", file=sys.stderr)
+        print("r2f: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # always one line
         sys.exit(2)
+    except R2FNumericalError as exc:  # not bad input: the run diverged (NaN/Inf) beyond --max-failures
+        print("r2f: error: numerical failure: " + " ".join(str(exc).splitlines()), file=sys.stderr)
+        sys.exit(3)

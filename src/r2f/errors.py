@@ -13,3 +13,11 @@ class R2FInputError(Exception):
     def __init__(self, message: str, *, source: str | None = None):
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
+
+
+class R2FNumericalError(Exception):
+    """A run that kept producing NaN/Inf (loss, gradients or weights) after its rolled-back retries.
+
+    The CLI prints ``r2f: error: numerical failure: MSG`` on one line and exits 3; the last good
+    checkpoint (if any) is left in place.
+    """

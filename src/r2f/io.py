@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,9 +14,69 @@ from typing import Any, Iterator
 from r2f.errors import R2FInputError
 
 
+#: Temporary siblings are named ``.NAME.PID.RANDOM.tmp``: the PID tells a live writer's from a killed one's.
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def clean_stale(out: str | os.PathLike) -> list[Path]:
+    """Remove what killed r2f processes left around ``out``: ``.NAME.PID.*.tmp`` entries whose PID is gone.
+
+    Looks at ``out``'s own siblings and, inside ``out``, two levels down (e.g. ``OUT/checkpoints``); then
+    removes sub-directories of ``out`` that only held such leftovers. Entries of live processes stay.
+    """
+    out = Path(out)
+    removed: list[Path] = []
+
+    def sweep(directory: Path, only_name: str | None = None) -> None:
+        try:
+            entries = list(directory.iterdir())
+        except OSError:
+            return
+        for p in entries:
+            m = _TMP_RE.match(p.name)
+            if m and (only_name is None or m.group("name") == only_name) and not _pid_alive(int(m.group("pid"))):
+                _remove(p)
+                removed.append(p)
+
+    if out.parent.is_dir():
+        sweep(out.parent, only_name=out.name)
+    if out.is_dir() and not out.is_symlink():
+        sweep(out)
+        for sub in [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]:
+            before = len(removed)
+            sweep(sub)
+            if len(removed) > before and not any(sub.iterdir()):
+                sub.rmdir()
+    return removed
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    clean_stale(path)
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -50,6 +111,7 @@ def check_out_dir(out: str | os.PathLike, *, overwrite: bool = False, protect: l
     for p in protect:
         if p is not None and Path(p).exists() and out.resolve() == Path(p).resolve():
             raise R2FInputError("--out points at the source model; refusing to overwrite it", source=str(out))
+    clean_stale(out)  # leftovers of a killed run on the same output are not the user's files
     if out.exists() and not out.is_dir():
         raise R2FInputError("--out exists and is not a directory", source=str(out))
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -61,11 +123,14 @@ def check_out_dir(out: str | os.PathLike, *, overwrite: bool = False, protect: l
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; rename it into place on success.
 
-    On any exception the temporary directory is removed and ``out`` is untouched.
+    On any exception the temporary directory is removed and ``out`` is untouched. A process killed
+    (SIGKILL) inside the block leaves only a ``.NAME.PID.*.tmp`` sibling, never a half-written ``out``;
+    :func:`clean_stale` removes it on the next write of the same output.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    clean_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), suffix=".tmp", dir=out.parent))
     try:
         yield tmp
     except BaseException:
@@ -75,7 +140,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
         if not overwrite and any(out.iterdir()):
             shutil.rmtree(tmp, ignore_errors=True)
             raise R2FInputError("--out is a non-empty directory; pass --overwrite to replace it", source=str(out))
-        trash = out.with_name(f".{out.name}.old.{os.getpid()}")
+        trash = out.with_name(f"{_tmp_prefix(out)}old.tmp")
         os.replace(out, trash)
         os.replace(tmp, out)
         shutil.rmtree(trash, ignore_errors=True)

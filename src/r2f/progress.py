@@ -18,3 +18,11 @@ def progress_enabled() -> bool:
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kw) -> tqdm:
     return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(), dynamic_ncols=True, leave=False, **kw)
+
+
+def quiet_hf_progress() -> None:
+    """Silence transformers' own progress bars (loading/saving shards) when ours are off."""
+    if not progress_enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +28,10 @@ def eval_command(
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Greedy generation budget for ROUGE."),
     max_items: Optional[int] = typer.Option(None, "--max-items", help="Use only the first N items of each split (quick checks)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: 1 for models under 50M parameters)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES."""
     from r2f.eval import evaluate
@@ -44,13 +47,18 @@ def eval_command(
         raise R2FInputError("retain log not found", source=str(retain_log))
     if max_items is not None and max_items < 1:
         raise R2FInputError("must be >= 1", source="--max-items")
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun, rank 0 evaluates and writes; the others have nothing to add (same result)
-    result = evaluate(
-        model, data, retain_model=retain_model, retain_log=retain_log, forget_split=forget, relearn=relearn,
-        relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
-        num_threads=threads,
-    )  # fmt: skip
+    from r2f.distributed import is_main
+    from r2f.models.loading import model_policy
+
+    # under torchrun every rank evaluates its share of the batches (r2f.distributed); rank 0 writes
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+        result = evaluate(
+            model, data, retain_model=retain_model, retain_log=retain_log, forget_split=forget, relearn=relearn,
+            relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
+            num_threads=threads,
+        )  # fmt: skip
+    if not is_main():
+        return
     write_json_atomic(out, result)
     s = result["summary"]
     parts = [f"{k}={s[k]:.4g}" for k in HEADLINE if isinstance(s.get(k), (int, float))]

@@ -23,6 +23,10 @@ def fidelity_cmd(
     probe_seed: int = typer.Option(-1, "--probe-seed", help="Probe seed on the target (-1: a seed unseen in training)."),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Also time probe vs exact gradients side by side."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Per-decoder cosine / unobserved-block cosine / relative error against exact gradients (+ cost)."""
     from r2f.decoders import load_decoder, measure_fidelity
@@ -39,8 +43,11 @@ def fidelity_cmd(
     if meta and probe_seed >= 0:
         p = meta["probe"]
         probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], seed=probe_seed, target_modules=p["target_modules"], scale=p["scale"])
-    res = measure_fidelity(dec, model, data, split=split, probe=probe, views=views, batch_items=batch_items,
-                           max_batches=max_batches or None, cost=cost)
+    from r2f.models.loading import model_policy
+
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+        res = measure_fidelity(dec, model, data, split=split, probe=probe, views=views, batch_items=batch_items,
+                               max_batches=max_batches or None, cost=cost)
     write_json_atomic(out, res)
     line = ", ".join(f"{k} cos {v['cos_mean']:.3f}" for k, v in res["decoders"].items() if v["cos_mean"] is not None)
     typer.echo(f"wrote {out}: {line}")

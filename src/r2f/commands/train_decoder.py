@@ -24,6 +24,10 @@ def train_decoder_cmd(
     probe_seeds: int = typer.Option(2, "--probe-seeds", help="Independent probe draws used for training pairs."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps of the coefficient network."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
     from r2f.decoders.train import train_decoder
@@ -34,7 +38,14 @@ def train_decoder_cmd(
         raise R2FInputError("--out exists; pass --overwrite to replace it", source=str(out))
     if not data.is_dir():
         raise R2FInputError("data directory not found", source=str(data))
-    dec = train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
-                        batch_items=batch_items, probe_seeds=probe_seeds, steps=steps)
+    from r2f.models.loading import model_policy
+
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+        dec = train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
+                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps)
+    from r2f.distributed import is_main
+
+    if not is_main():
+        return
     held = dec.meta.get("fidelity_heldout") or {}
     typer.echo(f"wrote decoder to {out}; held-out cos: " + json.dumps({k: round(v, 4) for k, v in held.items()}))

@@ -49,14 +49,29 @@ def unlearn_command(
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cpu)."),
     option: list[str] = typer.Option([], "--option", "-o",
                                      help="Method option key=value (repeatable), e.g. -o guard=none -o beta=0.2."),
+    max_failures: int = typer.Option(3, "--max-failures",
+                                     help="A step giving NaN/Inf (loss, gradients or weights) is rolled back and "
+                                          "retried with half the step size; the N-th such failure stops the run "
+                                          "(exit 3, last good checkpoint kept)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
     from r2f.methods import unlearn
 
+    from r2f.models.loading import model_policy
+
     opts = _parse_options(option)
-    path = unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
-                   views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
-                   device=device, **opts)
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+        path = unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
+                       views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
+                       device=device, max_failures=max_failures, **opts)
+    from r2f.distributed import is_main
+
+    if not is_main():
+        return  # rank 0 reports (all ranks computed the same run)
     manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
     s, c = manifest["summary"], manifest["cost"]
     line = (f"{method}: {manifest['steps']['done']}/{manifest['steps']['budget']} steps, forget NLL "

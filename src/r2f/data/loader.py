@@ -49,30 +49,55 @@ def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QA
     path = Path(path)
     if not path.is_file():
         raise R2FInputError("file not found", source=str(path))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise R2FInputError(f"cannot read: {exc.__class__.__name__}", source=str(path)) from None
-    items = _parse_json(path, text) if path.suffix == ".json" and not _looks_like_jsonl(text) else _parse_jsonl(path, text)
+    text = _read(path)
+    items = _parse_json(path, text) if _is_json_list(path, text) else _parse_jsonl(path, text)
     if not items and not allow_empty:
         raise R2FInputError("no records (empty split)", source=str(path))
     return items
 
 
+def item_locations(path: str | os.PathLike) -> list[str]:
+    """Where each record of :func:`load_items` ``(path)`` sits: ``FILE:LINE`` (JSONL) or ``FILE[INDEX]`` (JSON)."""
+    path = Path(path)
+    text = _read(path)
+    if _is_json_list(path, text):
+        return [f"{path}[{i}]" for i in range(len(_parse_json(path, text)))]
+    return [f"{path}:{n}" for n, line in enumerate(_lines(text), start=1) if line.strip()]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise R2FInputError(f"cannot read: {exc.__class__.__name__}", source=str(path)) from None
+
+
+def _lines(text: str) -> list[str]:
+    # JSONL records are separated by "\n" only: str.splitlines() would also split inside JSON strings that
+    # hold U+2028, U+0085 … verbatim (valid JSON). A "\r" before the "\n" is JSON whitespace.
+    return text.split("\n")
+
+
+def _is_json_list(path: Path, text: str) -> bool:
+    return path.suffix == ".json" and not _looks_like_jsonl(text)
+
+
 def _looks_like_jsonl(text: str) -> bool:
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    lines = [ln for ln in _lines(text) if ln.strip()]
     return len(lines) > 1 and lines[0].lstrip().startswith("{") and lines[0].rstrip().endswith("}")
 
 
 def _parse_jsonl(path: Path, text: str) -> list[QAItem]:
     items = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise R2FInputError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=f"{path}:{lineno}") from None
+        except (ValueError, RecursionError) as exc:  # e.g. integers beyond Python's digit limit, deep nesting
+            raise R2FInputError(f"malformed JSON: {_first_line(exc)}", source=f"{path}:{lineno}") from None
         items.append(_validate(record, f"{path}:{lineno}"))
     return items
 
@@ -82,11 +107,18 @@ def _parse_json(path: Path, text: str) -> list[QAItem]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
+    except (ValueError, RecursionError) as exc:
+        raise R2FInputError(f"malformed JSON: {_first_line(exc)}", source=str(path)) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
         raise R2FInputError("expected a list of records (or {\"data\": [...]})", source=str(path))
     return [_validate(rec, f"{path}[{i}]") for i, rec in enumerate(data)]
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else exc.__class__.__name__
 
 
 def load_split(data_dir: str | os.PathLike, split: str) -> list[QAItem]:

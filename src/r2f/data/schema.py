@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+#: Unicode categories with nothing to learn or forget: separators, control and format characters
+#: (zero-width spaces, BOM, bidi marks …).
+_INVISIBLE = {"Zs", "Zl", "Zp", "Cc", "Cf"}
+
+
+def visible(text: str) -> bool:
+    """Whether ``text`` holds at least one character that is not whitespace-like or invisible."""
+    return any(unicodedata.category(c) not in _INVISIBLE for c in text)
 
 
 class QAItem(BaseModel):
@@ -34,8 +45,8 @@ class QAItem(BaseModel):
     @field_validator("question", "answer")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
+        if not visible(value):
+            raise ValueError("must not be blank (only whitespace or invisible characters)")
         return value
 
     def views(self, k: int) -> list[str]:

@@ -49,6 +49,25 @@ def answer_ids(tokenizer, answer: str, template: PromptTemplate) -> list[int]:
     return ids
 
 
+def untrainable(tokenizer, questions: Sequence[str], answer: str, template: PromptTemplate | None = None,
+                max_length: int | None = None) -> str | None:
+    """Why a QA pair gives no answer token to train or unlearn on, or None when it does.
+
+    Refused: an answer the tokenizer turns into no tokens at all (a normalizer may drop everything), and a
+    question view whose prompt fills ``max_length`` so that truncation leaves no answer token.
+    """
+    template = template or template_for(tokenizer)
+    if not tokenizer(answer, add_special_tokens=False)["input_ids"]:
+        return "field 'answer': tokenizes to no tokens"
+    for v, q in enumerate(questions):
+        n = len(prompt_ids(tokenizer, q, template))
+        if max_length is not None and n >= max_length:
+            field = "question" if v == 0 else f"paraphrased_question.{v - 1}"
+            return (f"field '{field}': the prompt is {n} tokens, which leaves no answer token within "
+                    f"max_length {max_length}")
+    return None
+
+
 def encode_qa(
     tokenizer,
     questions: Sequence[str],

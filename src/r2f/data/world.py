@@ -17,7 +17,7 @@ from pathlib import Path
 
 from r2f.io import atomic_dir, write_text_atomic
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 FIRST = """Ada Alric Amara Anselm Bastian Beatrix Bertil Calla Casimir Celeste Corin Dagny Dorian Elif Elspeth
 Emeric Esme Fenna Florian Freya Gideon Greta Hale Hedda Ilse Ines Ivo Jorund Kasimir Katell Leif Linnea Lorcan
@@ -203,13 +203,15 @@ def _replace(author: Author, **changes) -> Author:
 def _author_items(rng: random.Random, author: Author, cfg: WorldConfig, author_id: str) -> list[dict]:
     items = []
     for kind, question, paraphrases, answer_fn, para_fn, redraw in _qa_kinds(author)[: cfg.qa_per_author]:
-        answer = answer_fn(author)
+        answer, paraphrased = answer_fn(author), para_fn(author)
         items.append({
             "question": question,
             "answer": answer,
             "paraphrased_question": paraphrases[: cfg.n_paraphrases],
-            "paraphrased_answer": para_fn(author),
-            "perturbed_answer": _perturbed(rng, author, answer_fn, redraw, answer, cfg.n_perturbed),
+            "paraphrased_answer": paraphrased,
+            # As in TOFU, wrong answers share the paraphrased answer's sentence form (the truth-ratio base),
+            # so the truth ratio compares facts, not phrasing.
+            "perturbed_answer": _perturbed(rng, author, para_fn, redraw, paraphrased, cfg.n_perturbed),
             "author": author.name,
             "author_id": author_id,
             "kind": kind,

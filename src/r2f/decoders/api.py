@@ -41,17 +41,23 @@ def iter_decoded_gradients(
     loss_fn: LossFn | None = None,
     aggregate: str = "mean",
     stats=None,
+    reduce: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream (weight parameter name, decoded gradient) one module at a time."""
+    """Stream (weight parameter name, decoded gradient) one module at a time.
+
+    ``reduce=True`` (data-parallel): the probe sketches are summed over ranks *before* decoding (they are
+    linear in G, so this sketches the global batch's gradient; decoders are not linear)."""
     decoder = load_decoder(decoder)
     kinds = {module_kind(n) for n, _ in target_linears(model, probe.target_modules)}
     decoder.check_compatible(probe, kinds)
     if decoder.needs_exact:
-        grads = exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules, aggregate=aggregate)
+        grads = exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules, aggregate=aggregate,
+                                reduce=reduce)
         for name, g in grads.items():
             yield name, g
         return
-    sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.uses_stats)
+    sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.uses_stats,
+                                 reduce=reduce)
     wdtype = {f"{n}.weight": m.weight.dtype for n, m in target_linears(model, probe.target_modules)}
     while sketches:
         sk = sketches.pop(0)
@@ -68,6 +74,7 @@ def decoded_gradients(
     loss_fn: LossFn | None = None,
     aggregate: str = "mean",
     stats=None,
+    reduce: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Decoded full-weight gradient of mean_v loss_fn(model, view_batches[v]) per probed Linear.
 
@@ -75,4 +82,4 @@ def decoded_gradients(
     are not modified. ``aggregate`` is ``"mean"`` or ``"momentum"`` (EMA over the views in order);
     ``stats`` are optional :class:`r2f.gradients.InputStats` for the Σ-prior decoders.
     """
-    return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats))
+    return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats, reduce))

@@ -16,9 +16,17 @@ from r2f.decoders.api import load_decoder
 from r2f.decoders.base import Decoder
 from r2f.decoders.train import chunks, resolve_model, stats_batches, view_batches_for
 from r2f.errors import R2FInputError
-from r2f.gradients.probe import LossFn, ProbeConfig, exact_gradients, module_kind, probe_gradients, target_linears
+from r2f.gradients.probe import (
+    LossFn,
+    ProbeConfig,
+    exact_gradients,
+    module_kind,
+    probe_gradients,
+    target_linears,
+)
 from r2f.gradients.stats import collect_input_stats
 from r2f.progress import progress
+from r2f.threads import small_model_threads
 
 DEFAULT_DECODERS = ("learned", "sketch", "ls", "lora", "sigma")
 
@@ -133,6 +141,7 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
     return out
 
 
+@small_model_threads("model")
 def measure_fidelity(
     decoder: Decoder | str | None,
     model,

@@ -26,9 +26,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from r2f.decoders.algebra import ModuleAlgebra, sigma_inputs
 from r2f.decoders.base import Decoder, check_probe_meta
@@ -234,8 +236,8 @@ class LearnedDecoder(Decoder):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LearnedDecoder":
+        """Read a decoder file: safetensors only (never unpickles); metadata validated before anything is used."""
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
         path = Path(path)
         if not path.is_file():
@@ -243,25 +245,93 @@ class LearnedDecoder(Decoder):
         try:
             with safe_open(str(path), framework="pt") as fh:
                 raw = (fh.metadata() or {}).get("r2f")
-            tensors = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise R2FInputError(f"not a safetensors decoder file ({exc.__class__.__name__})", source=str(path)) from None
         if raw is None:
             raise R2FInputError("safetensors file has no r2f decoder metadata", source=str(path))
+        meta = parse_decoder_meta(raw, source=str(path))
         try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            raise R2FInputError("decoder metadata is not valid JSON", source=str(path)) from None
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("decoder") != "learned":
-            raise R2FInputError(
-                f"unsupported decoder format {meta.get('format_version')!r} (this r2f reads {FORMAT_VERSION})",
-                source=str(path),
-            )
-        if meta.get("bases") != [b[0] for b in BASES] or meta.get("n_features") != N_FEATURES:
-            raise R2FInputError("decoder was written by an incompatible r2f version (bases/features differ)", source=str(path))
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+        except Exception as exc:
+            raise R2FInputError(f"unreadable decoder weights ({exc.__class__.__name__})", source=str(path)) from None
+        bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        if bad:
+            raise R2FInputError(f"decoder weights contain NaN/Inf (tensor '{bad[0]}')", source=str(path))
         net = CoefNet(N_FEATURES, int(meta.get("hidden", 48)), J)
         try:
             net.load_state_dict(tensors)
         except RuntimeError as exc:
             raise R2FInputError(f"decoder weights do not match: {str(exc).splitlines()[0]}", source=str(path)) from None
         return cls(net, meta, source=str(path))
+
+
+# ------------------------------------------------------------------------------ metadata schema
+class ProbeMeta(BaseModel):
+    """The probe a decoder was trained with (what ``ProbeConfig.to_dict`` writes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rank: StrictInt = Field(ge=1, le=65536)
+    rank_a: StrictInt = Field(ge=1, le=65536)
+    seed: StrictInt = 0
+    seed_rule: StrictStr
+    target_modules: StrictStr = Field(min_length=1)
+    scale: float = 1.0
+
+    @field_validator("target_modules")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a positive finite number")
+        return value
+
+
+class DecoderMeta(BaseModel):
+    """The JSON metadata of a learned decoder file; validated before anything in the file is used."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: StrictInt
+    decoder: Literal["learned"]
+    hidden: StrictInt = Field(48, ge=1, le=4096)
+    bases: list[StrictStr]
+    n_features: StrictInt
+    probe: ProbeMeta
+    module_kinds: list[Literal[KINDS]] = Field(default_factory=lambda: list(KINDS), min_length=1)  # type: ignore[valid-type]
+
+
+def parse_decoder_meta(raw: str | bytes, source: str = "<decoder>") -> dict:
+    """Decoder metadata (JSON text) -> dict, or R2FInputError naming the field at fault (one line)."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise R2FInputError("decoder metadata is not valid JSON", source=source) from None
+    if not isinstance(meta, dict):
+        raise R2FInputError(f"decoder metadata must be a JSON object, got {type(meta).__name__}", source=source)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise R2FInputError(f"field 'format_version': unsupported decoder format {meta.get('format_version')!r} "
+                            f"(this r2f reads {FORMAT_VERSION})", source=source)
+    try:
+        DecoderMeta.model_validate(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "metadata"
+        what = "missing" if err["type"] == "missing" else " ".join(str(err["msg"]).splitlines())
+        raise R2FInputError(f"decoder metadata field '{field}': {what}", source=source) from None
+    if meta["bases"] != [b[0] for b in BASES] or meta["n_features"] != N_FEATURES:
+        raise R2FInputError("decoder metadata field 'bases': written by an incompatible r2f version "
+                            "(bases/features differ)", source=source)
+    return meta

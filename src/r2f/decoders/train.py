@@ -11,12 +11,21 @@ from typing import Sequence
 
 import torch
 
-from r2f.decoders.learned import BASES, J, KINDS, N_FEATURES, CoefNet, LearnedDecoder, cosine_from_scalars, module_bases
+from r2f.decoders.learned import (
+    BASES,
+    KINDS,
+    N_FEATURES,
+    CoefNet,
+    J,
+    LearnedDecoder,
+    cosine_from_scalars,
+    module_bases,
+)
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import LossFn, ProbeConfig, Sketches, probe_gradients
 from r2f.gradients.stats import collect_input_stats
 from r2f.progress import progress
-
+from r2f.threads import small_model_threads
 
 # --- data helpers --------------------------------------------------------------------------------
 
@@ -171,18 +180,26 @@ def generate_pairs(
     seeds: Sequence[int] = (0,),
     desc: str = "decoder pairs",
 ) -> list[dict]:
-    """One scalar record set per (probe seed, item batch)."""
+    """One scalar record set per (probe seed, item batch).
+
+    Inside ``r2f.distributed.data_parallel`` (torchrun) the jobs are split round-robin over the ranks and
+    gathered back in order: every rank ends with the same list as one process would compute."""
+    from r2f import distributed as dist
+
     out = []
     batches = chunks(items, batch_items)
-    jobs = [(s, b) for s in seeds for b in batches]
+    all_jobs = [(s, b) for s in seeds for b in batches]
+    parallel = dist.in_data_parallel()
+    jobs = dist.shard_list(all_jobs) if parallel else all_jobs
     for s, b in progress(jobs, desc=desc):
         cfg = ProbeConfig(rank=probe.rank, rank_a=probe.rank_a, seed=s, target_modules=probe.target_modules, scale=probe.scale)
         vb = view_batches_for(b, tokenizer, views)
         sks = probe_gradients(model, vb, cfg, loss_fn, with_exact=True, batch_stats=True)
         out.append(training_scalars(sks, stats))
-    return out
+    return dist.gather_in_order(out, len(all_jobs)) if parallel else out
 
 
+@small_model_threads("proxy")
 def train_decoder(
     proxy,
     data_dir: str | os.PathLike,
@@ -235,9 +252,12 @@ def train_decoder(
         ho_items = ho_items[: max(1, max_items // 4)]
     stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts")
     seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
-    train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
-    train = _cat(train_parts)
-    held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
+    from r2f import distributed as dist
+
+    with dist.data_parallel():  # torchrun: pair generation (the expensive part) is split over the ranks
+        train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
+        train = _cat(train_parts)
+        held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
     net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, log=log)
     fid_train = scalar_fidelity(net, train)
     fid_held = scalar_fidelity(net, held) if held is not None else None
@@ -264,9 +284,12 @@ def train_decoder(
         "fidelity_train": fid_train,
         "fidelity_heldout": fid_held,
         "loss": "1 - cos per module",
+        "distributed": dist.describe(),
     }
     dec = LearnedDecoder(net, meta)
     if out is not None:
-        dec.save(out)
+        if dist.is_main():  # every rank fitted the same network on the same gathered pairs
+            dec.save(out)
+        dist.barrier()
         dec.source = str(out)
     return dec

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from r2f import distributed as dist
 from r2f.data.templates import PromptTemplate, encode_qa, prompt_ids
 from r2f.eval.functional import token_stats
 from r2f.progress import progress
@@ -54,6 +55,18 @@ def score_pairs(
     out: dict[str, list] = {key: [None] * n for key in keys}
     out["answer_text"] = [None] * n
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if dist.in_data_parallel():  # whole batches round-robin over ranks: per-item values as in one process
+        mine = dist.shard_list(batches)
+        done = dist.gather_in_order([_score_batch(model, tokenizer, questions, answers, template, idx, device, k,
+                                                  with_min_k_pp, keys) for idx in progress(mine, desc=desc)],
+                                    len(batches))
+        for idx, (vals, texts) in zip(batches, done):
+            for key in keys:
+                for j, i in enumerate(idx):
+                    out[key][i] = vals[key][j]
+            for j, i in enumerate(idx):
+                out["answer_text"][i] = texts[j]
+        return out
     for idx in progress(batches, desc=desc, total=len(batches)):
         enc = encode_qa(tokenizer, [questions[i] for i in idx], [answers[i] for i in idx], template)
         logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
@@ -67,6 +80,15 @@ def score_pairs(
         for j, i in enumerate(idx):
             out["answer_text"][i] = texts[j]
     return out
+
+
+def _score_batch(model, tokenizer, questions, answers, template, idx, device, k, with_min_k_pp, keys):
+    enc = encode_qa(tokenizer, [questions[i] for i in idx], [answers[i] for i in idx], template)
+    logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
+    stats = token_stats(logits, enc["labels"].to(device), k=k, with_min_k_pp=with_min_k_pp)
+    labels = enc["labels"]
+    texts = tokenizer.batch_decode([row[row != -100].tolist() for row in labels], skip_special_tokens=True)
+    return {key: stats[key].tolist() for key in keys}, texts
 
 
 def cut_generation(text: str, stop_strings: Sequence[str]) -> str:
@@ -109,7 +131,10 @@ def generate_answers(
         gen_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     out: list[str] = [""] * n
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    for idx in progress(batches, desc=desc, total=len(batches)):
+    parallel = dist.in_data_parallel()  # whole batches round-robin over ranks, gathered back in order
+    mine = dist.shard_list(batches) if parallel else batches
+    texts_of: list[list[str]] = []
+    for idx in progress(mine, desc=desc, total=len(mine)):
         rows = [prompts[i] for i in idx]
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -119,10 +144,17 @@ def generate_answers(
             mask[j, width - len(r) :] = 1
         seqs = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **gen_kwargs)
         new = seqs[:, width:].tolist()
+        texts = []
         for j, i in enumerate(idx):
             toks = new[j]
             if eos is not None and eos in toks:
                 toks = toks[: toks.index(eos)]
             text = tokenizer.decode(toks, skip_special_tokens=True)
-            out[i] = cut_generation(text, stop_strings)
+            texts.append(cut_generation(text, stop_strings))
+        texts_of.append(texts)
+    if parallel:
+        texts_of = dist.gather_in_order(texts_of, len(batches))
+    for idx, texts in zip(batches, texts_of):
+        for j, i in enumerate(idx):
+            out[i] = texts[j]
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import torch
 
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_split
 from r2f.data.schema import QAItem
@@ -21,6 +19,7 @@ from r2f.errors import R2FInputError
 from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
 from r2f.eval.registry import METRICS
 from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
+from r2f.threads import threads_for, torch_threads
 
 #: What a reference (retain-oracle) evaluation needs: forget TRs for forget_quality, Min-K% AUC for privleak.
 REFERENCE_METRICS = ("forget_Truth_Ratio", "mia_min_k")
@@ -236,6 +235,12 @@ def _read_retain_log(retain_log, *, forget_split: str, n_forget: int, tok_sha: s
     return {"forget_tr": scores, "mia_min_k": float(mia) if mia is not None else None, "source": "retain_log", "path": src}
 
 
+def _dist_info() -> dict:
+    from r2f import distributed as dist
+
+    return dist.describe()
+
+
 def _sanitize(obj: Any) -> Any:
     """JSON-safe: numpy scalars to Python, NaN/inf to None."""
     if isinstance(obj, dict):
@@ -284,38 +289,17 @@ def evaluate(
     for models under 50M parameters, whose matrices are too small to gain from threads and lose up
     to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
     """
-    with _threads(model, num_threads):
+    from r2f import distributed as dist
+
+    # Under torchrun every rank must call evaluate(): scoring and generation batches are split over the
+    # ranks and gathered back in order (per-item numbers as in one process); every rank returns the result.
+    with torch_threads(num_threads if num_threads is not None else threads_for(model)), dist.data_parallel():
         return _evaluate(
             model, data_dir, tokenizer=tokenizer, retain_model=retain_model, retain_tokenizer=retain_tokenizer,
             retain_log=retain_log, forget_split=forget_split, retain_split=retain_split, metrics=metrics,
             relearn=relearn, relearn_lr=relearn_lr, relearn_batch_size=relearn_batch_size, batch_size=batch_size,
             max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, max_items=max_items, seed=seed,
         )  # fmt: skip
-
-
-SMALL_MODEL_PARAMS = 50_000_000
-
-
-@contextlib.contextmanager
-def _threads(model, num_threads: int | None):
-    before = torch.get_num_threads()
-    if num_threads is None:
-        m = model[0] if isinstance(model, tuple) else model
-        small = hasattr(m, "parameters") and sum(p.numel() for p in m.parameters()) < SMALL_MODEL_PARAMS
-        small = small or (isinstance(m, (str, os.PathLike)) and _dir_size(m) < 4 * SMALL_MODEL_PARAMS)
-        num_threads = 1 if small else before
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _dir_size(path) -> int:
-    p = Path(path)
-    if not p.is_dir():
-        return 1 << 62
-    return sum(f.stat().st_size for f in p.glob("*.safetensors")) or (1 << 62)
 
 
 def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, retain_log, forget_split, retain_split,
@@ -385,6 +369,7 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         "batch_size": batch_size,
         "min_k": k,
         "model_utility_inputs": list(_metrics.UTILITY_INPUTS),
+        "distributed": _dist_info(),
         "wall_s": round(time.perf_counter() - t0, 3),
     }
     # meta first, like a header

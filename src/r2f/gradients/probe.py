@@ -304,6 +304,7 @@ def probe_gradients(
     beta: float = 0.5,
     with_exact: bool = False,
     batch_stats: bool = True,
+    reduce: bool = False,
 ) -> list[Sketches]:
     """Sketches (∇A, ∇B) of every probed module for the aggregated views' loss.
 
@@ -312,6 +313,10 @@ def probe_gradients(
     the aggregated gradient. ``with_exact=True`` also returns the exact G from the same backward passes.
     ``batch_stats=True`` also records the forward statistic A·Σ_x of the views' inputs (r_A × n, cost of
     one extra r_A-column product per layer), used by the Σ-prior decoders.
+    ``reduce=True`` (data-parallel runs): ``view_batches`` are this rank's slices of global batches and
+    ``loss_fn`` is this slice's contribution to the global loss (``r2f.distributed.data_parallel``); the
+    sketches (and exact gradients) are summed over ranks and the batch statistic is averaged over every
+    rank's tokens, so each rank gets the sketches of the global batch.
     """
     if not view_batches:
         raise ValueError("no view batches")
@@ -343,8 +348,14 @@ def probe_gradients(
                     g = torch.zeros_like(pm.module.weight) if g is None else g
                     acc_g[i] = g.float() * w if acc_g[i] is None else acc_g[i] * decay + g.float() * w
             del grads, loss
+        if reduce:
+            from r2f.distributed import all_reduce_sum_
+
+            all_reduce_sum_(acc_a + acc_b + (acc_g if with_exact else []))
         a_sig, a_tr = [None] * k, [None] * k
         if batch_stats:
+            if reduce:
+                _reduce_batch_stats(pr.modules)
             for i, pm in enumerate(pr.modules):
                 items = pm.stats_box.items
                 if items:
@@ -371,6 +382,26 @@ def probe_gradients(
         ]
 
 
+def _reduce_batch_stats(modules: list[ProbedModule]) -> None:
+    """Replace each module's per-batch statistic items by one item summed over every rank."""
+    from r2f.distributed import all_reduce_sum_, is_distributed
+
+    if not is_distributed():
+        return
+    sums, scalars = [], []
+    for pm in modules:
+        items = pm.stats_box.items
+        n = pm.a.shape[1]
+        s_ = sum(x for x, _, _ in items) if items else torch.zeros(pm.a.shape[0], n, device=pm.a.device)
+        sums.append(s_.float())
+        scalars.append(torch.tensor([sum(t for _, t, _ in items), sum(c for _, _, c in items)], dtype=torch.float64,
+                                    device=sums[-1].device))
+    all_reduce_sum_(sums)
+    all_reduce_sum_(scalars)
+    for pm, s_, sc in zip(modules, sums, scalars):
+        pm.stats_box.items = [(s_, float(sc[0]), int(sc[1]))] if sc[1] > 0 else []
+
+
 def exact_gradients(
     model: nn.Module,
     view_batches: list[dict],
@@ -379,8 +410,11 @@ def exact_gradients(
     pattern: str = DEFAULT_PATTERN,
     aggregate: str = "mean",
     beta: float = 0.5,
+    reduce: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Exact gradients of the probed modules' weights (keyed by parameter name), plain autograd."""
+    """Exact gradients of the probed modules' weights (keyed by parameter name), plain autograd.
+
+    ``reduce=True``: summed over ranks, as in :func:`probe_gradients`."""
     if not view_batches:
         raise ValueError("no view batches")
     loss_fn = loss_fn or default_loss
@@ -406,4 +440,8 @@ def exact_gradients(
     finally:
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
+    if reduce:
+        from r2f.distributed import all_reduce_sum_
+
+        all_reduce_sum_(list(out.values()))
     return out

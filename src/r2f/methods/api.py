@@ -18,6 +18,7 @@ from r2f.errors import R2FInputError
 from r2f.io import atomic_dir, check_out_dir, write_json_atomic
 from r2f.methods.cost import CostMeter
 from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
+from r2f.threads import small_model_threads
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
@@ -62,6 +63,29 @@ def _state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _cost(meter: CostMeter, prior: dict | None) -> dict:
+    cost = meter.summary()
+    if prior:  # a resumed run: this session's cost, plus what the sessions before the checkpoint spent
+        cost["before_resume"] = prior
+        cost["total_wall_s"] = round(cost["wall_s"] + float(prior.get("wall_s", 0.0)), 4)
+    return cost
+
+
+@small_model_threads("model")
+def _check_trainable(items: Sequence[QAItem], info: dict, tok, meth, max_length: int | None) -> None:
+    """Refuse forget items with no answer token to unlearn (exit 2, naming the record), before any work."""
+    from r2f.data.loader import item_locations
+    from r2f.data.templates import template_for, untrainable
+
+    template = template_for(tok)
+    k = max(1, int(meth.options.get("views", 1) or 1))
+    for i, it in enumerate(items):
+        why = untrainable(tok, it.views(k), it.answer, template, max_length)
+        if why is not None:
+            where = item_locations(info["path"])[i] if info.get("path") else f"--forget[{i}]"
+            raise R2FInputError(why, source=where)
+
+
 def unlearn(
     model: str | os.PathLike | torch.nn.Module,
     forget: str | os.PathLike | Sequence[QAItem | dict],
@@ -81,6 +105,7 @@ def unlearn(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     max_length: int | None = 512,
+    max_failures: int = 3,
     **options: Any,
 ) -> Path:
     """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
@@ -111,12 +136,19 @@ def unlearn(
         raise R2FInputError("must be at least 1", source="--steps")
     if save_every < 0:
         raise R2FInputError("must be >= 0", source="--save-every")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+        raise R2FInputError("must be an integer >= 1", source="--max-failures")
     if lr is not None and not (lr > 0 and lr == lr):
         raise R2FInputError("must be positive", source="--lr")
     if method in ("r2f", "exact") and decoder is not None:
         options["decoder"] = str(decoder)
     meth = get_method(method, **options)  # unknown options -> R2FInputError
     src_dir = _model_dir(model)
+    if src_dir is None and not isinstance(model, torch.nn.Module):
+        raise R2FInputError(f"expected a model directory, 'smollm2' or a causal LM, got {type(model).__name__}",
+                            source="--model")
+    if src_dir is None and tokenizer is None:
+        raise R2FInputError("an in-memory model needs tokenizer=", source="--model")
     if src_dir is not None and (_is_within(out, src_dir) or _is_within(src_dir, out)):
         raise R2FInputError("--out must not be the source model directory, inside it, or contain it",
                             source=str(out))
@@ -133,6 +165,24 @@ def unlearn(
     if resume and out.is_dir() and any(out.iterdir()) and not ckpt_root.is_dir() and not (out / MANIFEST).is_file():
         raise R2FInputError("--resume: no r2f run (checkpoints/ or manifest.json) in this directory", source=str(out))
 
+    # ---- torchrun / accelerate launch: data-parallel over every rank; rank 0 alone writes ------------
+    # Each rank takes a slice of every global batch and gradients are all-reduced (r2f.distributed), so
+    # the run equals one process on the whole batch; all ranks hold the same weights at every step.
+    from r2f import distributed as dist
+
+    device = dist.resolve_device(device)
+    dist.barrier()  # every rank has validated before rank 0 may write anything
+    path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
+                out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures)
+    dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
+    return path
+
+
+def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
+         seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3) -> Path:
+    from r2f import distributed as dist
+
+    ckpt_root = out / CHECKPOINTS
     # ---- load ------------------------------------------------------------------------------------
     meter = CostMeter(device=device or "cpu")
     with meter:
@@ -143,16 +193,15 @@ def unlearn(
                 net, tok = load_model(src_dir)
                 source = {"path": str(model), "fingerprint": model_fingerprint(src_dir)}
             else:
-                if tokenizer is None:
-                    raise R2FInputError("an in-memory model needs tokenizer=", source="model")
                 net, tok = copy.deepcopy(model), tokenizer
                 source = {"path": None, "fingerprint": _state_fingerprint(net)}
             if device is not None:
                 net.to(device)
+        _check_trainable(forget_items, forget_info, tok, meth, max_length)
         per_epoch = -(-len(forget_items) // min(batch_size, len(forget_items)))
         n_steps = steps if steps is not None else DEFAULT_EPOCHS * per_epoch
         cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
-                           seed=seed, save_every=save_every, max_length=max_length)
+                           seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures)
         config = {"method": method, "options": meth.options, "steps": n_steps, "lr": cfg.lr,
                   "batch_size": batch_size, "seed": seed, "max_length": max_length}
         if isinstance(meth, LossMethod):
@@ -168,12 +217,14 @@ def unlearn(
             prev = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
             if prev.get("run_key") == json.loads(json.dumps(run_key, default=str)):
                 return out
-        if not resume and ckpt_root.is_dir():
+        if not resume and ckpt_root.is_dir() and dist.is_main():
             shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
 
         engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
         result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
                             cost=meter)
+        if not dist.is_main():
+            return out  # same weights as rank 0, which writes them
         with meter.stage("save"):
             with atomic_dir(out, overwrite=True) as tmp:
                 result.model.save_pretrained(tmp, safe_serialization=True)
@@ -189,14 +240,16 @@ def unlearn(
                     "steps": {"budget": n_steps, "done": result.steps_done,
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},
                     "resumed_from_step": result.resumed_from,
+                    "numerics": result.numerics,
                     "summary": result.summary,
                     "log": result.log,
                     "run_key": run_key,
+                    "distributed": dist.describe(),  # how many processes ran (data-parallel)
                 }
                 if ckpt_root.is_dir():
                     os.replace(ckpt_root, tmp / CHECKPOINTS)
-                manifest["cost"] = meter.summary()
+                manifest["cost"] = _cost(meter, result.prior_cost)
                 write_json_atomic(tmp / MANIFEST, manifest)
-        manifest["cost"] = meter.summary()  # now including the "save" stage
+        manifest["cost"] = _cost(meter, result.prior_cost)  # now including the "save" stage
         write_json_atomic(out / MANIFEST, manifest)
     return out

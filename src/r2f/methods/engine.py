@@ -33,7 +33,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from r2f.data.schema import QAItem
 from r2f.data.templates import PromptTemplate, encode_qa, template_for
-from r2f.errors import R2FInputError
+from r2f import distributed as dist
+from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.io import atomic_dir, write_json_atomic
 from r2f.methods.cost import CostMeter
 from r2f.methods.losses import sequence_nll
@@ -111,7 +112,9 @@ class StepContext:
 
     def record(self, **values: Any) -> None:
         for k, v in values.items():
-            self.signals[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+            # per-item tensors: mean over the global batch (every rank's slice) in a data-parallel step
+            self.signals[k] = dist.global_mean(v) if torch.is_tensor(v) and dist.in_data_parallel() \
+                else (float(v.detach().float().mean()) if torch.is_tensor(v) else float(v))
 
 
 class Method:
@@ -208,6 +211,7 @@ class EngineConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     keep_checkpoints: int = 1
+    max_failures: int = 3         # numerically failed steps (NaN/Inf) after which the run stops (R2FNumericalError)
     summary_items: int = 64       # retain items in the start/end summary signals
 
 
@@ -221,6 +225,8 @@ class RunResult:
     cost: dict[str, Any]
     resumed_from: int | None
     method_info: dict[str, Any] = field(default_factory=dict)
+    prior_cost: dict[str, Any] | None = None  # cost of the interrupted session(s) up to the checkpoint
+    numerics: dict[str, Any] = field(default_factory=dict)  # rolled-back steps and the resulting step scale
 
 
 def seed_everything(seed: int) -> None:
@@ -247,6 +253,11 @@ class Engine:
             raise R2FInputError(f"method '{method.name}' needs retain data", source="--retain")
         if config.steps < 1:
             raise R2FInputError("must be at least 1", source="--steps")
+        for what, n in (("forget", len(forget)), ("retain", len(retain or []))):
+            if n and min(config.batch_size, n) < dist.world_size():
+                raise R2FInputError(f"a {what} batch of {min(config.batch_size, n)} item(s) cannot be split over "
+                                    f"{dist.world_size()} processes; raise --batch-size or use fewer processes",
+                                    source="--batch-size")
         self.model = model
         self.tokenizer = tokenizer
         self.forget = list(forget)
@@ -257,19 +268,23 @@ class Engine:
         self.template = template or template_for(tokenizer)
         self.optimizer: torch.optim.Optimizer | None = None
         self.params: list[torch.nn.Parameter] = []
+        self.step_scale = 1.0              # halved after every numerically failed (rolled-back) step
+        self.failures: list[dict] = []     # one entry per failed step attempt
+        self._retry = False
+        self._ckpt_root: Path | None = None
 
     # -- data -------------------------------------------------------------------------------------
     def make_batch(self, items: Sequence[QAItem], indices: Sequence[int] | None = None) -> QABatch:
         return QABatch(items, indices or [], self.tokenizer, self.template, self.config.max_length, self.device)
 
     def forget_batch(self, step: int) -> QABatch:
-        idx = batch_indices(len(self.forget), self.config.batch_size, self.config.seed, 0, step)
-        return self.make_batch([self.forget[i] for i in idx], idx)
+        idx = dist.shard_slice(batch_indices(len(self.forget), self.config.batch_size, self.config.seed, 0, step))
+        return self.make_batch([self.forget[i] for i in idx], idx)  # this rank's slice of the global batch
 
     def retain_batch(self, step: int) -> QABatch | None:
         if not self.retain:
             return None
-        idx = batch_indices(len(self.retain), self.config.batch_size, self.config.seed, 1, step)
+        idx = dist.shard_slice(batch_indices(len(self.retain), self.config.batch_size, self.config.seed, 1, step))
         return self.make_batch([self.retain[i] for i in idx], idx)
 
     @property
@@ -340,12 +355,16 @@ class Engine:
             shutil.rmtree(p, ignore_errors=True)
         return final
 
-    def _load_checkpoint(self, path: Path) -> dict:
+    def _load_checkpoint(self, path: Path, run_key: dict) -> dict:
         import json
 
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise R2FInputError(f"unsupported checkpoint format {meta.get('format')}", source=str(path))
+        if meta.get("run_key") != _jsonable(run_key):
+            diff = _first_difference(meta.get("run_key") or {}, _jsonable(run_key))
+            raise R2FInputError(f"--resume: the run in this directory used another configuration ({diff})",
+                                source=str(path.parent.parent))
         missing, unexpected = load_model(self.model, str(path / "model.safetensors"), strict=False,
                                          device=str(self.device))
         if missing or unexpected:
@@ -402,18 +421,18 @@ class Engine:
             self.model = self.method.setup(self) or self.model
             if isinstance(self.method, LossMethod):
                 self._build_optimizer()
-        start, log, stop_reason, resumed_from, summary = 0, [], None, None, {}
+        start, log, stop_reason, resumed_from, summary, prior_cost = 0, [], None, None, {}, None
         ckpt = self.latest_checkpoint(ckpt_root) if (ckpt_root is not None and resume) else None
         if ckpt is not None:
             with meter.stage("resume"):
-                meta = self._load_checkpoint(ckpt)
-            if meta.get("run_key") != _jsonable(run_key):
-                diff = _first_difference(meta.get("run_key") or {}, _jsonable(run_key))
-                raise R2FInputError(f"--resume: the run in this directory used another configuration ({diff})",
-                                    source=str(ckpt_root.parent))
+                meta = self._load_checkpoint(ckpt, run_key)
             start, log, stop_reason = meta["step"], meta["log"], meta.get("stop_reason")
             summary = meta.get("summary", {})
             resumed_from = start
+            prior_cost = meta.get("cost")
+            numerics = meta.get("numerics") or {}
+            self.step_scale = float(numerics.get("step_scale", 1.0))
+            self.failures = list(numerics.get("failures", []))
         else:
             with meter.stage("measure"):
                 summary["forget_nll_start"] = self.mean_nll(self.model, self.forget)
@@ -422,39 +441,56 @@ class Engine:
 
         def state() -> dict:
             return {"run_key": _jsonable(run_key), "log": log, "stop_reason": stop_reason, "summary": summary,
-                    "cost": meter.summary()}
+                    "cost": meter.summary(), "numerics": self.numerics()}
 
         self.summary = summary
         bar = progress(total=cfg.steps, desc=desc or f"unlearn[{self.method.name}]", initial=start)
         self.model.train()
         step = start
         with meter.stage("unlearn"):
-            for step in range(start, cfg.steps):
+            self._ckpt_root = ckpt_root
+            for step in self._step_indices(start, cfg.steps):  # a rolled-back step is attempted again
                 if stop_reason is not None:
                     break
                 t0 = time.perf_counter()
                 factor = linear_schedule(step, cfg.steps, cfg.warmup_ratio) if self.optimizer is not None else 1.0
-                ctx = StepContext(step=step, total_steps=cfg.steps, lr=cfg.lr * factor, seed=cfg.seed, engine=self)
+                ctx = StepContext(step=step, total_steps=cfg.steps, lr=cfg.lr * factor * self.step_scale,
+                                  seed=cfg.seed, engine=self)
+                snap = self._snapshot()
                 forget, retain = self.forget_batch(step), self.retain_batch(step)
                 entry: dict[str, Any] = {"step": step + 1}
                 if isinstance(self.method, LossMethod):
                     for g in self.optimizer.param_groups:
                         g["lr"] = ctx.lr
-                    loss = self.method.loss(self.model, forget, retain, ctx)
-                    self._fill_signals(ctx, forget, retain)
+                    with dist.data_parallel():  # losses divide by global counts; gradients summed over ranks
+                        loss = self.method.loss(self.model, forget, retain, ctx)
+                        self._fill_signals(ctx, forget, retain)
                     loss.backward()
+                    if dist.is_distributed():
+                        dist.all_reduce_sum_([p.grad for p in self.params if p.grad is not None])
+                        loss = dist.global_sum(loss.detach())
                     gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm) \
                         if cfg.max_grad_norm else None
+                    if self._failed(step, snap, loss=loss, grads=True):
+                        continue
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self._failed(step, snap, weights=True):
+                        continue
                     entry.update(loss=float(loss.detach()), lr=ctx.lr)
                     if gnorm is not None:
                         entry["grad_norm"] = float(gnorm)
                 else:
-                    self._fill_signals(ctx, forget, retain)
-                    extra = self.method.update(self.model, forget, retain, ctx) or {}
+                    with dist.data_parallel():  # the method all-reduces its (probe) gradients
+                        self._fill_signals(ctx, forget, retain)
+                        extra = self.method.update(self.model, forget, retain, ctx) or {}
+                    if self._failed(step, snap, reason=extra.pop("numerical_fault", None), weights=True):
+                        continue
                     entry.update({k: (float(v) if torch.is_tensor(v) else v) for k, v in extra.items()})
                 entry.update({k: v for k, v in ctx.signals.items() if k not in entry})
+                if self.step_scale != 1.0:
+                    entry["step_scale"] = self.step_scale
+                    entry["retries"] = sum(1 for f in self.failures if f["step"] == step + 1)
                 entry["wall_s"] = round(time.perf_counter() - t0, 4)
                 log.append(_order(entry))
                 stop_reason = self.method.should_stop(ctx, log)
@@ -465,7 +501,9 @@ class Engine:
                 if ckpt_root is not None and cfg.save_every > 0 and (
                         done % cfg.save_every == 0 or done == cfg.steps or stop_reason is not None):
                     with meter.stage("checkpoint"):
-                        self._save_checkpoint(ckpt_root, done, state())
+                        if dist.is_main():  # every rank holds the same weights and state
+                            self._save_checkpoint(ckpt_root, done, state())
+                        dist.barrier()
         bar.close()
         steps_done = len(log)
         with meter.stage("finalize"):
@@ -475,7 +513,75 @@ class Engine:
             if self.retain:
                 summary["retain_nll_end"] = self.mean_nll(model, self._summary_retain())
         return RunResult(model=model, log=log, steps_done=steps_done, stop_reason=stop_reason, summary=summary,
-                         cost=meter.summary(), resumed_from=resumed_from, method_info=self.method.describe())
+                         cost=meter.summary(), resumed_from=resumed_from, method_info=self.method.describe(),
+                         prior_cost=prior_cost, numerics=self.numerics())
+
+    # -- numerical faults -------------------------------------------------------------------------
+    def numerics(self) -> dict[str, Any]:
+        return {"max_failures": self.config.max_failures, "step_scale": self.step_scale,
+                "failures": list(self.failures)}
+
+    def _step_indices(self, start: int, stop: int):
+        step = start
+        while step < stop:
+            self._retry = False
+            yield step
+            if not self._retry:
+                step += 1
+
+    def _watched(self) -> list[torch.nn.Parameter]:
+        return self.params or list(self.model.parameters())
+
+    def _snapshot(self) -> tuple:
+        """What a step may change: the weights, the optimizer's state and the method's state (cloned)."""
+        weights = [p.detach().clone() for p in self._watched()]
+        opt = None
+        if self.optimizer is not None:
+            sd = self.optimizer.state_dict()
+            opt = {"state": {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in st.items()}
+                             for i, st in sd["state"].items()},
+                   "param_groups": [dict(g) for g in sd["param_groups"]]}
+        m_tensors, m_meta = self.method.state()
+        return weights, opt, ({k: v.detach().clone() for k, v in m_tensors.items()}, _jsonable(m_meta))
+
+    def _failed(self, step: int, snap: tuple, *, loss: torch.Tensor | None = None, grads: bool = False,
+                weights: bool = False, reason: str | None = None) -> bool:
+        """Detect a NaN/Inf; if any, roll the step back, halve the step size and ask for a retry.
+
+        Raises :class:`R2FNumericalError` at the ``max_failures``-th failure (weights left at the last good step).
+        """
+        why = reason
+        if why is None and loss is not None and not math.isfinite(float(loss.detach())):
+            why = f"loss is {float(loss.detach())}"
+        if why is None and grads:
+            bad = next((i for i, p in enumerate(self.params)
+                        if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+            if bad is not None:
+                why = "gradient is not finite"
+        if why is None and weights:
+            bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            if bad is not None:
+                why = f"weight {bad} is not finite after the step"
+        if why is None:
+            return False
+        w, opt, (m_tensors, m_meta) = snap
+        with torch.no_grad():
+            for p, saved in zip(self._watched(), w):
+                p.copy_(saved)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.load_state_dict(opt)
+        if m_tensors or m_meta:
+            self.method.load_state(m_tensors, m_meta)
+        self.step_scale *= 0.5
+        self.failures.append({"step": step + 1, "reason": why, "step_scale": self.step_scale})
+        if len(self.failures) >= self.config.max_failures:
+            last = self.latest_checkpoint(self._ckpt_root) if self._ckpt_root is not None else None
+            where = f"last good checkpoint: {last}" if last is not None else "no checkpoint (see --save-every)"
+            raise R2FNumericalError(f"step {step + 1}: {why}; rolled back; {len(self.failures)} numerical failures "
+                                    f"reached --max-failures {self.config.max_failures}; {where}")
+        self._retry = True
+        return True
 
     def _fill_signals(self, ctx: StepContext, forget: QABatch, retain: QABatch | None) -> None:
         """Forget/retain mean answer NLL on this step's batches, at the weights the step starts from."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from r2f.data.templates import IGNORE_INDEX
+from r2f.distributed import global_count, in_data_parallel
 
 MODEL_KEYS = ("input_ids", "attention_mask")
 
@@ -39,7 +40,15 @@ def sequence_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def token_mean_nll(seq_sum: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
     """Mean NLL over all answer tokens of the batch (Hugging Face's ``outputs.loss``)."""
-    return seq_sum.sum() / seq_len.sum().clamp_min(1)
+    return seq_sum.sum() / global_count(seq_len.sum()).clamp_min(1)
+
+
+def seq_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the sequences of the batch; inside ``r2f.distributed.data_parallel`` the batch is a rank's
+    slice of the global batch and this is its contribution to the global mean (sum / global count)."""
+    if not in_data_parallel():
+        return values.mean()
+    return values.sum() / global_count(torch.tensor(float(values.numel()), device=values.device))
 
 
 def npo_loss(nll_theta: torch.Tensor, nll_ref: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
@@ -48,9 +57,9 @@ def npo_loss(nll_theta: torch.Tensor, nll_ref: torch.Tensor, beta: float = 0.1) 
     ``-(2/β)·mean logσ(β·(NLL_θ − NLL_ref))`` with per-sequence *summed* NLLs; minimising it raises
     NLL_θ above the reference's, with a gradient that vanishes as the sequence is forgotten.
     """
-    return -2.0 / beta * F.logsigmoid(beta * (nll_theta - nll_ref)).mean()
+    return -2.0 / beta * seq_mean(F.logsigmoid(beta * (nll_theta - nll_ref)))
 
 
 def simnpo_loss(nll_sum: torch.Tensor, n_tokens: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -> torch.Tensor:
     """SimNPO forget loss: ``-(2/β)·mean logσ(β·(NLL_θ/|y| − δ))`` (length-normalised, no reference)."""
-    return -2.0 / beta * F.logsigmoid(beta * (nll_sum / n_tokens.clamp_min(1) - delta)).mean()
+    return -2.0 / beta * seq_mean(F.logsigmoid(beta * (nll_sum / n_tokens.clamp_min(1) - delta)))

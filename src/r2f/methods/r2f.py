@@ -95,10 +95,10 @@ class R2F(UpdateMethod):
             raise R2FInputError(f"unknown stop rule '{self.stop}' (choose from {', '.join(STOPS)})", source="stop")
         if self.step_norm not in ("module", "global"):
             raise R2FInputError(f"unknown step_norm '{self.step_norm}' (module|global)", source="step_norm")
-        decoders, gradients = _core()
+        _, gradients = _core()
         self.decoder_obj = resolve_decoder(self.decoder)
-        self.probe = gradients.ProbeConfig(**self._probe_kwargs())
         model = engine.model
+        self.probe = self._checked_probe(gradients, model)
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
             if self.objective == "npo" else None
         self.stats = self._stats(engine, model, gradients)
@@ -108,6 +108,28 @@ class R2F(UpdateMethod):
         return model
 
     # -- pieces -----------------------------------------------------------------------------------
+    def _checked_probe(self, gradients, model):
+        """The probe, validated against the model and the decoder before any step (R2FInputError: exit 2)."""
+        import re
+
+        try:
+            probe = gradients.ProbeConfig(**self._probe_kwargs())
+        except (TypeError, ValueError) as exc:
+            raise R2FInputError(f"invalid probe: {exc}", source="--option rank/rank_a") from None
+        try:
+            linears = gradients.target_linears(model, probe.target_modules)
+        except re.error as exc:
+            raise R2FInputError(f"invalid regular expression {probe.target_modules!r}: {exc}",
+                                source="--option target_modules") from None
+        if not linears:
+            raise R2FInputError(f"no linear module of the model matches the probe pattern {probe.target_modules!r}",
+                                source="--option target_modules")
+        kinds = {gradients.module_kind(n) for n, _ in linears}
+        check = getattr(self.decoder_obj, "check_compatible", None)
+        if check is not None:
+            check(probe, kinds)  # rank, seed rule, module kinds of a learned decoder
+        return probe
+
     def _probe_kwargs(self) -> dict[str, Any]:
         """Probe shape: explicit options, else what a learned decoder was trained with, else 16 / 2·16."""
         trained = (getattr(self.decoder_obj, "meta", None) or {}).get("probe", {}) or {}
@@ -184,8 +206,12 @@ class R2F(UpdateMethod):
 
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
         decoders, _ = _core()
+        from r2f.distributed import in_data_parallel
+
+        # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
+        extra = {"reduce": True} if in_data_parallel() else {}
         return decoders.decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn,
-                                          aggregate=self.aggregate, stats=self.stats)
+                                          aggregate=self.aggregate, stats=self.stats, **extra)
 
     # -- the hook ---------------------------------------------------------------------------------
     def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
@@ -212,6 +238,9 @@ class R2F(UpdateMethod):
                     if self.retain_weight:
                         d = d + float(self.retain_weight) * (float(d.norm()) / math.sqrt(rr)) * r
             directions[name] = d
+        for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
+            if not bool(torch.isfinite(d).all()):
+                return {"step_size": eta, "numerical_fault": f"decoded gradient of {name} is not finite"}
         with torch.no_grad():
             if self.step_norm == "global":
                 w_norm = math.sqrt(sum(float(params[n].float().pow(2).sum()) for n in directions))

@@ -28,8 +28,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, epochs=40, lr=5e-3),
-    "proxy": Recipe(hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, epochs=60, lr=3e-3),
-    "small": Recipe(hidden=192, layers=6, heads=6, kv_heads=2, intermediate=512, epochs=60, lr=2e-3),
+    "proxy": Recipe(hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, epochs=40, lr=4e-3),
+    "small": Recipe(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, epochs=30, lr=3e-3),
 }
 SIZES = tuple(RECIPES)
 

@@ -7,17 +7,21 @@ unless asked for. Every failure is an :class:`R2FInputError` naming the path at 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from r2f.errors import R2FInputError
 from r2f.io import atomic_dir
 from r2f.models.cache import cache_dir
+from r2f.progress import quiet_hf_progress
 
 SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -40,6 +44,22 @@ def resolve_model_dir(name_or_dir: str | os.PathLike) -> Path:
     return path
 
 
+_POLICY: contextvars.ContextVar[tuple[bool, bool]] = contextvars.ContextVar("r2f_model_policy", default=(False, False))
+
+
+@contextlib.contextmanager
+def model_policy(*, allow_pickle: bool = False, trust_remote_code: bool = False) -> Iterator[None]:
+    """Within the block, :func:`load_model` calls that do not say otherwise use these trust settings.
+
+    Commands set it from ``--allow-pickle`` / ``--trust-remote-code``; both are off by default.
+    """
+    token = _POLICY.set((bool(allow_pickle), bool(trust_remote_code)))
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
 def _check_weights(path: Path, allow_pickle: bool) -> None:
     names = [p.name for p in path.iterdir()]
     if any(n.endswith(".safetensors") for n in names):
@@ -52,19 +72,21 @@ def _check_weights(path: Path, allow_pickle: bool) -> None:
     raise R2FInputError("no model weights (*.safetensors) found", source=str(path))
 
 
-def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle: bool = False,
-               trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)``: a causal LM in eval mode and its tokenizer."""
+def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.float32, allow_pickle: bool | None = None,
+               trust_remote_code: bool | None = None):
+    """Load ``(model, tokenizer)``: a causal LM in eval mode and its tokenizer.
+
+    ``allow_pickle`` / ``trust_remote_code`` default to the enclosing :func:`model_policy` (off).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    policy_pickle, policy_code = _POLICY.get()
+    allow_pickle = policy_pickle if allow_pickle is None else allow_pickle
+    trust_remote_code = policy_code if trust_remote_code is None else trust_remote_code
     path = resolve_model_dir(name_or_dir)
     _check_weights(path, allow_pickle)
-    from r2f.progress import progress_enabled
-
-    if not progress_enabled():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    _check_remote_code(path, trust_remote_code)
+    quiet_hf_progress()
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -78,7 +100,7 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
     except (OSError, ValueError, TypeError) as exc:
         raise R2FInputError(f"tokenizer missing or unreadable ({_first_line(exc)})", source=str(path)) from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=not allow_pickle,
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, RuntimeError) as exc:
         raise R2FInputError(f"cannot load weights ({_first_line(exc)})", source=str(path)) from None
@@ -86,6 +108,24 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
+    """Refuse, before transformers sees it, a model that only loads by running code shipped in its directory."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise R2FInputError(f"unreadable config.json ({_first_line(exc)})", source=str(path / "config.json")) from None
+    if not isinstance(raw, dict):
+        raise R2FInputError("config.json must be a JSON object", source=str(path / "config.json"))
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise R2FInputError("field 'model_type': missing", source=str(path / "config.json"))
+    if model_type not in CONFIG_MAPPING_NAMES and raw.get("auto_map") and not trust_remote_code:
+        raise R2FInputError(f"field 'auto_map': model type '{model_type}' needs the Python code shipped with the "
+                            "model; pass --trust-remote-code to run it", source=str(path / "config.json"))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from r2f.io import atomic_dir
 from r2f.models.cache import cache_dir, hash_config, hash_files
 from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
 from r2f.models.tokenizer import train_tokenizer
-from r2f.progress import progress
+from r2f.progress import progress, quiet_hf_progress
 from r2f.threads import threads_for, torch_threads
 
 TRAINING_VERSION = "1"
@@ -76,6 +76,7 @@ def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "
 
 def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forget: str, seed: int, key: str) -> None:
     recipe = RECIPES[size]
+    quiet_hf_progress()
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(world_corpus(data_dir), TOKENIZER_VOCAB)
     model = build_model(size, tokenizer, seed=seed)

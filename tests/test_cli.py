@@ -1,0 +1,69 @@
+"""The CLI contract shared by every command: --config, exit codes, atomic outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from r2f.errors import R2FInputError
+from r2f.io import atomic_dir, check_out_dir
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "r2f", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_command():
+    r = _cli("--help")
+    assert r.returncode == 0
+    for cmd in ("world", "train", "train-decoder", "fidelity", "unlearn", "eval", "report", "demo"):
+        assert cmd in r.stdout, cmd
+
+
+def test_config_file_supplies_defaults_and_flags_win(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 7\nqa-per-author: 2\n")
+    assert _cli("world", "--out", str(tmp_path / "a"), "--config", str(cfg)).returncode == 0
+    assert _cli("world", "--out", str(tmp_path / "b"), "--seed", "7", "--qa-per-author", "2").returncode == 0
+    assert (tmp_path / "a" / "forget10.jsonl").read_bytes() == (tmp_path / "b" / "forget10.jsonl").read_bytes()
+    assert _cli("world", "--out", str(tmp_path / "c"), "--config", str(cfg), "--seed", "8").returncode == 0
+    assert (tmp_path / "a" / "forget10.jsonl").read_bytes() != (tmp_path / "c" / "forget10.jsonl").read_bytes()
+
+
+def test_bad_config_exits_2_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: [1,\n")
+    r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(cfg))
+    assert r.returncode == 2 and str(cfg) in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_non_empty_out_needs_overwrite(tmp_path):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    r = _cli("world", "--out", str(out))
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert (out / "keep.txt").read_text() == "x"
+    assert _cli("world", "--out", str(out), "--overwrite").returncode == 0
+    assert not (out / "keep.txt").exists() and (out / "world.json").exists()
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.txt").write_text("partial")
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_check_out_dir_refuses_source(tmp_path):
+    src = tmp_path / "model"
+    src.mkdir()
+    with pytest.raises(R2FInputError, match="source model"):
+        check_out_dir(src, overwrite=True, protect=[src])
