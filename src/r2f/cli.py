@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 
 _loaded = False
+#: Commands that split their work over the ranks of a torchrun / accelerate launch (docs/distributed.md).
+DATA_PARALLEL_COMMANDS = ("unlearn", "eval", "train-decoder")
 
 
 def _load_commands() -> None:
@@ -96,8 +98,12 @@ def main(argv: list[str] | None = None) -> None:
             default_map = {command: config} if command else None
         from r2f import distributed
 
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command not in DATA_PARALLEL_COMMANDS and int(os.environ.get("RANK", "0")) != 0:
+            return  # under torchrun, commands that are not data-parallel run once, on rank 0, as one process
         # torchrun / accelerate launch (WORLD_SIZE > 1): one process group for the whole command
-        distributed.init_from_env()
+        if command in DATA_PARALLEL_COMMANDS:
+            distributed.init_from_env()
         try:
             app(args=argv, prog_name="r2f", default_map=default_map, standalone_mode=True)
         except SystemExit as exc:

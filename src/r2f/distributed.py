@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -76,7 +77,7 @@ def init_from_env(timeout_s: float | None = None) -> bool:
         return is_distributed()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not available():
         return False
-    timeout = timedelta(seconds=float(timeout_s or os.environ.get("R2F_DIST_TIMEOUT", 1800)))
+    timeout = timedelta(seconds=float(timeout_s or os.environ.get("R2F_DIST_TIMEOUT", "3600")))
     backend = default_backend()
     if "nccl" in backend and torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % max(1, torch.cuda.device_count()))
@@ -142,7 +143,7 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor] | torch.Tensor) -> None:
     groups: dict[tuple, list[torch.Tensor]] = {}
     for t in ts:
         groups.setdefault((t.device, t.dtype), []).append(t)
-    for (_dev, _dt), group in groups.items():
+    for group in groups.values():
         flat = torch.cat([t.detach().reshape(-1) for t in group])
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
         off = 0
@@ -239,8 +240,28 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 __all__ = [
-    "available", "is_initialized", "world_size", "rank", "local_rank", "is_distributed", "is_main",
-    "init_from_env", "teardown", "barrier", "resolve_device", "describe", "data_parallel", "in_data_parallel",
-    "all_reduce_sum_", "global_sum", "global_count", "global_mean", "shard_bounds", "shard_slice", "shard_list",
-    "all_gather_objects", "gather_in_order", "broadcast_object",
+    "all_gather_objects",
+    "all_reduce_sum_",
+    "available",
+    "barrier",
+    "broadcast_object",
+    "data_parallel",
+    "describe",
+    "gather_in_order",
+    "global_count",
+    "global_mean",
+    "global_sum",
+    "in_data_parallel",
+    "init_from_env",
+    "is_distributed",
+    "is_initialized",
+    "is_main",
+    "local_rank",
+    "rank",
+    "resolve_device",
+    "shard_bounds",
+    "shard_list",
+    "shard_slice",
+    "teardown",
+    "world_size",
 ]

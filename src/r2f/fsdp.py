@@ -24,10 +24,10 @@ per module).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from r2f import distributed as dist
 
@@ -134,4 +134,4 @@ def apply_decoded_update(model: nn.Module, directions: Mapping[str, torch.Tensor
     return scale
 
 
-__all__ = ["shard_model", "is_sharded", "local_rows", "param_sq_norms", "apply_decoded_update"]
+__all__ = ["apply_decoded_update", "is_sharded", "local_rows", "param_sq_norms", "shard_model"]

@@ -78,6 +78,7 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
 
     ``allow_pickle`` / ``trust_remote_code`` default to the enclosing :func:`model_policy` (off).
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     policy_pickle, policy_code = _POLICY.get()
@@ -102,7 +103,7 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=None if allow_pickle else True,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise R2FInputError(f"cannot load weights ({_first_line(exc)})", source=str(path)) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
