@@ -21,17 +21,19 @@ from r2f.models.cache import cache_dir, hash_config
 
 #: report name -> (engine method, its options). All run at the same step budget.
 DEMO_METHODS: dict[str, tuple[str, dict]] = {
-    "r2f": ("r2f", {"decoder": "@learned"}),
-    "r2f_sketch": ("r2f", {"decoder": "sketch"}),
-    "r2f_exact": ("exact", {}),
+    "r2f": ("r2f", {"decoder": "@learned", "lr": "@r2f_lr"}),
+    "r2f_sketch": ("r2f", {"decoder": "sketch", "lr": "@r2f_lr"}),
+    "r2f_exact": ("exact", {"lr": "@r2f_lr"}),
     "lora": ("lora", {}),
     "grad_ascent": ("grad_ascent", {}),
     "grad_diff": ("grad_diff", {}),
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
 }
-TABLE_COLUMNS = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "privleak",
-                 "decoder_cos", "wall_s", "peak_mem_mb")
+#: report.json key -> short console header
+TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
+                 "retain_Q_A_ROUGE": "retain ROUGE", "privleak": "privleak", "decoder_cos": "dec cos",
+                 "wall_s": "wall s", "peak_mem_mb": "peak MB"}
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DemoConfig:
     rank: int = 16
     views: int = 4
     steps: int | None = None       # unlearning step budget (same for every method)
+    r2f_lr: float = 0.02           # η of the R2F update rule (relative step per module)
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
 
@@ -111,13 +114,14 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "unlearn"):
         for name in cfg.methods:
             method, options = DEMO_METHODS[name]
-            options = {k: (str(decoder) if v == "@learned" else v) for k, v in options.items()}
+            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr}
+            options = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
                               steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,
                               overwrite=True, **options)
             runs[name] = {"manifest": json.loads((Path(run_dir) / "manifest.json").read_text()), "dir": run_dir}
             if method in ("r2f", "exact"):
-                dec_name = "learned" if options.get("decoder", "exact") == str(decoder) else options.get("decoder", "exact")
+                dec_name = "learned" if options.get("decoder") == str(decoder) else options.get("decoder", "exact")
                 runs[name]["decoder_cos"] = 1.0 if dec_name == "exact" else fidelity.get(dec_name, {}).get("cos_mean")
             log(f"  unlearned with {name}")
 
@@ -144,10 +148,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
 def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
 
-    table = Table(title="r2f demo: forget10 on the embedded world")
-    table.add_column("method")
-    for col in TABLE_COLUMNS:
-        table.add_column(col, justify="right")
+    table = Table(title="r2f demo: forget10 on the embedded world",
+                  caption="FQ forget quality (KS p-value vs the retain oracle; higher is better), MU model utility")
+    table.add_column("method", no_wrap=True)
+    for header in TABLE_COLUMNS.values():
+        table.add_column(header, justify="right")
     for name, row in report["methods"].items():
         table.add_row(name, *(_fmt(row.get(col)) for col in TABLE_COLUMNS))
     return table
@@ -157,5 +162,7 @@ def _fmt(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.2e}" if value != 0 and abs(value) < 1e-2 else f"{value:.3f}"
+        if value != 0 and abs(value) < 1e-2:
+            return f"{value:.2e}"
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
     return str(value)

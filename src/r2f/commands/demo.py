@@ -16,14 +16,15 @@ def demo(
     target: str = typer.Option("small", help="Target model: small (default) or smollm2."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
+    r2f_lr: float = typer.Option(0.02, help="Relative step size of the R2F update rule."),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
 
     from r2f.demo import DemoConfig, console_table, run_demo
 
-    console = Console(stderr=False)
-    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
-    report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False))
+    console = Console(width=max(110, Console().width))
+    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, r2f_lr=r2f_lr)
+    report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(f"report: {out / 'report.html'}")

@@ -37,7 +37,7 @@ from r2f.methods.reference import ReferenceNLL
 
 DEFAULT_DECODER = "learned"
 GUARDS = ("project", "none")
-STOPS = ("perturbed", "none")
+STOPS = ("shuffled", "perturbed", "none")
 
 
 def _core():
@@ -79,7 +79,7 @@ class R2F(UpdateMethod):
         "retain_weight": 1.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
         "step_norm": "module",    # module | global
         "min_step_ratio": 0.1,    # η_T / η of the cosine decay
-        "stop": "perturbed",      # stop rule: perturbed | none
+        "stop": "shuffled",       # stop rule: shuffled | perturbed | none
         "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides stop=perturbed)
         "stop_window": 1,         # steps whose mean forget NLL is compared with the threshold
         "stats": "retain",        # Σ statistics for decoders that use them: retain (generic text) | batch
@@ -172,20 +172,28 @@ class R2F(UpdateMethod):
         return gradients.collect_input_stats(model, batches, self.probe, source="retain")
 
     def _threshold(self, engine: Engine, model) -> float | None:
+        """Forget NLL at which to stop: the model's NLL of *wrong* answers to the forget questions.
+
+        ``shuffled`` (default) pairs each forget question with another forget item's answer (same ``kind``
+        when the data has it): a wrong fact in the very format the model was trained on, which is what a
+        model that never learned the item scores. ``perturbed`` uses the data's perturbed answers (their
+        phrasing may differ from the trained format, which raises the threshold).
+        """
         if self.stop_nll is not None:
             return float(self.stop_nll)
         if self.stop == "none":
             return None
-        items = [it for it in engine.forget if it.perturbed_answer]
-        if not items:
+        pairs = _shuffled_pairs(engine.forget) if self.stop == "shuffled" else \
+            [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
+        if not pairs:
             return None
         vals = []
         with torch.no_grad():
-            for it in items:
-                b = engine.make_batch([it] * len(it.perturbed_answer))
-                s, n = sequence_nll(model, b.encode([it.question] * len(it.perturbed_answer),
-                                                    list(it.perturbed_answer)))
-                vals.append(float((s / n.clamp_min(1)).mean()))
+            for i in range(0, len(pairs), 16):
+                chunk = pairs[i: i + 16]
+                b = engine.make_batch([engine.forget[0]] * len(chunk))
+                s, n = sequence_nll(model, b.encode([q for q, _ in chunk], [a for _, a in chunk]))
+                vals += (s / n.clamp_min(1)).tolist()
         return sum(vals) / len(vals)
 
     def forget_loss(self, model, batch: dict) -> torch.Tensor:
@@ -284,3 +292,19 @@ class Exact(R2F):
             raise R2FInputError("method 'exact' always uses the exact decoder; use --method r2f for others",
                                 source="--decoder")
         super().__init__(**options)
+
+
+def _shuffled_pairs(items) -> list[tuple[str, str]]:
+    """(question, another item's answer): answers rotated by one within each ``kind`` (else over all items)."""
+    groups: dict[object, list] = {}
+    for it in items:
+        groups.setdefault((it.model_extra or {}).get("kind"), []).append(it)
+    if any(len(g) < 2 for g in groups.values()):
+        groups = {None: list(items)}
+    pairs = []
+    for group in groups.values():
+        for i, it in enumerate(group):
+            other = group[(i + 1) % len(group)]
+            if other.answer != it.answer:
+                pairs.append((it.question, other.answer))
+    return pairs

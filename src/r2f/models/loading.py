@@ -96,6 +96,12 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
 
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise R2FInputError(f"model type '{config.model_type}' is not a causal LM", source=str(path / "config.json"))
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        # encoder families (bert, roberta …) have a causal head that only works with is_decoder=true
+        raise R2FInputError(f"model type '{config.model_type}' is an encoder, not a causal LM "
+                            "(field 'is_decoder' is not true)", source=str(path / "config.json"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
