@@ -16,14 +16,14 @@ from typing import Callable
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES
 from r2f.data.world import WorldConfig, write_world
 from r2f.errors import R2FInputError
-from r2f.io import write_json_atomic
+from r2f.io import write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
 
 #: report name -> (engine method, its options). All run at the same step budget.
 DEMO_METHODS: dict[str, tuple[str, dict]] = {
-    "r2f": ("r2f", {"decoder": "@learned", "lr": "@r2f_lr"}),
-    "r2f_sketch": ("r2f", {"decoder": "sketch", "lr": "@r2f_lr"}),
-    "r2f_exact": ("exact", {"lr": "@r2f_lr"}),
+    "r2f": ("r2f", {"decoder": "@learned", "lr": "@r2f_lr", "objective": "@r2f_objective"}),
+    "r2f_sketch": ("r2f", {"decoder": "sketch", "lr": "@r2f_lr", "objective": "@r2f_objective"}),
+    "r2f_exact": ("exact", {"lr": "@r2f_lr", "objective": "@r2f_objective"}),
     "lora": ("lora", {}),
     "grad_ascent": ("grad_ascent", {}),
     "grad_diff": ("grad_diff", {}),
@@ -45,7 +45,8 @@ class DemoConfig:
     rank: int = 16
     views: int = 4
     steps: int | None = None       # unlearning step budget (same for every method)
-    r2f_lr: float = 0.02           # η of the R2F update rule (relative step per module)
+    r2f_lr: float = 0.01           # η of the R2F update rule (relative step per module)
+    r2f_objective: str = "npo"     # forget objective of the R2F runs: npo | ga
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
 
@@ -58,7 +59,12 @@ class DemoConfig:
         if self.quick and self.target == "small":
             self.target = "tiny"
         if self.steps is None:
-            self.steps = 12 if self.quick else 20
+            self.steps = 20 if self.quick else 30
+
+    @property
+    def decoder_budget(self) -> dict:
+        """Decoder training size: the quick demo trains on fewer proxy pairs (one probe draw)."""
+        return {"max_items": 48, "probe_seeds": 1} if self.quick else {}
 
 
 def _stage(log: Callable[[str], None], timings: dict, name: str):
@@ -90,7 +96,12 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     world = out / "world"
     with _stage(log, timings, "world"):
         write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
-    forget_file, retain_file = world / SPLIT_FILES[cfg.forget], world / SPLIT_FILES[RETAIN_OF[cfg.forget]]
+    forget_file = world / SPLIT_FILES[cfg.forget]
+    # Every method gets the same retain data: the retain split plus the general world facts (the utility
+    # sets), which is what a deployment has at hand when it must forget.
+    retain_file = out / "retain_set.jsonl"
+    write_text_atomic(retain_file, "".join(
+        (world / SPLIT_FILES[name]).read_text(encoding="utf-8") for name in (RETAIN_OF[cfg.forget], "world_facts")))
 
     with _stage(log, timings, "models"):
         proxy = train_model(world, size="proxy", seed=cfg.seed)
@@ -100,11 +111,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
-        key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed})[:16]
+        key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
+                           **cfg.decoder_budget})[:16]
         decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
         if not decoder.is_file():
             decoder.parent.mkdir(parents=True, exist_ok=True)
-            train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed)
+            train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed,
+                          **cfg.decoder_budget)
 
     with _stage(log, timings, "fidelity"):
         fidelity = measure_fidelity(decoder, full, world, split=cfg.forget, views=cfg.views)
@@ -114,7 +127,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "unlearn"):
         for name in cfg.methods:
             method, options = DEMO_METHODS[name]
-            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr}
+            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr, "@r2f_objective": cfg.r2f_objective}
             options = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
                               steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,

@@ -16,7 +16,8 @@ def demo(
     target: str = typer.Option("small", help="Target model: small (default) or smollm2."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
-    r2f_lr: float = typer.Option(0.02, help="Relative step size of the R2F update rule."),
+    r2f_lr: float = typer.Option(0.01, help="Relative step size of the R2F update rule."),
+    r2f_objective: str = typer.Option("npo", help="Forget objective of the R2F runs: npo or ga."),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
@@ -24,7 +25,8 @@ def demo(
     from r2f.demo import DemoConfig, console_table, run_demo
 
     console = Console(width=max(110, Console().width))
-    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, r2f_lr=r2f_lr)
+    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, r2f_lr=r2f_lr,
+                     r2f_objective=r2f_objective)
     report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(f"report: {out / 'report.html'}")

@@ -70,7 +70,7 @@ class WorldConfig:
     authors: int = 40            # target pool: forget + retain authors
     holdout_authors: int = 4     # never trained on (membership-inference negatives)
     proxy_authors: int = 20      # the proxy's own pool, disjoint from the target pool
-    qa_per_author: int = 6       # M question–answer pairs per author (max 8)
+    qa_per_author: int = 8       # M question–answer pairs per author (max 8)
     n_paraphrases: int = 4       # paraphrased questions per item (views = 1 + n_paraphrases)
     n_perturbed: int = 5
 
