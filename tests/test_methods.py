@@ -160,8 +160,11 @@ def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_
     from r2f.methods import unlearn
 
     before = dir_digest(tiny_setup["model"])
+    # R2F's stop rule is off: this random model already scores its forget answers like wrong answers.
+    extra = {"stop": "none"} if method in ("r2f", "exact") else {}
     out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method=method,
-                  decoder="exact" if method == "r2f" else None, out=tmp_path / "out", steps=3, batch_size=3, seed=1)
+                  decoder="exact" if method == "r2f" else None, out=tmp_path / "out", steps=3, batch_size=3, seed=1,
+                  **extra)
     assert dir_digest(tiny_setup["model"]) == before  # the source model is never modified
     model = AutoModelForCausalLM.from_pretrained(out)
     AutoTokenizer.from_pretrained(out)
