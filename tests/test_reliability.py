@@ -269,6 +269,18 @@ def test_unreadable_model_directory(capsys, tmp_path, forget, broken_models):
     assert_bad_input(code, lines, "corrupt", "not readable")
 
 
+def test_unreadable_model_directory_reported_for_any_user(capsys, tmp_path, forget, broken_models, monkeypatch):
+    """CI runs as root, who reads everything: simulate the permission check's answer instead."""
+    import r2f.models.loading as loading
+
+    d = broken_models["corrupt"]
+    real_access = os.access
+    monkeypatch.setattr(loading.os, "access", lambda p, mode: False if str(p) == str(d) else real_access(p, mode))
+    code, lines = cli(capsys, *unlearn_args(d, forget, tmp_path / "out"))
+    assert_bad_input(code, lines, "corrupt", "not readable")
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_is_source_or_non_empty(capsys, tmp_path, src, forget):
     code, lines = cli(capsys, *unlearn_args(src, forget, src))
     assert_bad_input(code, lines, str(src), "source model")

@@ -126,7 +126,7 @@ def method_row(name: str, run: dict) -> dict[str, Any]:
 
 
 def _fidelity_summary(fid: dict) -> dict[str, dict]:
-    return {d: {k: _num(v.get(k)) for k in ("cos_mean", "cos_unobserved_mean", "rel_err_mean")} for d, v in fid.items() if isinstance(v, dict)}
+    return {d: {k: _num(v.get(k)) for k in ("cos_mean", "cos_unobserved_mean", "rel_err_mean")} for d, v in fid.items() if isinstance(v, dict) and "cos_mean" in v}
 
 
 # ----------------------------------------------------------------------------- formatting
