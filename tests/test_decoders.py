@@ -139,6 +139,25 @@ def test_learned_decoder_trains_roundtrips_and_refuses_other_probe(tmp_path):
         back.check_compatible(probe, {"q_proj", "c_attn"})
 
 
+def test_learned_by_name_is_the_last_trained_decoder(tmp_path, monkeypatch):
+    from r2f.decoders.api import set_default_decoder
+
+    monkeypatch.setenv("R2F_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(R2FInputError, match="train-decoder"):
+        load_decoder("learned")
+    from r2f.decoders.learned import BASES, N_FEATURES, CoefNet, J
+
+    meta = {"probe": ProbeConfig(rank=4).to_dict(), "bases": [b[0] for b in BASES], "n_features": N_FEATURES,
+            "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "proxy": {"name": "random"}}
+    path = LearnedDecoder(CoefNet(N_FEATURES, 8, J), meta).save(tmp_path / "d.safetensors")
+    set_default_decoder(path)
+    assert isinstance(load_decoder("learned"), LearnedDecoder)
+    path.unlink()
+    with pytest.raises(R2FInputError, match="no longer exists"):
+        load_decoder("learned")
+
+
 def test_load_decoder_rejects_garbage(tmp_path):
     bad = tmp_path / "x.safetensors"
     bad.write_bytes(b"not a safetensors file")

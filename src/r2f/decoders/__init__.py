@@ -1,7 +1,16 @@
 """Gradient decoders: probe sketches (+ statistics) → full weight gradients, and the learned R2F decoder."""
 
 from r2f.decoders.api import decoded_gradients, iter_decoded_gradients, load_decoder
-from r2f.decoders.base import BUILTIN, Decoder, ExactDecoder, LoraDecoder, LSDecoder, RowSketchDecoder, SigmaDecoder, SketchDecoder
+from r2f.decoders.base import (
+    BUILTIN,
+    Decoder,
+    ExactDecoder,
+    LoraDecoder,
+    LSDecoder,
+    RowSketchDecoder,
+    SigmaDecoder,
+    SketchDecoder,
+)
 from r2f.decoders.fidelity import measure_cost, measure_fidelity
 from r2f.decoders.learned import LearnedDecoder
 from r2f.decoders.train import train_decoder, view_batches_for

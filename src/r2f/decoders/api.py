@@ -11,18 +11,57 @@ import torch.nn as nn
 
 from r2f.decoders.base import BUILTIN, Decoder
 from r2f.errors import R2FInputError
-from r2f.gradients.probe import LossFn, ProbeConfig, exact_gradients, module_kind, probe_gradients, target_linears
+from r2f.gradients.probe import (
+    LossFn,
+    ProbeConfig,
+    exact_gradients,
+    module_kind,
+    probe_gradients,
+    target_linears,
+)
+
+
+def _default_pointer() -> Path:
+    from r2f.models.cache import cache_dir
+
+    return cache_dir() / "decoders" / "default.json"
+
+
+def set_default_decoder(path: str | os.PathLike) -> None:
+    """Record ``path`` as the learned decoder that ``--decoder learned`` (R2F's default) resolves to."""
+    from r2f.io import write_json_atomic
+
+    pointer = _default_pointer()
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(pointer, {"path": str(Path(path).resolve())})
+
+
+def default_decoder_path() -> Path:
+    """The learned decoder most recently written by ``r2f train-decoder`` (or ``r2f demo``) on this machine."""
+    import json
+
+    pointer = _default_pointer()
+    try:
+        path = Path(json.loads(pointer.read_text(encoding="utf-8"))["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise R2FInputError("no learned decoder yet: run r2f train-decoder (or r2f demo) first, "
+                            "or pass --decoder FILE or a built-in name", source="--decoder") from None
+    if not path.is_file():
+        raise R2FInputError(f"the default learned decoder {path} no longer exists; pass --decoder FILE",
+                            source="--decoder")
+    return path
 
 
 def load_decoder(name_or_path: str | os.PathLike | Decoder) -> Decoder:
-    """A built-in decoder by name (lora, ls, sketch, sketch_row, sigma, exact) or a learned decoder file."""
+    """A built-in decoder by name (lora, ls, sketch, sketch_row, sigma, exact), a learned decoder file, or
+    ``learned``: the default learned decoder (the last one ``r2f train-decoder`` wrote on this machine)."""
     if isinstance(name_or_path, Decoder):
         return name_or_path
     key = str(name_or_path)
     if key in BUILTIN:
         return BUILTIN[key]()
     if key == "learned":
-        raise R2FInputError("the learned decoder is a file: pass the path written by r2f train-decoder", source="--decoder")
+        key = str(default_decoder_path())
     path = Path(key)
     if not path.exists():
         raise R2FInputError(

@@ -30,7 +30,15 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from r2f.decoders.algebra import ModuleAlgebra, sigma_inputs
 from r2f.decoders.base import Decoder, check_probe_meta

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import torch
 
+from r2f.decoders.api import set_default_decoder
 from r2f.decoders.learned import (
     BASES,
     KINDS,
@@ -290,6 +291,7 @@ def train_decoder(
     if out is not None:
         if dist.is_main():  # every rank fitted the same network on the same gathered pairs
             dec.save(out)
+            set_default_decoder(out)
         dist.barrier()
         dec.source = str(out)
     return dec
