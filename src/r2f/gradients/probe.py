@@ -132,20 +132,22 @@ class _ProbeLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, a, b, scale, sink_a, sink_b, stats_box):
-        ctx.save_for_backward(x, weight, a, b)
-        ctx.scale = scale
+        xa = None
         if stats_box is not None:  # forward statistic of this batch: A Σ_x = Σ_t (A x_t) x_tᵀ
-            x2 = x.reshape(-1, x.shape[-1]).float()
+            x2 = x.reshape(-1, x.shape[-1])
+            xa = x2 @ a.t()  # reused by the backward's right sketch
+            xs, xas = x2.float(), xa.float()
             if stats_box.mask is not None and stats_box.mask.numel() == x2.shape[0]:
-                x2 = x2[stats_box.mask.reshape(-1).to(x2.device).bool()]
-            asx = (x2 @ a.float().t()).t() @ x2
-            tr = float((x2 * x2).sum())
-            stats_box.items.append((asx, tr, x2.shape[0]))
+                keep = stats_box.mask.reshape(-1).to(x2.device).bool()
+                xs, xas = xs[keep], xas[keep]
+            stats_box.items.append((xas.t() @ xs, float((xs * xs).sum()), xs.shape[0]))
+        ctx.save_for_backward(x, weight, a, b, xa)
+        ctx.scale = scale
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, a, b = ctx.saved_tensors
+        x, weight, a, b, xa = ctx.saved_tensors
         s = ctx.scale
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -155,7 +157,7 @@ class _ProbeLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # exact weight gradient also wanted (fidelity / training pairs)
             grad_w = d2.t() @ x2
         # right sketch: s * sum_t delta_t (A x_t)^T   (m x r_A)
-        gsb = (d2.t() @ (x2 @ a.t())) * s
+        gsb = (d2.t() @ (x2 @ a.t() if xa is None else xa)) * s
         # left sketch: s * sum_t (B^T delta_t) x_t^T  (r_B x n)
         gsa = ((d2 @ b).t() @ x2) * s
         return grad_x, grad_w, None, None, None, None, gsa, gsb, None
