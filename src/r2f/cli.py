@@ -92,13 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         argv, config = _pop_config(argv)
         _load_commands()
-        default_map = None
-        if config is not None:
-            command = next((a for a in argv if not a.startswith("-")), None)
-            default_map = {command: config} if command else None
+        command = next((a for a in argv if not a.startswith("-")), None)
+        default_map = {command: config} if config is not None and command else None
         from r2f import distributed
 
-        command = next((a for a in argv if not a.startswith("-")), None)
         if command not in DATA_PARALLEL_COMMANDS and int(os.environ.get("RANK", "0")) != 0:
             return  # under torchrun, commands that are not data-parallel run once, on rank 0, as one process
         # torchrun / accelerate launch (WORLD_SIZE > 1): one process group for the whole command
