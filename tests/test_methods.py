@@ -352,10 +352,12 @@ def test_r2f_with_real_builtin_decoders(decoder, tiny_setup, tmp_path):
     assert all(e["step_size"] > 0 for e in man["log"])
 
 
-def test_r2f_learned_decoder_needs_a_file(tiny_setup, tmp_path):
+def test_r2f_without_a_trained_decoder_is_refused(tiny_setup, tmp_path, monkeypatch):
+    """R2F defaults to the last learned decoder on this machine; with none yet it says how to get one."""
     from r2f.methods import unlearn
 
-    with pytest.raises(R2FInputError, match="decoder"):
+    monkeypatch.setenv("R2F_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(R2FInputError, match="train-decoder"):
         unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="r2f",
                 out=tmp_path / "o", steps=1)
     assert not (tmp_path / "o").exists()
