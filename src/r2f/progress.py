@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, TypeVar
 
 from tqdm.auto import tqdm
@@ -17,6 +18,8 @@ def progress_enabled() -> bool:
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", **kw) -> tqdm:
+    # Redrawn bars flood log files: when stderr is not a terminal, refresh rarely.
+    kw.setdefault("mininterval", 0.1 if sys.stderr.isatty() else 30.0)
     return tqdm(iterable, total=total, desc=desc, disable=not progress_enabled(), dynamic_ncols=True, leave=False, **kw)
 
 

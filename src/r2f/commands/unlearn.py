@@ -34,8 +34,9 @@ def unlearn_command(
     method: str = typer.Option("r2f", "--method",
                                help="r2f | grad_ascent | grad_diff | npo | simnpo | lora | exact"),
     decoder: Optional[str] = typer.Option(None, "--decoder",
-                                          help="Decoder for --method r2f: a learned decoder file or a built-in "
-                                               "name (lora, ls, sketch, sigma, exact)."),
+                                          help="Decoder for --method r2f: a learned decoder file, 'learned' (default: "
+                                               "the one r2f train-decoder wrote last) or a built-in name "
+                                               "(lora, ls, sketch, sigma, exact)."),
     out: Path = typer.Option(..., "--out", help="Output model directory (written atomically)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Step budget (default: 10 epochs of the forget set)."),
     lr: Optional[float] = typer.Option(None, "--lr",
