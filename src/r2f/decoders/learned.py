@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +43,7 @@ from r2f.decoders.algebra import ModuleAlgebra, sigma_inputs
 from r2f.decoders.base import Decoder, check_probe_meta
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import MODULE_KINDS, ProbeConfig, Sketches
+from r2f.io import atomic_file, write_json_atomic
 
 FORMAT_VERSION = 1
 KINDS = MODULE_KINDS + ("other",)
@@ -227,19 +227,10 @@ class LearnedDecoder(Decoder):
         meta["format_version"] = FORMAT_VERSION
         meta["decoder"] = "learned"
         meta["hidden"] = self.net.net[0].out_features
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"r2f": json.dumps(meta, sort_keys=True)})
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        sidecar = path.with_suffix(path.suffix + ".json") if path.suffix != ".json" else None
-        if sidecar is not None:
-            from r2f.io import write_json_atomic
-
-            write_json_atomic(sidecar, meta)
+        with atomic_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"r2f": json.dumps(meta, sort_keys=True)})
+        if path.suffix != ".json":
+            write_json_atomic(path.with_suffix(path.suffix + ".json"), meta)
         return path
 
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from r2f.errors import R2FInputError
-from r2f.io import write_json_atomic, write_text_atomic
+from r2f.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from r2f.report import plots
 
 RUN_FILES = ("eval.json", "manifest.json", "fidelity.json")
@@ -228,25 +228,11 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
 
     out.mkdir(parents=True, exist_ok=True)
     for key, (_, png) in figures.items():
-        _write_bytes_atomic(out / "figures" / f"{key}.png", png)
+        write_bytes_atomic(out / "figures" / f"{key}.png", png)
     write_json_atomic(out / "report.json", _sanitize(report))
     write_text_atomic(out / "report.md", _markdown(report, figures))
     write_text_atomic(out / "report.html", _html(report, figures))
     return report
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _sanitize(obj: Any) -> Any:
