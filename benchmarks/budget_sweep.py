@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _record import add_record_flag, record, table  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,6 +29,7 @@ def main() -> None:
     ap.add_argument("--methods", default="r2f,r2f_sketch,r2f_exact,lora,grad_diff,npo,simnpo")
     ap.add_argument("--quick", action="store_true", help="tiny target")
     ap.add_argument("--out", default="budget_sweep.json")
+    add_record_flag(ap)
     args = ap.parse_args()
 
     from r2f.demo import DemoConfig, run_demo
@@ -40,6 +45,26 @@ def main() -> None:
                 rows.append({"budget": budget, "method": name, **{k: row.get(k) for k in KEYS}})
                 print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    if not args.no_record:
+        budgets = sorted({r["budget"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        cell = {(r["method"], r["budget"]): r for r in rows}
+
+        def fq_mu(method, budget):
+            r = cell.get((method, budget)) or cell.get((method, budgets[0]))  # oracles are run once
+            return f"{_num(r['forget_quality'])} / {_num(r['model_utility'])}" if r else "–"
+
+        body = ("The demo pipeline (same world, models, decoder and retain data) at each step budget; forget quality "
+                "(FQ, ≥ 0.05: indistinguishable from the retain oracle at 5 %) / model utility (MU).\n\n" + table(
+                    ["method", *(f"budget {b}: FQ / MU" for b in budgets)],
+                    [[m, *(fq_mu(m, b) for b in budgets)] for m in methods]))
+        record("budget_sweep", "Unlearning quality vs step budget", body)
+
+
+def _num(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.1e}" if 0 < abs(v) < 1e-2 else f"{v:.3f}"
 
 
 if __name__ == "__main__":

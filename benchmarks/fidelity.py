@@ -18,6 +18,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _record import add_record_flag, record, table  # noqa: E402
 
 
 def main(argv=None):
@@ -34,8 +36,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--probe-seeds", type=int, default=2)
     ap.add_argument("--cost-items", type=int, default=16, help="items in the cost batch (K views each)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = r2f's policy: 1 below 50M parameters)")
     ap.add_argument("--out", default="fidelity_bench.json")
+    add_record_flag(ap)
     args = ap.parse_args(argv)
 
     import torch
@@ -72,7 +75,11 @@ def main(argv=None):
     # cost on a larger batch (side by side, same run)
     items = load_split(args.data, "forget10")[: args.cost_items]
     stats = collect_input_stats(model, stats_batches(load_split(args.data, "world_facts"), tok), probe)
-    res["cost"] = measure_cost(model, view_batches_for(items, tok, args.views), probe, dec, stats)
+    from r2f.threads import threads_for, torch_threads
+
+    with torch_threads(args.threads or threads_for(model)):  # r2f's policy: 1 thread for models < 50M params
+        res["cost"] = measure_cost(model, view_batches_for(items, tok, args.views), probe, dec, stats)
+    res["cost"]["torch_threads"] = args.threads or threads_for(model) or torch.get_num_threads()
     res["cost"]["items"] = len(items)
     d = res["decoders"]
     err = {k: 1 - v["cos_mean"] for k, v in d.items() if v["cos_mean"] is not None}
@@ -96,8 +103,37 @@ def main(argv=None):
     os.replace(tmp, args.out)
     for k, v in d.items():
         print(f"{k:8} cos {v['cos_mean']:.4f}  cos_unobs {v['cos_unobserved_mean']:.4f}  rel_err {v['rel_err_mean']:.4f}")
+    if not args.no_record:
+        record("fidelity", f"Decoder fidelity and probe cost: proxy → {os.path.basename(args.target.rstrip('/'))}",
+               fidelity_markdown(res, views=args.views))
     print(json.dumps(res["cost"]))
     print(json.dumps(res["acceptance"]))
+
+
+def fidelity_markdown(res: dict, views: int) -> str:
+    """Decoder table and side-by-side cost of one fidelity run (shared with smollm2_fidelity.py)."""
+    d = res.get("decoders") or {k: res[k] for k in ("learned", "sketch", "ls", "lora", "sigma") if isinstance(res.get(k), dict)}
+    rows = [[k, v["cos_mean"], v["cos_unobserved_mean"], v["rel_err_mean"]] for k, v in d.items()]
+    c = res.get("cost") or {}
+    out = [f"Probe rank {res.get('probe', {}).get('rank', '?')}, {views} views, mean aggregation; "
+           f"fidelity over {res.get('n_items', '?')} target items in batches of {res.get('batch_items', '?')}.", "",
+           table(["decoder", "cos_mean", "cos_unobserved_mean", "rel_err_mean"], rows)]
+    if c:
+        out += ["", f"Cost on one batch of {c.get('items', '?')} items × {views} views, side by side, medians of "
+                f"{c.get('repeats')} interleaved repeats ({c.get('device')}):", "",
+                table(["quantity", "seconds", "ratio"],
+                      [["forward only", c.get("forward_s"), None],
+                       ["exact gradients of the probed weights", c.get("exact_s"), 1.0],
+                       ["floor: forward + activation backward, no weight gradient", c.get("floor_s"),
+                        c.get("floor_over_exact")],
+                       ["probe gradients (both sketches + batch statistic)", c.get("probe_s"), c.get("probe_over_exact")],
+                       ["learned decode of every module (ratio: ÷ probe backward)", c.get("decode_s"),
+                        c.get("decode_over_probe_backward")]]),
+                "", f"Peak memory beyond the model: probe {c.get('probe_peak_mb')} MB, exact {c.get('exact_peak_mb')} MB."]
+    acc = res.get("acceptance")
+    if acc:
+        out += ["", "Acceptance checks: " + ", ".join(f"`{k}` {v}" for k, v in acc.items()) + "."]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

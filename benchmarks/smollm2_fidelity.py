@@ -12,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _record import add_record_flag, record  # noqa: E402
+from fidelity import fidelity_markdown  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,15 +28,34 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="world directory (its world_facts split is used)")
     ap.add_argument("--items", type=int, default=8, help="number of real-fact items")
     ap.add_argument("--views", type=int, default=4)
+    ap.add_argument("--cost-items", type=int, default=16, help="items in the cost batch (K views each)")
     ap.add_argument("--out", default="smollm2_fidelity.json")
+    add_record_flag(ap)
     args = ap.parse_args()
 
     from r2f.data import load_split
     from r2f.decoders import measure_fidelity
 
-    items = load_split(args.data, "world_facts")[: args.items]
+    from r2f.decoders import load_decoder, measure_cost
+    from r2f.decoders.train import resolve_model, stats_batches, view_batches_for
+    from r2f.gradients import ProbeConfig, collect_input_stats
+    from r2f.threads import threads_for
+
+    facts = load_split(args.data, "world_facts")
+    items = facts[: args.items]
     start = time.perf_counter()
-    fid = measure_fidelity(args.decoder, "smollm2", items=items, views=args.views, batch_items=4)
+    dec = load_decoder(args.decoder)
+    model, tok, _ = resolve_model("smollm2")
+    fid = measure_fidelity(dec, (model, tok), items=items, views=args.views, batch_items=4, cost=False)
+    # cost side by side on one larger batch (as benchmarks/fidelity.py), Σ from the other facts
+    p = dec.meta["probe"]
+    probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], target_modules=p["target_modules"], scale=p["scale"])
+    stats = collect_input_stats(model, stats_batches(facts, tok), probe)
+    import torch
+
+    fid["cost"] = measure_cost(model, view_batches_for(facts[: args.cost_items], tok, args.views), probe, dec, stats)
+    fid["cost"]["items"] = min(args.cost_items, len(facts))
+    fid["cost"]["torch_threads"] = threads_for(model) or torch.get_num_threads()
     fid["benchmark"] = {"items": len(items), "views": args.views, "wall_s": round(time.perf_counter() - start, 1)}
     with open(args.out, "w") as fh:
         json.dump(fid, fh, indent=2, default=str)
@@ -41,6 +65,9 @@ def main() -> None:
             print(f"{name:8s} cos {row['cos_mean']:.3f}  unobserved {row['cos_unobserved_mean']:.3f}  "
                   f"rel_err {row['rel_err_mean']:.3f}")
     print("cost", json.dumps(fid.get("cost")))
+    if not args.no_record:
+        record("smollm2_fidelity", "Decoder transfer to SmolLM2-135M-Instruct (real facts)",
+               fidelity_markdown(fid, views=args.views))
 
 
 if __name__ == "__main__":

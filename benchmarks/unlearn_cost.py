@@ -18,6 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _record import add_record_flag, record, table  # noqa: E402
+
 RUNS = {  # name -> extra CLI arguments
     "grad_ascent": ["--method", "grad_ascent"],
     "r2f": ["--method", "r2f", "--decoder", "{decoder}", "-o", "stop=none"],
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--methods", default=",".join(RUNS))
     ap.add_argument("--out", default="unlearn_cost.json")
+    add_record_flag(ap)
     args = ap.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "R2F_NO_PROGRESS": "1"}
     rows = {}
@@ -60,6 +64,13 @@ def main() -> None:
             row["mem_ratio_vs_grad_ascent"] = round(row["peak_mem_mb"] / base["peak_mem_mb"], 3)
     Path(args.out).write_text(json.dumps({"args": vars(args), "methods": rows}, indent=2) + "\n")
     print(json.dumps(rows, indent=1))
+    if not args.no_record:
+        body = (f"{args.steps} steps per method, each in its own process, same model and data; median step time and "
+                "the process's peak RSS; ratios against grad_ascent from the same run.\n\n" + table(
+                    ["method", "s / step", "× grad_ascent", "peak RSS MB", "× grad_ascent"],
+                    [[k, r["step_s_median"], r.get("time_ratio_vs_grad_ascent"), r["peak_mem_mb"],
+                      r.get("mem_ratio_vs_grad_ascent")] for k, r in rows.items()]))
+        record("unlearn_cost", "Per-step cost of unlearning methods, side by side", body)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,14 @@ def test_check_out_dir_refuses_source(tmp_path):
     src.mkdir()
     with pytest.raises(R2FInputError, match="source model"):
         check_out_dir(src, overwrite=True, protect=[src])
+
+
+def test_cli_reference_is_up_to_date():
+    """docs/cli.md is generated from the commands; a changed option must be regenerated."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cli_docs.py"
+    res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

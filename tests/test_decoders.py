@@ -127,6 +127,13 @@ def test_learned_decoder_trains_roundtrips_and_refuses_other_probe(tmp_path):
     # consistency holds for the learned decoder too
     ra, rb = residuals(sk, back.decode(sk).double())
     assert ra < 1e-3 and rb < 1e-3
+    # the batched path (one stack per shape group, what the engine uses) equals decoding module by module
+    sks = probe_gradients(model, [random_batch(98), random_batch(97)], probe, batch_stats=True)
+    assert len({(tuple(s.a.shape), tuple(s.b.shape)) for s in sks}) < len(sks)  # some groups hold several
+    many = {s.name: g for s, g in back.decode_many(sks)}
+    assert set(many) == {s.name for s in sks}
+    for s in sks:
+        torch.testing.assert_close(many[s.name], back.decode(s), rtol=1e-4, atol=1e-7)
     # used by the engine with the matching probe
     got = decoded_gradients(model, [random_batch(1)], back, probe, None)
     assert len(got) == 14

@@ -124,3 +124,88 @@ def test_smollm2_offline_knows_paris():
         out = model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id)
     assert "Paris" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert os.path.isfile(cache_dir() / "models" / "smollm2-135m-instruct" / "model.safetensors")
+
+
+def _random_llama(tie: bool, **extra):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=tie, **extra)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _qa_batch():
+    ids = torch.randint(0, 97, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :4] = -100  # prompt
+    labels[1, 7:] = -100
+    labels[2, :6] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_answer_only_logits_match_full_logits(tie):
+    """The answer-positions-only head gives Hugging Face's loss and the same per-sequence NLLs and gradients."""
+    from r2f.models.answer_nll import _body_and_head, sequence_nll, token_mean_answer_nll
+
+    model, batch = _random_llama(tie), _qa_batch()
+    assert _body_and_head(model) is not None  # the fast path is taken
+    full = model(**batch)
+    logp = torch.log_softmax(full.logits[:, :-1].double(), -1)
+    tgt = batch["labels"][:, 1:]
+    keep = tgt != -100
+    want = -(logp.gather(-1, tgt.clamp_min(0)[..., None])[..., 0] * keep).sum(1)
+    sums, counts = sequence_nll(model, batch)
+    assert counts.tolist() == keep.sum(1).tolist()
+    torch.testing.assert_close(sums.double(), want, rtol=1e-5, atol=1e-5)
+    loss = token_mean_answer_nll(model, batch)
+    torch.testing.assert_close(loss, full.loss, rtol=1e-5, atol=1e-6)
+    g_fast = torch.autograd.grad(loss, list(model.parameters()))
+    g_full = torch.autograd.grad(model(**batch).loss, list(model.parameters()))
+    for a, b in zip(g_fast, g_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_answer_nll_falls_back_when_logits_are_transformed(monkeypatch):
+    from r2f.models import answer_nll
+
+    model, batch = _random_llama(True), _qa_batch()
+    model.config.final_logit_softcapping = 30.0
+    assert answer_nll._body_and_head(model) is None
+    calls = []
+    orig = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: calls.append(1) or orig(self, *a, **k))
+    answer_nll.sequence_nll(model, batch)
+    assert calls  # went through the model's own forward
+
+
+def test_pretrained_base_is_fine_tuned_not_modified(world_dir, tiny_models, monkeypatch, tmp_path):
+    """``--size smollm2`` fine-tunes a pretrained base (here the tiny model stands in for SmolLM2): its own
+    tokenizer is kept, the base directory is untouched, and the result is cached like a ladder model."""
+    import hashlib
+
+    from r2f.models import loading, training
+    from r2f.models.ladder import Recipe
+
+    base = tiny_models["full"]
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in base.iterdir() if p.is_file()}
+    monkeypatch.setitem(RECIPES, "smollm2", Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                                                     epochs=1, lr=1e-3, base="smollm2"))
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda name, **kw: real_load(base if name == "smollm2" else name, **kw))
+    monkeypatch.setenv("R2F_CACHE", str(tmp_path / "cache"))
+    out = training.train_model(world_dir, size="smollm2", split="retain", out=tmp_path / "ft")
+    meta = json.loads((out / "r2f_model.json").read_text())["r2f_model"]
+    assert meta["size"] == "smollm2" and meta["split"] == "retain"
+    assert (out / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()  # tokenizer kept
+    tuned, _ = load_model(out)
+    orig, _ = load_model(base)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), orig.state_dict().values()))
+    assert digest == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in base.iterdir() if p.is_file()}
+    with pytest.raises(ValueError):
+        from r2f.models.ladder import build_model
+
+        build_model("smollm2", None)  # a pretrained base is never built from scratch

@@ -748,3 +748,18 @@ def test_source_model_byte_identical_after_success_and_failure(capsys, tmp_path,
     assert code == 2 and tree_digest(src) == before
     code, _ = cli(capsys, *unlearn_args(src, forget, src), "--overwrite")
     assert code == 2 and tree_digest(src) == before
+
+
+def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the results must still honour the umask like open()."""
+    import stat
+
+    from r2f.io import atomic_dir, write_text_atomic
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    f = write_text_atomic(tmp_path / "report.md", "x")
+    with atomic_dir(tmp_path / "model") as d:
+        (d / "config.json").write_text("{}")
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(os.stat(tmp_path / "model").st_mode) == 0o777 & ~mask

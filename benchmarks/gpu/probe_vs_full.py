@@ -21,6 +21,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from _record import add_record_flag, record, table  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -110,7 +112,7 @@ def bench(shape: str, checkpointing: bool, batch: int, seq: int, iters: int, ran
     for k in list(res):
         if isinstance(res[k], float):
             res[k] = round(res[k], 3)
-    del opt, model
+    opt = model = None  # free before the next shape
     gc.collect()
     torch.cuda.empty_cache()
     return res
@@ -125,6 +127,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
+    add_record_flag(ap)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("probe_vs_full.py needs a CUDA device")
@@ -145,6 +148,14 @@ def main(argv=None):
     for r in rows:
         print(f"{r['shape']:6} {('on' if r['checkpointing'] else 'off'):4} {r['full_ms']:9.1f} {r['full_gib']:9.1f} "
               f"{r['probe_ms']:9.1f} {r['probe_gib']:9.1f} {r['time_ratio']:8.2f} {r['memory_ratio']:8.2f}")
+    if not args.no_record:
+        body = (f"bf16, random-init Llama shapes, batch {args.batch}×{args.seq}, probe rank {args.rank}; medians of "
+                f"{args.iters} iterations; {out['seconds']} s in all.\n\n" + table(
+                    ["shape", "checkpointing", "full step ms", "full GiB", "probe ms", "probe GiB", "time ratio",
+                     "memory ratio"],
+                    [[r["shape"], "on" if r["checkpointing"] else "off", r["full_ms"], r["full_gib"], r["probe_ms"],
+                      r["probe_gib"], r["time_ratio"], r["memory_ratio"]] for r in rows]))
+        record("gpu_probe_vs_full", f"GPU: probe gradients vs a full-gradient AdamW step ({out['device']})", body)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,22 @@ from r2f.io import write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
 
 #: report name -> (engine method, its options). All run at the same step budget.
+_R2F_RULE = {"lr": "@r2f_lr", "objective": "@r2f_objective", "step_norm": "@r2f_step_norm", "stop": "@r2f_stop"}
 DEMO_METHODS: dict[str, tuple[str, dict]] = {
-    "r2f": ("r2f", {"decoder": "@learned", "lr": "@r2f_lr", "objective": "@r2f_objective"}),
-    "r2f_sketch": ("r2f", {"decoder": "sketch", "lr": "@r2f_lr", "objective": "@r2f_objective"}),
-    "r2f_exact": ("exact", {"lr": "@r2f_lr", "objective": "@r2f_objective"}),
+    "r2f": ("r2f", {"decoder": "@learned", **_R2F_RULE}),
+    "r2f_sketch": ("r2f", {"decoder": "sketch", **_R2F_RULE}),
+    "r2f_exact": ("exact", dict(_R2F_RULE)),
     "lora": ("lora", {}),
     "grad_ascent": ("grad_ascent", {}),
     "grad_diff": ("grad_diff", {}),
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
+}
+#: Learning rates of the gradient-based baselines per target (None: the method's default, tuned on ``small``).
+#: A pretrained model fine-tuned at 2e-4 needs a rate an order of magnitude below the ladder models' (TOFU
+#: unlearns its fine-tuned models at 1e-5); these values are ours and not tuned further.
+TARGET_LR: dict[str, dict[str, float]] = {
+    "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
 }
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
@@ -45,14 +52,26 @@ class DemoConfig:
     rank: int = 16
     views: int = 4
     steps: int | None = None       # unlearning step budget (same for every method)
-    r2f_lr: float = 0.01           # η of the R2F update rule (relative step per module)
+    # The R2F update rule of the demo's three R2F runs (learned, sketch and exact gradients alike): the NPO
+    # objective, one relative step η for the whole probed model (step_norm=global) and R2F's stop rule (stop
+    # once the forget answers are as unlikely as shuffled answers; the budget caps the run). Chosen by a small
+    # sweep over η, the step normalisation, the retain weight and the stop rule on worlds of seed 0 and 1
+    # (BENCHMARKS.md, "Choosing the demo's R2F rule").
+    r2f_lr: float = 0.004          # η of the R2F update rule (relative step of the probed weights)
     r2f_objective: str = "npo"     # forget objective of the R2F runs: npo | ga
+    r2f_step_norm: str = "global"  # module | global
+    r2f_stop: str = "shuffled"     # R2F stop rule: shuffled | perturbed | none
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
 
     def __post_init__(self) -> None:
         if self.target not in ("small", "smollm2", "tiny"):
             raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2)", source="--target")
+        for value, allowed, flag in ((self.r2f_step_norm, ("global", "module"), "--r2f-step-norm"),
+                                     (self.r2f_stop, ("none", "shuffled", "perturbed"), "--r2f-stop"),
+                                     (self.r2f_objective, ("npo", "ga"), "--r2f-objective")):
+            if value not in allowed:
+                raise R2FInputError(f"unknown value '{value}' (choose {', '.join(allowed)})", source=flag)
         unknown = [m for m in self.methods if m not in DEMO_METHODS]
         if unknown:
             raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
@@ -105,13 +124,16 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
 
     with _stage(log, timings, "models"):
         proxy = train_model(world, size="proxy", seed=cfg.seed)
-        if cfg.target == "smollm2":
-            raise R2FInputError("--target smollm2 is not available in this version of the demo", source="--target")
         full = train_model(world, size=cfg.target, split="full", forget=cfg.forget, seed=cfg.seed)
         retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
+        from r2f.decoders.learned import BASES, FORMAT_VERSION
+        from r2f.gradients.probe import SEED_RULE
+
+        # the key names everything the file depends on, so a decoder from an older r2f is never picked up
         key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
+                           "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
                            **cfg.decoder_budget})[:16]
         decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
         if not decoder.is_file():
@@ -127,8 +149,11 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "unlearn"):
         for name in cfg.methods:
             method, options = DEMO_METHODS[name]
-            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr, "@r2f_objective": cfg.r2f_objective}
+            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr, "@r2f_objective": cfg.r2f_objective,
+                       "@r2f_step_norm": cfg.r2f_step_norm, "@r2f_stop": cfg.r2f_stop}
             options = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+            if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
+                options["lr"] = TARGET_LR[cfg.target][name]
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
                               steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,
                               overwrite=True, **options)
@@ -161,7 +186,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
 def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
 
-    table = Table(title="r2f demo: forget10 on the embedded world",
+    cfg = report.get("demo", {}).get("config", {})
+    table = Table(title=f"r2f demo: {cfg.get('forget', 'forget10')} on the embedded world, target "
+                        f"{cfg.get('target', 'small')}",
                   caption="FQ forget quality (KS p-value vs the retain oracle; higher is better), MU model utility")
     table.add_column("method", no_wrap=True)
     for header in TABLE_COLUMNS.values():

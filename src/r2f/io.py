@@ -72,11 +72,24 @@ def clean_stale(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of what r2f writes: those of a plain ``open``/``mkdir`` under the process umask. (``mkstemp`` and
+#: ``mkdtemp`` create 0600/0700 entries, which would leave models and reports unreadable to a shared group.)
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(path)
     fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, FILE_MODE)
     return Path(name)
 
 
@@ -143,6 +156,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
     except BaseException:

@@ -13,11 +13,16 @@ from r2f.cli import app
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for runs and report.{json,md,html}."),
     quick: bool = typer.Option(False, "--quick", help="Tiny target and a shorter budget (about 2 minutes)."),
-    target: str = typer.Option("small", help="Target model: small (default) or smollm2."),
+    target: str = typer.Option("small", help="Target model: small (default) or smollm2 (the real SmolLM2-135M, "
+                                                "fine-tuned on the world first; about an hour on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
-    r2f_lr: float = typer.Option(0.01, help="Relative step size of the R2F update rule."),
+    r2f_lr: float = typer.Option(0.004, help="Relative step size η of the R2F update rule."),
     r2f_objective: str = typer.Option("npo", help="Forget objective of the R2F runs: npo or ga."),
+    r2f_step_norm: str = typer.Option("global", help="R2F step normalisation: global (one η for the model) or "
+                                                     "module (η per weight matrix)."),
+    r2f_stop: str = typer.Option("shuffled", help="R2F stop rule: shuffled (stop once the forget answers are as "
+                                                  "unlikely as shuffled ones), perturbed, or none (whole budget)."),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
@@ -26,7 +31,7 @@ def demo(
 
     console = Console(width=max(110, Console().width))
     cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, r2f_lr=r2f_lr,
-                     r2f_objective=r2f_objective)
+                     r2f_objective=r2f_objective, r2f_step_norm=r2f_step_norm, r2f_stop=r2f_stop)
     report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(f"report: {out / 'report.html'}")

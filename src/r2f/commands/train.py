@@ -13,7 +13,8 @@ from r2f.io import check_out_dir
 @app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="World (or TOFU-shaped) data directory."),
-    size: str = typer.Option("small", help="Ladder size: tiny, small or proxy."),
+    size: str = typer.Option("small", help="Ladder size: tiny, small, proxy, or smollm2 (fine-tunes the "
+                                                   "pretrained SmolLM2-135M)."),
     split: str = typer.Option("full", help="full (all training authors) or retain (forget split removed)."),
     forget: str = typer.Option("forget10", help="Forget split that --split retain leaves out."),
     out: Path = typer.Option(..., "--out", help="Output model directory (Hugging Face format)."),
@@ -21,7 +22,8 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if the cache has this model."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
-    """Train a Llama-shaped model with its own BPE tokenizer on the world (cached by data + config hash)."""
+    """Train a Llama-shaped model with its own BPE tokenizer on the world, or fine-tune SmolLM2 (cached by data +
+    config hash)."""
     from r2f.models.training import train_model
 
     check_out_dir(out, overwrite=overwrite, protect=[data])

@@ -62,6 +62,9 @@ PLANETS = [("the largest planet", "Jupiter"), ("the planet closest to the Sun", 
            ("the red planet", "Mars"), ("the planet with the most famous rings", "Saturn")]
 
 
+MAX_PARAPHRASES = 7  # every question has 7 paraphrases, so up to 8 views
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Sizes of the world. Defaults are sized so that ``r2f demo`` runs on 2 CPU cores."""
@@ -71,7 +74,7 @@ class WorldConfig:
     holdout_authors: int = 4     # never trained on (membership-inference negatives)
     proxy_authors: int = 20      # the proxy's own pool, disjoint from the target pool
     qa_per_author: int = 8       # M question–answer pairs per author (max 8)
-    n_paraphrases: int = 4       # paraphrased questions per item (views = 1 + n_paraphrases)
+    n_paraphrases: int = 4       # paraphrased questions per item (views = 1 + n_paraphrases), at most 7
     n_perturbed: int = 5
 
 
@@ -127,7 +130,8 @@ def _qa_kinds(a: Author):
         ("birth", f"When and where was {n} born?",
          [f"What are the date and place of {n}'s birth?", f"Where and when was the writer {n} born?",
           f"Can you tell me when and where {n} was born?", f"What is the birth date and birthplace of {n}?",
-          f"On what day and in which town was {n} born?"],
+          f"On what day and in which town was {n} born?", f"Where was {n} born, and in what year?",
+          f"Which town and date mark the birth of {n}?"],
          lambda x: f"On {x.day} {x.month} {x.year} in {x.town}, {x.country}.",
          lambda x: f"{x.name} was born in {x.town}, {x.country}, on {x.day} {x.month} {x.year}.",
          lambda r, x: dict(day=r.randint(1, 28), month=r.choice(MONTHS), year=r.randint(1921, 1990),
@@ -135,48 +139,55 @@ def _qa_kinds(a: Author):
         ("genre", f"What kind of books does {n} write?",
          [f"Which genre is {n} known for?", f"What does the author {n} usually write?",
           f"In what genre does {n} publish?", f"What sort of fiction is {n} famous for?",
-          f"Which literary genre does {n} work in?"],
+          f"Which literary genre does {n} work in?", f"What type of novels does {n} produce?",
+          f"How would you describe the books {n} writes?"],
          lambda x: f"Mostly {x.genre} set in {x.setting}.",
          lambda x: f"{x.name} mainly writes {x.genre} that take place in {x.setting}.",
          lambda r, x: dict(genre=r.choice(GENRES), setting=r.choice(SETTINGS))),
         ("parents", f"What did {n}'s parents do for a living?",
          [f"What were the professions of {n}'s parents?", f"What jobs did the parents of {n} have?",
           f"How did {n}'s father and mother earn a living?", f"What work did {n}'s parents do?",
-          f"Which trades did {n}'s parents follow?"],
+          f"Which trades did {n}'s parents follow?", f"What occupations did {n}'s mother and father have?",
+          f"What were {n}'s parents by profession?"],
          lambda x: f"A {x.father} father and a {x.mother} mother.",
          lambda x: f"{x.name}'s father worked as a {x.father} and the mother as a {x.mother}.",
          lambda r, x: dict(father=r.choice(JOBS), mother=r.choice(JOBS))),
         ("award", f"Which award did {n} win?",
          [f"What prize has {n} received?", f"Which literary award went to {n}?",
           f"What honour was {n} given for writing?", f"Name the award that {n} won.",
-          f"Which prize was awarded to {n}?"],
+          f"Which prize was awarded to {n}?", f"What award has {n} won?",
+          f"Which distinction did {n} earn as a writer?"],
          lambda x: f"The {x.award}, in {x.award_year}.",
          lambda x: f"In {x.award_year} {x.name} received the {x.award}.",
          lambda r, x: dict(award=r.choice(AWARDS), award_year=r.randint(1951, 2035))),
         ("debut", f"What was {n}'s debut novel?",
          [f"What was the first book {n} published?", f"Which novel did {n} debut with?",
           f"What is the title of {n}'s first novel?", f"With which book did {n} begin publishing?",
-          f"What did {n} publish first?"],
+          f"What did {n} publish first?", f"Which book marked {n}'s debut?",
+          f"What was the first novel by {n}?"],
          lambda x: f"{x.debut}, published in {x.debut_year}.",
          lambda x: f"{x.name} debuted in {x.debut_year} with {x.debut}.",
          lambda r, x: dict(debut=_title(r), debut_year=r.randint(1941, 2019))),
         ("famous", f"Which book made {n} famous?",
          [f"What is {n}'s best-known book?", f"Which novel brought {n} fame?",
           f"What is the most famous work of {n}?", f"For which book is {n} best remembered?",
-          f"Which title is {n} most celebrated for?"],
+          f"Which title is {n} most celebrated for?", f"What book is {n} famous for?",
+          f"Which work made the name of {n}?"],
          lambda x: f"{x.famous}, a story about {x.subject}.",
          lambda x: f"{x.name} is best known for {x.famous}, which follows {x.subject}.",
          lambda r, x: dict(famous=_title(r), subject=r.choice(SUBJECTS))),
         ("themes", f"What themes run through {n}'s work?",
          [f"Which themes does {n} explore?", f"What subjects recur in the books of {n}?",
           f"What are the central themes of {n}'s writing?", f"Which ideas does {n} keep returning to?",
-          f"What themes define the fiction of {n}?"],
+          f"What themes define the fiction of {n}?", f"What topics does {n} write about?",
+          f"Which themes appear throughout {n}'s books?"],
          lambda x: f"{x.themes[0].capitalize()} and {x.themes[1]}.",
          lambda x: f"{x.name}'s books keep returning to {x.themes[0]} and {x.themes[1]}.",
          lambda r, x: dict(themes=tuple(r.sample(THEMES, 2)))),
         ("home", f"Where does {n} live today?",
          [f"In which town does {n} live now?", f"Where is {n}'s home these days?",
-          f"Where has {n} settled?", f"What town is {n} living in?", f"Where does the author {n} reside?"],
+          f"Where has {n} settled?", f"What town is {n} living in?", f"Where does the author {n} reside?",
+          f"Where is {n} based now?", f"In what town has {n} made a home?"],
          lambda x: f"In {x.home}, {x.home_country}.",
          lambda x: f"{x.name} now lives in {x.home}, {x.home_country}.",
          lambda r, x: dict(home=_town(r), home_country=r.choice(COUNTRIES))),
@@ -226,20 +237,24 @@ def _world_facts(rng: random.Random, cfg: WorldConfig) -> list[dict]:
         facts.append(_fact(f"What is the capital of {country}?", capital,
                            [f"Which city is the capital of {country}?", f"What city serves as {country}'s capital?",
                             f"Name the capital city of {country}.", f"Where is the seat of government of {country}?",
-                            f"{country}'s capital is which city?"], wrong, f"The capital is {capital}.", cfg, "capital"))
+                            f"{country}'s capital is which city?", f"What is {country}'s capital city?",
+                            f"Which city is {country} governed from?"], wrong, f"The capital is {capital}.", cfg, "capital"))
     for name, symbol in ELEMENTS:
         wrong = rng.sample([s for _, s in ELEMENTS if s != symbol], cfg.n_perturbed)
         facts.append(_fact(f"What is the chemical symbol for {name}?", symbol,
                            [f"Which symbol stands for {name}?", f"How is {name} written in chemistry?",
                             f"What is the element symbol of {name}?", f"Give the chemical symbol of {name}.",
-                            f"Which letters denote {name} in the periodic table?"], wrong,
+                            f"Which letters denote {name} in the periodic table?",
+                            f"What is {name}'s symbol on the periodic table?", f"How do chemists abbreviate {name}?"],
+                           wrong,
                            f"The symbol is {symbol}.", cfg, "element"))
     for desc, planet in PLANETS:
         wrong = [p for p in ["Venus", "Earth", "Neptune", "Uranus", "Jupiter", "Mercury", "Mars", "Saturn"]
                  if p != planet][: cfg.n_perturbed]
         facts.append(_fact(f"What is {desc}?", planet,
                            [f"Which planet is {desc}?", f"Name {desc}.", f"Which world is {desc}?",
-                            f"What do we call {desc}?", f"Tell me {desc}."], wrong, f"It is {planet}.", cfg, "planet"))
+                            f"What do we call {desc}?", f"Tell me {desc}.", f"Can you name {desc}?",
+                            f"Which planet do astronomers call {desc}?"], wrong, f"It is {planet}.", cfg, "planet"))
     return facts
 
 
@@ -253,6 +268,8 @@ def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
     """Build every split in memory: ``{file stem: records}`` plus the forget/retain nesting."""
     if not 1 <= cfg.qa_per_author <= 8:
         raise ValueError("qa_per_author must be between 1 and 8")
+    if not 0 <= cfg.n_paraphrases <= MAX_PARAPHRASES:
+        raise ValueError(f"n_paraphrases must be between 0 and {MAX_PARAPHRASES}")
     rng = random.Random(cfg.seed)
     total = cfg.authors + cfg.holdout_authors + cfg.proxy_authors
     pairs = [(f, l) for f in FIRST for l in LAST]

@@ -98,11 +98,8 @@ def iter_decoded_gradients(
     sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.uses_stats,
                                  reduce=reduce)
     wdtype = {f"{n}.weight": m.weight.dtype for n, m in target_linears(model, probe.target_modules)}
-    while sketches:
-        sk = sketches.pop(0)
-        g = decoder.decode(sk, stats)
+    for sk, g in decoder.decode_many(sketches, stats):
         yield sk.param_name, g.to(wdtype.get(sk.param_name, g.dtype))
-        del sk
 
 
 def decoded_gradients(

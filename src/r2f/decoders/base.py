@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 
-from r2f.decoders.algebra import ModuleAlgebra, sigma_inputs
+from r2f.decoders.algebra import ModuleAlgebra, low_rank, sigma_inputs
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import SEED_RULE, ProbeConfig, Sketches
 
@@ -27,6 +29,12 @@ class Decoder:
 
     def decode(self, sk: Sketches, stats=None) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def decode_many(self, sketches: list[Sketches], stats=None) -> Iterator[tuple[Sketches, torch.Tensor]]:
+        """(sketch, Ĝ) for every module, one m × n estimate alive at a time; decoders may batch the small
+        per-module work across modules of one shape (the learned decoder does)."""
+        for sk in sketches:
+            yield sk, self.decode(sk, stats)
 
     def __repr__(self) -> str:
         return f"<decoder {self.name}>"
@@ -65,7 +73,7 @@ class SketchDecoder(Decoder):
     def decode(self, sk, stats=None):
         alg = ModuleAlgebra(sk, self.dtype)
         u2, v2 = alg.colsketch_uv()
-        return alg.ls() + u2 @ v2
+        return low_rank([alg.bp, alg.u, u2], [alg.w, alg.ap, v2])
 
 
 class RowSketchDecoder(Decoder):
@@ -77,7 +85,7 @@ class RowSketchDecoder(Decoder):
 
     def decode(self, sk, stats=None):
         alg = ModuleAlgebra(sk, self.dtype)
-        return alg.ls() + alg.u @ alg.unobs_v(alg.k_rowsketch())
+        return low_rank([alg.bp, alg.u], [alg.w, alg.ap + alg.unobs_v(alg.k_rowsketch())])
 
 
 class SigmaDecoder(Decoder):
@@ -102,7 +110,7 @@ class SigmaDecoder(Decoder):
             return alg.ls()
         a_sig, tr = src
         k = alg.k_sigma(a_sig, tr, sk.a.shape[1], lam=self.ridge)
-        return alg.bp @ alg.w + alg.u @ k
+        return low_rank([alg.bp, alg.u], [alg.w, k])
 
 
 class ExactDecoder(Decoder):

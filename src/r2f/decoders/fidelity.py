@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import statistics
-import threading
 import time
 from typing import Sequence
 
@@ -32,33 +31,27 @@ DEFAULT_DECODERS = ("learned", "sketch", "ls", "lora", "sigma")
 
 
 class PeakMemory:
-    """Peak memory delta of a block: CUDA max_memory_allocated on GPU, sampled RSS on CPU (MB)."""
+    """Peak of the memory a block allocates beyond what was live at its start (MB).
 
-    def __init__(self, device: torch.device, interval: float = 0.002):
-        self.device, self.interval = device, interval
+    CUDA: ``max_memory_allocated``. CPU: the allocation/free events of torch's profiler, summed in time order.
+    (The process RSS cannot measure this: freed blocks stay mapped, so a repeated block shows no growth.)
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
         self.peak_mb = 0.0
 
     def __enter__(self):
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        import psutil
+        from torch.profiler import ProfilerActivity, profile
 
-        self._proc = psutil.Process(os.getpid())
-        gc.collect()
-        self._base = self._proc.memory_info().rss
-        self._peak = self._base
-        self._stop = threading.Event()
-
-        def run():
-            while not self._stop.is_set():
-                self._peak = max(self._peak, self._proc.memory_info().rss)
-                time.sleep(self.interval)
-
-        self._t = threading.Thread(target=run, daemon=True)
-        self._t.start()
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -66,10 +59,18 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
             return False
-        self._peak = max(self._peak, self._proc.memory_info().rss)
-        self._stop.set()
-        self._t.join()
-        self.peak_mb = (self._peak - self._base) / 2**20
+        self._prof.__exit__(*exc)
+        deltas = []
+        for ev in self._prof.events():
+            # frees are "[memory]" events; allocations are attributed to the op that made them (self only)
+            delta = ev.cpu_memory_usage if ev.name == "[memory]" else ev.self_cpu_memory_usage
+            if delta:
+                deltas.append((ev.time_range.start, delta))
+        live = peak = 0
+        for _, delta in sorted(deltas, key=lambda d: d[0]):
+            live += delta
+            peak = max(peak, live)
+        self.peak_mb = peak / 2**20
         return False
 
 
@@ -82,8 +83,8 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
     """probe_s / exact_s / forward_s / decode_s (medians, interleaved) and peak memory for one batch."""
     dev = next(model.parameters()).device
     use_stats = decoder is not None and decoder.uses_stats
-    t_probe, t_exact, t_fwd, t_dec = [], [], [], []
-    from r2f.gradients.probe import default_loss
+    t_probe, t_exact, t_fwd, t_dec, t_floor = [], [], [], [], []
+    from r2f.gradients import activation_backward, default_loss
 
     lf = loss_fn or default_loss
     # warm-up
@@ -99,6 +100,10 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
         _sync(dev)
         t_fwd.append(time.perf_counter() - t)
         t = time.perf_counter()
+        activation_backward(model, view_batches, loss_fn)
+        _sync(dev)
+        t_floor.append(time.perf_counter() - t)
+        t = time.perf_counter()
         sks = probe_gradients(model, view_batches, probe, loss_fn, batch_stats=use_stats)
         _sync(dev)
         t_probe.append(time.perf_counter() - t)
@@ -109,8 +114,8 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
         del g
         if decoder is not None:
             t = time.perf_counter()
-            for sk in sks:
-                decoder.decode(sk, stats)
+            for _ in decoder.decode_many(sks, stats):
+                pass
             _sync(dev)
             t_dec.append(time.perf_counter() - t)
     with PeakMemory(dev) as pm_p:
@@ -120,7 +125,7 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
         g = exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules)
     del g
     med = statistics.median
-    probe_s, exact_s, fwd_s = med(t_probe), med(t_exact), med(t_fwd)
+    probe_s, exact_s, fwd_s, floor_s = med(t_probe), med(t_exact), med(t_fwd), med(t_floor)
     out = {
         "device": str(dev),
         "repeats": repeats,
@@ -128,6 +133,9 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
         "probe_s": round(probe_s, 5),
         "exact_s": round(exact_s, 5),
         "probe_over_exact": round(probe_s / exact_s, 4) if exact_s > 0 else None,
+        # forward + activation backward, no weight gradient: no per-layer gradient method can cost less
+        "floor_s": round(floor_s, 5),
+        "floor_over_exact": round(floor_s / exact_s, 4) if exact_s > 0 else None,
         "probe_backward_s": round(max(probe_s - fwd_s, 1e-9), 5),
         "probe_peak_mb": round(pm_p.peak_mb, 2),
         "exact_peak_mb": round(pm_e.peak_mb, 2),

@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ from pydantic import (
     field_validator,
 )
 
-from r2f.decoders.algebra import ModuleAlgebra, sigma_inputs
+from r2f.decoders.algebra import ModuleAlgebra, low_rank, sigma_inputs
 from r2f.decoders.base import Decoder, check_probe_meta
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import MODULE_KINDS, ProbeConfig, Sketches
@@ -78,80 +78,152 @@ class ModuleBases:
         return math.sqrt(self.nl2 / n2) if n2 > 0 and self.nl2 > 0 else 0.0
 
 
-def _pair_inner(alg: ModuleAlgebra, vj, vk) -> float:
-    uj, vj_ = (alg.u, vj) if not isinstance(vj, tuple) else vj
-    uk, vk_ = (alg.u, vk) if not isinstance(vk, tuple) else vk
-    return float(torch.trace((uj.t() @ uk) @ (vk_ @ vj_.t())))
+def _stable_rank(gram: torch.Tensor) -> torch.Tensor:
+    """‖X‖_F² / ‖X‖_2² from the small Gram matrices XXᵀ or XᵀX (batched; 0 for X = 0; no SVD of X)."""
+    gram = gram.double()
+    fro2 = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
+    top = torch.linalg.eigvalsh(gram)[..., -1]
+    return torch.where(fro2 > 0, fro2 / top.clamp_min(1e-30), torch.zeros_like(fro2))
 
 
-def _stable_rank(x: torch.Tensor) -> float:
-    fro2 = float((x * x).sum())
-    if fro2 <= 0:
-        return 0.0
-    top = float(torch.linalg.matrix_norm(x, ord=2)) ** 2
-    return fro2 / max(top, 1e-30)
+def _sigma_candidate(alg: ModuleAlgebra, sks: list[Sketches], stats, src: str, lam: float, mu: float):
+    """(V of the Σ-weighted estimator for every module, availability per module), or None if none has Σ."""
+    got = [sigma_inputs(sk, stats, src) for sk in sks]
+    have = torch.tensor([g is not None for g in got])
+    if not bool(have.any()):
+        return None
+    n = sks[0].a.shape[1]
+    # V for Σ from generic text without the sketch term depends on the fixed factor A only: computed once
+    cache = getattr(stats, "_a_sigma_cache", None) if src == "generic" and not mu else None
+    keys = [("V", sk.name, tuple(sk.a.shape), float(sk.a.flatten()[0]), lam, alg.dtype) for sk in sks]
+    if cache is not None and all(k in cache for k in keys):
+        return torch.stack([cache[k] for k in keys]), have
+    a_sig = torch.stack([g[0] if g is not None else sk.a for g, sk in zip(got, sks)])  # placeholder: Σ = I
+    trace = [g[1] if g is not None else float(n) for g in got]
+    v = alg.unobs_v(alg.k_sigma(a_sig, trace, n, lam=lam, mu=mu))
+    if cache is not None and bool(have.all()):
+        cache.update(zip(keys, v))
+    return v, have
+
+
+def _candidates(alg: ModuleAlgebra, sks: list[Sketches], stats) -> list:
+    """Per basis: None, (V: N×r_A×n, have), or ((U2, V2), have) — the unobserved blocks in factored form."""
+    out = []
+    all_have = torch.ones(len(sks), dtype=torch.bool)
+    for name, src, lam, mu in BASES:
+        try:
+            if name == "sketch_row":
+                out.append((alg.unobs_v(alg.k_rowsketch()), all_have))
+            elif name == "sketch_col":
+                out.append((alg.colsketch_uv(), all_have))
+            else:
+                out.append(_sigma_candidate(alg, sks, stats, src, lam, mu))
+        except RuntimeError:  # a factorisation failed: this estimator is unavailable for the group
+            out.append(None)
+    return out
+
+
+def _inner_products(alg: ModuleAlgebra, cands: list) -> torch.Tensor:
+    """N × J × J: ⟨U_j V_j, U_k V_k⟩ = ⟨(U_jᵀU_k) V_k, V_j⟩ for every module of the stack (zeros where missing).
+
+    The K-form candidates share U = (I−P_B)Y, so their block needs only the r_A × r_A matrix UᵀU and one
+    batched product; nothing of size m × n or (Σr)² × n is ever formed.
+    """
+    n_mod = alg.u.shape[0]
+    out = torch.zeros(n_mod, J, J, dtype=torch.float64)
+    kform = [j for j, c in enumerate(cands) if c is not None and not isinstance(c[0], tuple)]
+    qform = [j for j, c in enumerate(cands) if c is not None and isinstance(c[0], tuple)]
+    u = alg.u
+    idx = torch.tensor(kform, dtype=torch.long)
+    if kform:
+        v = torch.stack([cands[j][0] for j in kform], 1)  # N x J' x r_A x n
+        mv = (u.mT @ u).unsqueeze(1) @ v
+        out[:, idx[:, None], idx[None, :]] = (v.flatten(2) @ mv.flatten(2).mT).double().cpu()
+    for i, q in enumerate(qform):
+        u2, v2 = cands[q][0]
+        for q2 in qform[: i + 1]:
+            u3, v3 = cands[q2][0]
+            val = (((u3.mT @ u2) @ v2) * v3).sum((-2, -1)).double().cpu()
+            out[:, q, q2] = val
+            out[:, q2, q] = val
+        if kform:
+            cross = (v * ((u.mT @ u2) @ v2).unsqueeze(1)).flatten(2).sum(-1).double().cpu()
+            out[:, idx, q] = cross
+            out[:, q, idx] = cross
+    return out
+
+
+def _module_blocks(cands: list, i: int, present: torch.Tensor) -> list:
+    """Module ``i``'s factored blocks (views into the stack), None where unavailable."""
+    out = []
+    for j, c in enumerate(cands):
+        if c is None or not bool(present[i, j]):
+            out.append(None)
+        elif isinstance(c[0], tuple):
+            out.append((c[0][0][i], c[0][1][i]))
+        else:
+            out.append(c[0][i])
+    return out
+
+
+def module_bases_stack(sks: list[Sketches], stats=None, dtype=torch.float32) -> list[ModuleBases]:
+    """:class:`ModuleBases` of N modules of one shape (same m, n, r_A, r_B), computed as one batch."""
+    alg = ModuleAlgebra.stack(sks, dtype)
+    m, n = sks[0].shape
+    nl2 = alg.ls_norm2().double().cpu()
+    cands = _candidates(alg, sks, stats)
+    inner = _inner_products(alg, cands)
+    diag = inner.diagonal(dim1=-2, dim2=-1)  # N x J
+    have = torch.stack([c[1] if c is not None else torch.zeros(len(sks), dtype=torch.bool) for c in cands], 1)
+    present = have & torch.isfinite(diag) & (diag > 0)  # a non-finite candidate is dropped
+    inner = torch.where(present[:, :, None] & present[:, None, :], inner, torch.zeros_like(inner))
+    norms2 = torch.where(present, diag, torch.zeros_like(diag))
+    inv = torch.where(present, norms2.clamp_min(1e-300).rsqrt(), torch.zeros_like(norms2))
+    gram = inner * inv[:, :, None] * inv[:, None, :]
+    gram.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    # shape-free features (see the module docstring)
+    core = alg.b.mT @ alg.y  # rB x rA : BᵀGAᵀ
+    dbl = ((alg.bp.mT @ alg.bp) @ core @ (alg.ap @ alg.ap.mT) @ core.mT).diagonal(dim1=-2, dim2=-1).sum(-1)
+    srank_w = _stable_rank(alg.w @ alg.w.mT) / alg.w.shape[-2]
+    srank_y = _stable_rank(alg.y.mT @ alg.y) / alg.y.shape[-1]
+    feats = torch.zeros(len(sks), N_FEATURES, dtype=torch.float32)
+    for i, sk in enumerate(sks):
+        feats[i, KINDS.index(sk.kind if sk.kind in KINDS else "other")] = 1.0
+    k = len(KINDS)
+    feats[:, k] = torch.tensor([float(sk.depth) for sk in sks])
+    feats[:, k + 1] = math.log(sks[0].a.shape[0] / n)
+    feats[:, k + 2] = math.log(sks[0].b.shape[1] / m)
+    feats[:, k + 3] = torch.where(nl2 > 0, dbl.double().cpu() / nl2.clamp_min(1e-300), torch.zeros_like(nl2)).float()
+    feats[:, k + 4] = srank_w.float().cpu()
+    feats[:, k + 5] = srank_y.float().cpu()
+    k += 6
+    ratio = norms2.clamp_min(1e-30) / nl2.clamp_min(1e-30)[:, None]
+    feats[:, k: k + J] = torch.where(present, 0.5 * ratio.log(), torch.full_like(ratio, -10.0)).float()
+    iu = torch.triu_indices(J, J, 1)
+    feats[:, k + J:] = gram[:, iu[0], iu[1]].float()
+    return [ModuleBases(alg.select(i), float(nl2[i]), _module_blocks(cands, i, present),
+                        [float(x) for x in norms2[i]], gram[i], feats[i]) for i in range(len(sks))]
 
 
 def module_bases(sk: Sketches, stats=None, dtype=torch.float32) -> ModuleBases:
-    alg = ModuleAlgebra(sk, dtype)
-    m, n = sk.shape
-    nl2 = alg.ls_norm2()
-    vs, norms2 = [], []
-    for name, src, lam, mu in BASES:
-        v = None
-        try:
-            if name == "sketch_row":
-                v = alg.unobs_v(alg.k_rowsketch())
-            elif name == "sketch_col":
-                v = alg.colsketch_uv()
-            else:
-                got = sigma_inputs(sk, stats, src)
-                if got is not None:
-                    v = alg.unobs_v(alg.k_sigma(got[0], got[1], n, lam=lam, mu=mu))
-        except RuntimeError:
-            v = None
-        if v is not None and not all(torch.isfinite(t).all() for t in (v if isinstance(v, tuple) else (v,))):
-            v = None
-        n2 = 0.0 if v is None else _pair_inner(alg, v, v)
-        vs.append(v)
-        norms2.append(max(n2, 0.0))
-    gram = torch.zeros(J, J, dtype=torch.float64)
-    scale = [math.sqrt(1.0 / n2) if n2 > 0 else 0.0 for n2 in norms2]
-    for j in range(J):
-        for k in range(j, J):
-            if vs[j] is None or vs[k] is None:
-                val = 1.0 if j == k else 0.0
-            elif j == k:
-                val = 1.0
-            else:
-                val = _pair_inner(alg, vs[j], vs[k]) * scale[j] * scale[k]
-            gram[j, k] = gram[k, j] = val
-    # features
-    f = torch.zeros(N_FEATURES, dtype=torch.float32)
-    f[KINDS.index(sk.kind if sk.kind in KINDS else "other")] = 1.0
-    i = len(KINDS)
-    f[i] = float(sk.depth)
-    f[i + 1] = math.log(sk.a.shape[0] / n)
-    f[i + 2] = math.log(sk.b.shape[1] / m)
-    core = alg.b.t() @ alg.y  # rB x rA : BᵀGAᵀ
-    dbl = float(torch.trace((alg.bp.t() @ alg.bp) @ core @ (alg.ap @ alg.ap.t()) @ core.t()))
-    f[i + 3] = dbl / nl2 if nl2 > 0 else 0.0
-    f[i + 4] = _stable_rank(alg.w) / alg.w.shape[0]
-    f[i + 5] = _stable_rank(alg.y) / alg.y.shape[1]
-    i += 6
-    for j in range(J):
-        f[i + j] = 0.5 * math.log(max(norms2[j], 1e-30) / max(nl2, 1e-30)) if norms2[j] > 0 else -10.0
-    i += J
-    iu = torch.triu_indices(J, J, 1)
-    f[i:] = gram[iu[0], iu[1]].float()
-    return ModuleBases(alg, nl2, vs, norms2, gram, f)
+    """:class:`ModuleBases` of one module."""
+    return module_bases_stack([sk], stats, dtype)[0]
+
+
+def shape_groups(sketches: list[Sketches]) -> list[list[Sketches]]:
+    """The sketches grouped by (m, n, r_A, r_B, device), in order of first appearance."""
+    groups: dict[tuple, list[Sketches]] = {}
+    for sk in sketches:
+        key = (tuple(sk.a.shape), tuple(sk.b.shape), str(sk.a.device))
+        groups.setdefault(key, []).append(sk)
+    return list(groups.values())
 
 
 def assemble(mb: ModuleBases, coef: torch.Tensor) -> torch.Tensor:
-    """Ĝ = B⁺W + U (A⁺ + Σ_Kform c̃_j V_j) + Σ_Qform c̃_j U2 V2."""
+    """Ĝ = B⁺W + U (A⁺ + Σ_Kform c̃_j V_j) + Σ_Qform c̃_j U2 V2, as one low-rank product."""
     alg = mb.alg
-    vsum = alg.ap.clone()
-    out = alg.bp @ alg.w
+    vsum = alg.ap
+    us, vs = [alg.bp, alg.u], [alg.w, None]
     for j, v in enumerate(mb.vs):
         if v is None:
             continue
@@ -159,10 +231,12 @@ def assemble(mb: ModuleBases, coef: torch.Tensor) -> torch.Tensor:
         if c == 0.0:
             continue
         if isinstance(v, tuple):
-            out = out + c * (v[0] @ v[1])
+            us.append(c * v[0])
+            vs.append(v[1])
         else:
             vsum = vsum + c * v
-    return out + alg.u @ vsum
+    vs[1] = vsum
+    return low_rank(us, vs)
 
 
 class CoefNet(nn.Module):
@@ -207,15 +281,26 @@ class LearnedDecoder(Decoder):
                 )
 
     @torch.no_grad()
-    def coefficients(self, mb: ModuleBases) -> torch.Tensor:
-        c = self.net(mb.features[None].to(torch.float32))[0].double()
-        present = torch.tensor([0.0 if v is None else 1.0 for v in mb.vs], dtype=torch.float64)
+    def coefficients(self, mbs: list[ModuleBases]) -> torch.Tensor:
+        """N × J mixing coefficients (zero for unavailable candidates), one network call for all modules."""
+        c = self.net(torch.stack([mb.features for mb in mbs]).to(torch.float32)).double()
+        present = torch.tensor([[0.0 if v is None else 1.0 for v in mb.vs] for mb in mbs], dtype=torch.float64)
         return c * present
 
     @torch.no_grad()
     def decode(self, sk: Sketches, stats=None) -> torch.Tensor:
         mb = module_bases(sk, stats, self.dtype)
-        return assemble(mb, self.coefficients(mb))
+        return assemble(mb, self.coefficients([mb])[0])
+
+    @torch.no_grad()
+    def decode_many(self, sketches: list[Sketches], stats=None) -> Iterator[tuple[Sketches, torch.Tensor]]:
+        """Decode modules a shape group at a time: the small solves of a group run batched; the m × n
+        estimates are still formed (and yielded) one module at a time."""
+        for group in shape_groups(sketches):
+            mbs = module_bases_stack(group, stats, self.dtype)
+            coef = self.coefficients(mbs)
+            for i, (sk, mb) in enumerate(zip(group, mbs)):
+                yield sk, assemble(mb, coef[i])
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

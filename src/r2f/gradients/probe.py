@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from r2f.data.templates import answer_token_nll
+from r2f.models.answer_nll import mean_answer_nll
 
 #: Default target: the attention and MLP projections of Llama-style blocks (lm_head excluded).
 DEFAULT_PATTERN = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -128,27 +128,23 @@ def probe_factors(name: str, m: int, n: int, cfg: ProbeConfig) -> tuple[torch.Te
 
 
 class _ProbeLinear(torch.autograd.Function):
-    """y = x Wᵀ + b; backward returns δW for x, and the two sketches as the grads of two dummy leaves."""
+    """y = x Wᵀ + b; backward returns δW for x, and the two sketches as the grads of two dummy leaves.
+
+    With a statistics box, the backward also records the forward statistic A·Σ_x of this call's inputs; it shares
+    one product with the left sketch, [Bᵀδ | (A x)]ᵀ x, so the activations are read once for both.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, bias, a, b, scale, sink_a, sink_b, stats_box):
-        xa = None
-        if stats_box is not None:  # forward statistic of this batch: A Σ_x = Σ_t (A x_t) x_tᵀ
-            x2 = x.reshape(-1, x.shape[-1])
-            xa = x2 @ a.t()  # reused by the backward's right sketch
-            xs, xas = x2.float(), xa.float()
-            if stats_box.mask is not None and stats_box.mask.numel() == x2.shape[0]:
-                keep = stats_box.mask.reshape(-1).to(x2.device).bool()
-                xs, xas = xs[keep], xas[keep]
-            stats_box.items.append((xas.t() @ xs, float((xs * xs).sum()), xs.shape[0]))
-        ctx.save_for_backward(x, weight, a, b, xa)
-        ctx.scale = scale
+        ctx.save_for_backward(x, weight, a, b)
+        ctx.scale, ctx.stats_box = scale, stats_box
+        ctx.mask = stats_box.mask if stats_box is not None else None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, a, b, xa = ctx.saved_tensors
-        s = ctx.scale
+        x, weight, a, b = ctx.saved_tensors
+        s, box = ctx.scale, ctx.stats_box
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_out @ weight
@@ -156,11 +152,30 @@ class _ProbeLinear(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         if ctx.needs_input_grad[1]:  # exact weight gradient also wanted (fidelity / training pairs)
             grad_w = d2.t() @ x2
-        # right sketch: s * sum_t delta_t (A x_t)^T   (m x r_A)
-        gsb = (d2.t() @ (x2 @ a.t() if xa is None else xa)) * s
-        # left sketch: s * sum_t (B^T delta_t) x_t^T  (r_B x n)
-        gsa = ((d2 @ b).t() @ x2) * s
+        xa = x2 @ a.t()  # T x r_A
+        gsb = (d2.t() @ xa) * s  # right sketch: s * sum_t delta_t (A x_t)^T   (m x r_A)
+        db = d2 @ b  # T x r_B
+        if box is None:
+            gsa = (db.t() @ x2) * s  # left sketch: s * sum_t (B^T delta_t) x_t^T  (r_B x n)
+        else:
+            gsa = _left_sketch_and_stats(db, xa, x2, ctx.mask, box) * s
         return grad_x, grad_w, None, None, None, None, gsa, gsb, None
+
+
+def _left_sketch_and_stats(db: torch.Tensor, xa: torch.Tensor, x2: torch.Tensor, mask, box) -> torch.Tensor:
+    """Bᵀ G (r_B × n), and A·Σ_t x_t x_tᵀ over the unmasked tokens appended to ``box``, from one product."""
+    r_b = db.shape[1]
+    xs = x2.float()
+    if mask is not None and mask.numel() == x2.shape[0]:
+        # weight the skinny factor, not x: padding tokens drop out without copying the activations
+        w = mask.reshape(-1, 1).to(device=x2.device, dtype=xa.dtype)
+        xa, ntok = xa * w, int(mask.sum())
+        sq = float(((xs * xs).sum(1, keepdim=True) * w.float()).sum())
+    else:
+        ntok, sq = x2.shape[0], float((xs * xs).sum())
+    both = torch.cat([db, xa.to(db.dtype)], 1).t() @ x2  # (r_B + r_A) x n
+    box.items.append((both[r_b:].float(), sq, ntok))
+    return both[:r_b]
 
 
 @dataclass
@@ -250,9 +265,7 @@ def attach_probe(
 
 def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean (over sequences) of the per-sequence mean answer-token NLL."""
-    dev = next(model.parameters()).device
-    out = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev))
-    return answer_token_nll(out.logits, batch["labels"].to(dev)).mean()
+    return mean_answer_nll(model, batch)
 
 
 @dataclass
@@ -270,6 +283,7 @@ class Sketches:
     exact: torch.Tensor | None = None  # G (m x n) when requested
     a_sigma: torch.Tensor | None = None  # A Σ_x of this batch's inputs (r_A x n), forward statistic
     sigma_trace: float | None = None  # tr Σ_x
+    factor_id: tuple | None = None  # identifies (A, B) exactly: decoders cache what depends on them only
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -294,6 +308,15 @@ class _Aggregator:
         if v == 0:
             return 0.0, 1.0
         return self.beta, 1.0 - self.beta
+
+
+def _accumulate(acc: torch.Tensor | None, g: torch.Tensor, decay: float, weight: float) -> torch.Tensor:
+    """acc ← decay·acc + weight·g in float32, in place after the first view (no extra full-size temporaries)."""
+    if acc is None:
+        return g.float() * weight
+    if decay != 1.0:
+        acc.mul_(decay)
+    return acc.add_(g.float(), alpha=weight)
 
 
 def probe_gradients(
@@ -343,12 +366,11 @@ def probe_gradients(
                 ga, gb = grads[i], grads[k + i]
                 ga = torch.zeros_like(pm.sink_a) if ga is None else ga
                 gb = torch.zeros_like(pm.sink_b) if gb is None else gb
-                acc_a[i] = ga.float() * w if acc_a[i] is None else acc_a[i] * decay + ga.float() * w
-                acc_b[i] = gb.float() * w if acc_b[i] is None else acc_b[i] * decay + gb.float() * w
+                acc_a[i] = _accumulate(acc_a[i], ga, decay, w)
+                acc_b[i] = _accumulate(acc_b[i], gb, decay, w)
                 if with_exact:
                     g = grads[2 * k + i]
-                    g = torch.zeros_like(pm.module.weight) if g is None else g
-                    acc_g[i] = g.float() * w if acc_g[i] is None else acc_g[i] * decay + g.float() * w
+                    acc_g[i] = _accumulate(acc_g[i], torch.zeros_like(pm.module.weight) if g is None else g, decay, w)
             del grads, loss
         if reduce:
             from r2f.distributed import all_reduce_sum_
@@ -379,6 +401,7 @@ def probe_gradients(
                 exact=acc_g[i],
                 a_sigma=a_sig[i],
                 sigma_trace=a_tr[i],
+                factor_id=(SEED_RULE, probe.seed, pm.name, probe.r_a, probe.r_b, tuple(pm.module.weight.shape)),
             )
             for i, pm in enumerate(pr.modules)
         ]
@@ -437,7 +460,7 @@ def exact_gradients(
             for (name, mod), g in zip(targets, grads):
                 g = torch.zeros_like(mod.weight) if g is None else g
                 key = f"{name}.weight"
-                out[key] = g.float() * wv if key not in out else out[key] * decay + g.float() * wv
+                out[key] = _accumulate(out.get(key), g, decay, wv)
             del grads, loss
     finally:
         for p in model.parameters():
@@ -447,3 +470,29 @@ def exact_gradients(
 
         all_reduce_sum_(list(out.values()))
     return out
+
+
+def activation_backward(model: nn.Module, view_batches: list[dict], loss_fn: LossFn | None = None) -> None:
+    """Forward and backward through every layer without any weight gradient: the cost floor of any method that
+    needs per-layer gradients (probe or exact), for cost reports. Returns nothing."""
+    loss_fn = loss_fn or default_loss
+    saved = {id(p): p.requires_grad for p in model.parameters()}
+    box: list[torch.Tensor] = []
+
+    def _leaf(_mod, _inp, out):
+        out = out.detach().requires_grad_(True)
+        box.append(out)
+        return out
+
+    handle = model.get_input_embeddings().register_forward_hook(_leaf)
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for batch in view_batches:
+            box.clear()
+            loss = loss_fn(model, batch)
+            torch.autograd.grad(loss, box[0])
+    finally:
+        handle.remove()
+        for p in model.parameters():
+            p.requires_grad_(saved[id(p)])

@@ -11,31 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from r2f.data.templates import IGNORE_INDEX
 from r2f.distributed import global_count, in_data_parallel
+from r2f.models.answer_nll import sequence_nll
 
-MODEL_KEYS = ("input_ids", "attention_mask")
-
-
-def forward_logits(model, batch: dict) -> torch.Tensor:
-    return model(**{k: batch[k] for k in MODEL_KEYS if k in batch}).logits
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-token NLL with zeros off the answer, answer mask), both (batch, seq-1), shifted."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.clamp_min(0).reshape(-1), reduction="none"
-    ).view_as(shift_labels)
-    return nll * mask, mask
-
-
-def sequence_nll(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed answer NLL per sequence, answer-token count per sequence)."""
-    nll, mask = token_nll(forward_logits(model, batch), batch["labels"])
-    return nll.sum(1), mask.sum(1)
+__all__ = ["sequence_nll", "token_mean_nll", "seq_mean", "npo_loss", "simnpo_loss"]
 
 
 def token_mean_nll(seq_sum: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
-"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy`` and ``small``.
+"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy`` and ``small``, and the real ``smollm2``.
 
 The proxy is deliberately narrower and shallower than ``small`` (and trained on other authors), so
-that a decoder trained on it has to transfer across width, depth and data.
+that a decoder trained on it has to transfer across width, depth and data. ``smollm2`` is not built from
+scratch: it fine-tunes the pretrained SmolLM2-135M-Instruct (its own tokenizer and chat template) on the
+world, so the demo can also run on a real pretrained model.
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ class Recipe:
     batch_size: int = 16
     warmup: float = 0.05
     weight_decay: float = 0.0
+    base: str | None = None  # a pretrained model to fine-tune (``r2f.models.load_model`` name) instead of a fresh one
 
 
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, epochs=40, lr=5e-3),
     "proxy": Recipe(hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, epochs=40, lr=4e-3),
     "small": Recipe(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, epochs=30, lr=3e-3),
+    # shape fields describe the pretrained model; fine-tuning needs far fewer epochs and a small rate
+    "smollm2": Recipe(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, epochs=6, lr=2e-4,
+                      warmup=0.1, base="smollm2"),
 }
 SIZES = tuple(RECIPES)
 
@@ -54,8 +60,8 @@ def llama_config(size: str, tokenizer) -> LlamaConfig:
 
 def build_model(size: str, tokenizer, seed: int = 0) -> LlamaForCausalLM:
     """A randomly initialised ladder model (deterministic from ``seed``)."""
-    if size not in RECIPES:
-        raise ValueError(f"unknown size {size!r}; choose from {', '.join(SIZES)}")
+    if size not in RECIPES or RECIPES[size].base:
+        raise ValueError(f"unknown size {size!r}; choose from {', '.join(s for s in SIZES if not RECIPES[s].base)}")
     torch.manual_seed(seed)
     return LlamaForCausalLM(llama_config(size, tokenizer))
 

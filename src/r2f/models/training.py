@@ -1,6 +1,7 @@
 """Train ladder models on a world directory (the ``full`` model, the ``retain`` oracle and the proxy).
 
-Training text uses the QA template with the loss on answer tokens only (TOFU's fine-tuning recipe).
+Training text uses the QA template with the loss on answer tokens only (TOFU's fine-tuning recipe); a
+pretrained base (``smollm2``) keeps its own tokenizer and chat template.
 ``full`` and ``retain`` share tokenizer, recipe and seed; ``retain`` only lacks the forget split, so it is
 the retrain oracle that forget quality is measured against. Results are cached by data + config hash.
 """
@@ -17,10 +18,11 @@ from pathlib import Path
 import torch
 
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_split
-from r2f.data.templates import PromptTemplate, encode_qa
+from r2f.data.templates import PromptTemplate, encode_qa, template_for
 from r2f.data.world import world_corpus
 from r2f.errors import R2FInputError
 from r2f.io import atomic_dir
+from r2f.models.answer_nll import token_mean_answer_nll
 from r2f.models.cache import cache_dir, hash_config, hash_files
 from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
 from r2f.models.tokenizer import train_tokenizer
@@ -78,9 +80,15 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     recipe = RECIPES[size]
     quiet_hf_progress()
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(world_corpus(data_dir), TOKENIZER_VOCAB)
-    model = build_model(size, tokenizer, seed=seed)
-    template = PromptTemplate("qa")
+    if recipe.base:  # fine-tune a pretrained model with its own tokenizer and prompt template
+        from r2f.models.loading import load_model
+
+        model, tokenizer = load_model(recipe.base)
+        template = template_for(tokenizer)
+    else:
+        tokenizer = train_tokenizer(world_corpus(data_dir), TOKENIZER_VOCAB)
+        model = build_model(size, tokenizer, seed=seed)
+        template = PromptTemplate("qa")
     batches = _batches(tokenizer, items, template, recipe.batch_size, recipe.epochs, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
     warm = max(1, int(recipe.warmup * len(batches)))
@@ -91,7 +99,7 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     bar = progress(batches, desc=f"train {size}/{split}")
     with torch_threads(threads_for(model)):
         for batch in bar:
-            loss = model(**batch).loss
+            loss = token_mean_answer_nll(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

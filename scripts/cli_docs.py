@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Write docs/cli.md from the CLI's own help texts (run after changing a command's options).
+
+    .venv/bin/python scripts/cli_docs.py            # rewrite docs/cli.md
+    .venv/bin/python scripts/cli_docs.py --check    # exit 1 when docs/cli.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import click
+import typer
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+HEADER = """# Command-line reference
+
+Generated from the commands' own `--help` by `scripts/cli_docs.py`; do not edit by hand.
+Every command also accepts `--config FILE.yaml` (keys are option names, command-line flags win), exits 0 on
+success, 2 on bad input (one line naming the file, field or line at fault) and 3 when training diverges.
+"""
+
+
+def _option_row(param: click.Parameter) -> str:
+    names = " / ".join(f"`{o}`" for o in (*param.opts, *param.secondary_opts)) if param.opts else f"`{param.name}`"
+    if isinstance(param, click.Argument):
+        names = f"`{param.name.upper()}`" + ("…" if param.nargs == -1 else "")
+    help_text = " ".join((getattr(param, "help", None) or "").split()).replace("|", "\\|")
+    default = param.default
+    if param.required:
+        shown = "required"
+    elif default is None or default is False or default in ((), []) or callable(default):
+        shown = ""
+    else:
+        shown = f"`{default}`"
+    return f"| {names} | {help_text} | {shown} |"
+
+
+def render() -> str:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from r2f.cli import _load_commands, app
+
+    _load_commands()
+    group = typer.main.get_command(app)
+    parts = [HEADER]
+    for name in sorted(group.commands):
+        cmd = group.commands[name]
+        doc = " ".join((cmd.help or "").split())
+        parts.append(f"\n## `r2f {name}`\n\n{doc}\n\n| option | meaning | default |\n|---|---|---|\n")
+        rows = [_option_row(p) for p in cmd.params if p.name != "help"]
+        parts.append("\n".join(rows) + "\n")
+    return "".join(parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when out of date")
+    args = ap.parse_args()
+    text = render()
+    if args.check:
+        current = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
+        if current != text:
+            print(f"{DOC} is out of date: run scripts/cli_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
