@@ -37,6 +37,10 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
 TARGET_LR: dict[str, dict[str, float]] = {
     "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
 }
+#: η of the demo's R2F rule per target. SmolLM2 (pretrained, 30 layers) needs a far smaller relative step: at
+#: 0.004 one step takes its forget NLL from 0.27 to 13, and at 4e-4 the retain NLL rises as fast as the forget
+#: NLL, with exact gradients as well (BENCHMARKS.md); 1e-4 raises forget NLL 0.27 → 0.7 in 8 steps, retain → 0.4.
+R2F_LR: dict[str, float] = {"small": 0.004, "tiny": 0.004, "smollm2": 1e-4}
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
                  "retain_Q_A_ROUGE": "retain ROUGE", "privleak": "privleak", "decoder_cos": "dec cos",
@@ -57,7 +61,7 @@ class DemoConfig:
     # once the forget answers are as unlikely as shuffled answers; the budget caps the run). Chosen by a small
     # sweep over η, the step normalisation, the retain weight and the stop rule on worlds of seed 0 and 1
     # (BENCHMARKS.md, "Choosing the demo's R2F rule").
-    r2f_lr: float = 0.004          # η of the R2F update rule (relative step of the probed weights)
+    r2f_lr: float | None = None    # η of the R2F update rule (relative step of the probed weights); per target
     r2f_objective: str = "npo"     # forget objective of the R2F runs: npo | ga
     r2f_step_norm: str = "global"  # module | global
     r2f_stop: str = "shuffled"     # R2F stop rule: shuffled | perturbed | none
@@ -79,6 +83,8 @@ class DemoConfig:
             self.target = "tiny"
         if self.steps is None:
             self.steps = 20 if self.quick else 30
+        if self.r2f_lr is None:
+            self.r2f_lr = R2F_LR.get(self.target, R2F_LR["small"])
 
     @property
     def decoder_budget(self) -> dict:

@@ -17,7 +17,8 @@ def demo(
                                                 "fine-tuned on the world first; about an hour on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
-    r2f_lr: float = typer.Option(0.004, help="Relative step size η of the R2F update rule."),
+    r2f_lr: float = typer.Option(None, help="Relative step size η of the R2F update rule (default per target: "
+                                            "0.004 for small and tiny, 1e-4 for smollm2)."),
     r2f_objective: str = typer.Option("npo", help="Forget objective of the R2F runs: npo or ga."),
     r2f_step_norm: str = typer.Option("global", help="R2F step normalisation: global (one η for the model) or "
                                                      "module (η per weight matrix)."),
