@@ -14,7 +14,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for runs and report.{json,md,html}."),
     quick: bool = typer.Option(False, "--quick", help="Tiny target and a shorter budget (about 2 minutes)."),
     target: str = typer.Option("small", help="Target model: small (default) or smollm2 (the real SmolLM2-135M, "
-                                                "fine-tuned on the world first; about an hour on 2 CPU cores)."),
+                                                "fine-tuned on the world first; about 75 minutes cold on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
     r2f_lr: float = typer.Option(None, help="Relative step size η of the R2F update rule (default per target: "
