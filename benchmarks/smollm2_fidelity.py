@@ -33,13 +33,12 @@ def main() -> None:
     add_record_flag(ap)
     args = ap.parse_args()
 
-    from r2f.data import load_split
-    from r2f.decoders import measure_fidelity
+    import torch
 
-    from r2f.decoders import load_decoder, measure_cost
+    from r2f.data import load_split
+    from r2f.decoders import load_decoder, measure_cost, measure_fidelity
     from r2f.decoders.train import resolve_model, stats_batches, view_batches_for
     from r2f.gradients import ProbeConfig, collect_input_stats
-    from r2f.threads import threads_for
 
     facts = load_split(args.data, "world_facts")
     items = facts[: args.items]
@@ -51,11 +50,9 @@ def main() -> None:
     p = dec.meta["probe"]
     probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], target_modules=p["target_modules"], scale=p["scale"])
     stats = collect_input_stats(model, stats_batches(facts, tok), probe)
-    import torch
-
     fid["cost"] = measure_cost(model, view_batches_for(facts[: args.cost_items], tok, args.views), probe, dec, stats)
     fid["cost"]["items"] = min(args.cost_items, len(facts))
-    fid["cost"]["torch_threads"] = threads_for(model) or torch.get_num_threads()
+    fid["cost"]["torch_threads"] = torch.get_num_threads()  # a 135M model runs at torch's default
     fid["benchmark"] = {"items": len(items), "views": args.views, "wall_s": round(time.perf_counter() - start, 1)}
     with open(args.out, "w") as fh:
         json.dump(fid, fh, indent=2, default=str)

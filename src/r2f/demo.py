@@ -31,16 +31,16 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
 }
-#: Learning rates of the gradient-based baselines per target (None: the method's default, tuned on ``small``).
-#: A pretrained model fine-tuned at 2e-4 needs a rate an order of magnitude below the ladder models' (TOFU
-#: unlearns its fine-tuned models at 1e-5); these values are ours and not tuned further.
+#: Learning rates per target: ``r2f`` is η of the demo's three R2F runs (overridden by ``--r2f-lr``), the others
+#: are the baselines' (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained, fine-tuned at 2e-4)
+#: needs far smaller steps: TOFU unlearns its fine-tuned models at 1e-5; for R2F, η = 0.004 takes its forget NLL
+#: from 0.27 to 13 in one step, and at 4e-4 the retain NLL rises as fast as the forget NLL, with exact gradients
+#: as well, while 1e-4 raises forget NLL 0.27 → 0.7 in 8 steps, retain → 0.4 (BENCHMARKS.md). Not tuned further.
 TARGET_LR: dict[str, dict[str, float]] = {
-    "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
+    "small": {"r2f": 0.004},
+    "tiny": {"r2f": 0.004},
+    "smollm2": {"r2f": 1e-4, "grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
 }
-#: η of the demo's R2F rule per target. SmolLM2 (pretrained, 30 layers) needs a far smaller relative step: at
-#: 0.004 one step takes its forget NLL from 0.27 to 13, and at 4e-4 the retain NLL rises as fast as the forget
-#: NLL, with exact gradients as well (BENCHMARKS.md); 1e-4 raises forget NLL 0.27 → 0.7 in 8 steps, retain → 0.4.
-R2F_LR: dict[str, float] = {"small": 0.004, "tiny": 0.004, "smollm2": 1e-4}
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
                  "retain_Q_A_ROUGE": "retain ROUGE", "privleak": "privleak", "decoder_cos": "dec cos",
@@ -71,9 +71,12 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.target not in ("small", "smollm2", "tiny"):
             raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2)", source="--target")
-        for value, allowed, flag in ((self.r2f_step_norm, ("global", "module"), "--r2f-step-norm"),
-                                     (self.r2f_stop, ("none", "shuffled", "perturbed"), "--r2f-stop"),
-                                     (self.r2f_objective, ("npo", "ga"), "--r2f-objective")):
+        from r2f.methods.r2f import OBJECTIVES, STEP_NORMS, STOPS
+
+        # checked here too, so that a typo fails before any model is trained
+        for value, allowed, flag in ((self.r2f_step_norm, STEP_NORMS, "--r2f-step-norm"),
+                                     (self.r2f_stop, STOPS, "--r2f-stop"),
+                                     (self.r2f_objective, OBJECTIVES, "--r2f-objective")):
             if value not in allowed:
                 raise R2FInputError(f"unknown value '{value}' (choose {', '.join(allowed)})", source=flag)
         unknown = [m for m in self.methods if m not in DEMO_METHODS]
@@ -84,7 +87,7 @@ class DemoConfig:
         if self.steps is None:
             self.steps = 20 if self.quick else 30
         if self.r2f_lr is None:
-            self.r2f_lr = R2F_LR.get(self.target, R2F_LR["small"])
+            self.r2f_lr = TARGET_LR[self.target]["r2f"]
 
     @property
     def decoder_budget(self) -> dict:
@@ -158,7 +161,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
             resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr, "@r2f_objective": cfg.r2f_objective,
                        "@r2f_step_norm": cfg.r2f_step_norm, "@r2f_stop": cfg.r2f_stop}
             options = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
-            if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
+            if "lr" not in options and name in TARGET_LR[cfg.target]:
                 options["lr"] = TARGET_LR[cfg.target][name]
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
                               steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,

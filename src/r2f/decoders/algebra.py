@@ -180,6 +180,24 @@ class ModuleAlgebra:
         return g - (g @ self.a.mT) @ self.ap
 
 
+def factor_key(sk: Sketches) -> tuple:
+    """Identifies the probe factors of a module: what caches of factor-only quantities are keyed by."""
+    return sk.factor_id or (sk.name, tuple(sk.a.shape), float(sk.a.flatten()[0]))
+
+
+def stats_cache(stats) -> dict:
+    """A dict kept on a statistics object, for values that depend only on it and on the fixed probe factors
+    (a fresh, throw-away dict when the object takes no attributes)."""
+    cache = getattr(stats, "_r2f_cache", None)
+    if cache is None:
+        cache = {}
+        try:
+            stats._r2f_cache = cache
+        except AttributeError:
+            pass
+    return cache
+
+
 def sigma_inputs(sk: Sketches, stats, which: str) -> tuple[torch.Tensor, float] | None:
     """(AΣ, trΣ) from generic input statistics (``which='generic'``) or the batch's own forward statistic."""
     if which == "batch":
@@ -191,14 +209,7 @@ def sigma_inputs(sk: Sketches, stats, which: str) -> tuple[torch.Tensor, float] 
     sig = stats.get(sk.name)
     if sig is None:
         return None
-    cache = getattr(stats, "_a_sigma_cache", None)
-    if cache is None:
-        cache = {}
-        try:
-            stats._a_sigma_cache = cache
-        except AttributeError:
-            pass
-    key = (sk.name, tuple(sk.a.shape), float(sk.a.flatten()[0]))
+    cache, key = stats_cache(stats), ("a_sigma", factor_key(sk))
     if key not in cache:
         cache[key] = (sk.a.float() @ sig.to(sk.a.device).float(), float(torch.trace(sig)))
     return cache[key]

@@ -18,6 +18,8 @@ from r2f.errors import R2FInputError
 from r2f.gradients.probe import (
     LossFn,
     ProbeConfig,
+    activation_backward,
+    default_loss,
     exact_gradients,
     module_kind,
     probe_gradients,
@@ -84,8 +86,6 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
     dev = next(model.parameters()).device
     use_stats = decoder is not None and decoder.uses_stats
     t_probe, t_exact, t_fwd, t_dec, t_floor = [], [], [], [], []
-    from r2f.gradients import activation_backward, default_loss
-
     lf = loss_fn or default_loss
     # warm-up
     probe_gradients(model, view_batches[:1], probe, loss_fn, batch_stats=use_stats)

@@ -39,7 +39,7 @@ from pydantic import (
     field_validator,
 )
 
-from r2f.decoders.algebra import ModuleAlgebra, low_rank, sigma_inputs
+from r2f.decoders.algebra import ModuleAlgebra, factor_key, low_rank, sigma_inputs, stats_cache
 from r2f.decoders.base import Decoder, check_probe_meta
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import MODULE_KINDS, ProbeConfig, Sketches
@@ -94,8 +94,8 @@ def _sigma_candidate(alg: ModuleAlgebra, sks: list[Sketches], stats, src: str, l
         return None
     n = sks[0].a.shape[1]
     # V for Σ from generic text without the sketch term depends on the fixed factor A only: computed once
-    cache = getattr(stats, "_a_sigma_cache", None) if src == "generic" and not mu else None
-    keys = [("V", sk.name, tuple(sk.a.shape), float(sk.a.flatten()[0]), lam, alg.dtype) for sk in sks]
+    cache = stats_cache(stats) if src == "generic" and not mu else None
+    keys = [("V", factor_key(sk), lam, alg.dtype) for sk in sks]
     if cache is not None and all(k in cache for k in keys):
         return torch.stack([cache[k] for k in keys]), have
     a_sig = torch.stack([g[0] if g is not None else sk.a for g, sk in zip(got, sks)])  # placeholder: Σ = I

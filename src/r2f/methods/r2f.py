@@ -38,6 +38,8 @@ from r2f.methods.reference import ReferenceNLL
 DEFAULT_DECODER = "learned"
 GUARDS = ("project", "none")
 STOPS = ("shuffled", "perturbed", "none")
+OBJECTIVES = ("ga", "npo")
+STEP_NORMS = ("module", "global")
 
 
 def _core():
@@ -87,14 +89,15 @@ class R2F(UpdateMethod):
     }
 
     def setup(self, engine: Engine):
-        if self.objective not in ("ga", "npo"):
-            raise R2FInputError(f"unknown objective '{self.objective}' (choose from ga, npo)", source="objective")
+        if self.objective not in OBJECTIVES:
+            raise R2FInputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})",
+                                source="objective")
         if self.guard not in GUARDS:
             raise R2FInputError(f"unknown guard '{self.guard}' (choose from {', '.join(GUARDS)})", source="guard")
         if self.stop not in STOPS:
             raise R2FInputError(f"unknown stop rule '{self.stop}' (choose from {', '.join(STOPS)})", source="stop")
-        if self.step_norm not in ("module", "global"):
-            raise R2FInputError(f"unknown step_norm '{self.step_norm}' (module|global)", source="step_norm")
+        if self.step_norm not in STEP_NORMS:
+            raise R2FInputError(f"unknown step_norm '{self.step_norm}' ({'|'.join(STEP_NORMS)})", source="step_norm")
         _, gradients = _core()
         self.decoder_obj = resolve_decoder(self.decoder)
         model = engine.model
