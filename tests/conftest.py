@@ -43,3 +43,22 @@ def tiny_models(world_dir):
         "retain": train_model(world_dir, size="tiny", split="retain"),
         "proxy": train_model(world_dir, size="proxy", split="full"),
     }
+
+
+def answer_prob(model_dir, items) -> float:
+    """Mean over items of P̄ = exp(−mean answer-token NLL) (OpenUnlearning's probability metric)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.data.templates import encode_qa
+    from r2f.methods.losses import sequence_nll
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vals = []
+    with torch.no_grad():
+        for i in range(0, len(items), 16):
+            chunk = items[i:i + 16]
+            s, n = sequence_nll(model, encode_qa(tok, [it.question for it in chunk], [it.answer for it in chunk]))
+            vals.append(torch.exp(-(s / n)))
+    return float(torch.cat(vals).mean())

@@ -5,27 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+
+from conftest import answer_prob
 
 pytestmark = pytest.mark.slow
-
-
-def _answer_prob(model_dir, items):
-    """Mean over items of P̄ = exp(−mean answer-token NLL) (OpenUnlearning's probability metric)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from r2f.data.templates import encode_qa
-    from r2f.methods.losses import sequence_nll
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    vals = []
-    with torch.no_grad():
-        for i in range(0, len(items), 16):
-            chunk = items[i:i + 16]
-            s, n = sequence_nll(model, encode_qa(tok, [it.question for it in chunk], [it.answer for it in chunk]))
-            vals.append(torch.exp(-(s / n)))
-    return float(torch.cat(vals).mean())
 
 
 @pytest.mark.parametrize("method,kw,keep", [
@@ -38,10 +21,10 @@ def test_unlearned_tiny_model_loses_forget_answers(method, kw, keep, world_dir, 
     out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", world_dir / "retain90.jsonl",
                   method=method, out=tmp_path / method, seed=0, **kw)
     man = json.loads((out / "manifest.json").read_text())
-    p_full = _answer_prob(tiny_models["full"], forget)
-    p_oracle = _answer_prob(tiny_models["retain"], forget)
-    p_after = _answer_prob(out, forget)
-    r_full, r_after = _answer_prob(tiny_models["full"], retain[:64]), _answer_prob(out, retain[:64])
+    p_full = answer_prob(tiny_models["full"], forget)
+    p_oracle = answer_prob(tiny_models["retain"], forget)
+    p_after = answer_prob(out, forget)
+    r_full, r_after = answer_prob(tiny_models["full"], retain[:64]), answer_prob(out, retain[:64])
     print(method, man["steps"], dict(p_full=p_full, p_oracle=p_oracle, p_after=p_after, r_full=r_full,
                                      r_after=r_after))
     assert p_full > p_oracle  # the world makes forgetting measurable

@@ -19,27 +19,25 @@ from r2f.errors import R2FInputError
 from r2f.io import write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
 
-#: report name -> (engine method, its options). All run at the same step budget.
-_R2F_RULE = {"lr": "@r2f_lr", "objective": "@r2f_objective", "step_norm": "@r2f_step_norm", "stop": "@r2f_stop"}
+#: report name -> (engine method, its options). All run at the same step budget. The R2F rows run the
+#: method's own defaults (update rule, step size, stop rule); only the decoder differs between them.
 DEMO_METHODS: dict[str, tuple[str, dict]] = {
-    "r2f": ("r2f", {"decoder": "@learned", **_R2F_RULE}),
-    "r2f_sketch": ("r2f", {"decoder": "sketch", **_R2F_RULE}),
-    "r2f_exact": ("exact", dict(_R2F_RULE)),
+    "r2f": ("r2f", {"decoder": "@learned"}),
+    "r2f_sketch": ("r2f", {"decoder": "sketch"}),
+    "r2f_exact": ("exact", {}),
     "lora": ("lora", {}),
     "grad_ascent": ("grad_ascent", {}),
     "grad_diff": ("grad_diff", {}),
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
 }
-#: Learning rates per target: ``r2f`` is η of the demo's three R2F runs (overridden by ``--r2f-lr``), the others
-#: are the baselines' (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained, fine-tuned at 2e-4)
-#: needs far smaller steps: TOFU unlearns its fine-tuned models at 1e-5; for R2F, η = 0.004 takes its forget NLL
-#: from 0.27 to 13 in one step, and at 4e-4 the retain NLL rises as fast as the forget NLL, with exact gradients
-#: as well, while 1e-4 raises forget NLL 0.27 → 0.7 in 8 steps, retain → 0.4 (BENCHMARKS.md). Not tuned further.
+#: Baseline learning rates per target (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained,
+#: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
+#: entry: its line search sets its own step size on every target.
 TARGET_LR: dict[str, dict[str, float]] = {
-    "small": {"r2f": 0.004},
-    "tiny": {"r2f": 0.004},
-    "smollm2": {"r2f": 1e-4, "grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
+    "small": {},
+    "tiny": {},
+    "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
 }
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
@@ -56,29 +54,12 @@ class DemoConfig:
     rank: int = 16
     views: int = 4
     steps: int | None = None       # unlearning step budget (same for every method)
-    # The R2F update rule of the demo's three R2F runs (learned, sketch and exact gradients alike): the NPO
-    # objective, one relative step η for the whole probed model (step_norm=global) and R2F's stop rule (stop
-    # once the forget answers are as unlikely as shuffled answers; the budget caps the run). Chosen by a small
-    # sweep over η, the step normalisation, the retain weight and the stop rule on worlds of seed 0 and 1
-    # (BENCHMARKS.md, "Choosing the demo's R2F rule").
-    r2f_lr: float | None = None    # η of the R2F update rule (relative step of the probed weights); per target
-    r2f_objective: str = "npo"     # forget objective of the R2F runs: npo | ga
-    r2f_step_norm: str = "global"  # module | global
-    r2f_stop: str = "shuffled"     # R2F stop rule: shuffled | perturbed | none
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
 
     def __post_init__(self) -> None:
         if self.target not in ("small", "smollm2", "tiny"):
             raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2)", source="--target")
-        from r2f.methods.r2f import OBJECTIVES, STEP_NORMS, STOPS
-
-        # checked here too, so that a typo fails before any model is trained
-        for value, allowed, flag in ((self.r2f_step_norm, STEP_NORMS, "--r2f-step-norm"),
-                                     (self.r2f_stop, STOPS, "--r2f-stop"),
-                                     (self.r2f_objective, OBJECTIVES, "--r2f-objective")):
-            if value not in allowed:
-                raise R2FInputError(f"unknown value '{value}' (choose {', '.join(allowed)})", source=flag)
         unknown = [m for m in self.methods if m not in DEMO_METHODS]
         if unknown:
             raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
@@ -86,8 +67,6 @@ class DemoConfig:
             self.target = "tiny"
         if self.steps is None:
             self.steps = 20 if self.quick else 30
-        if self.r2f_lr is None:
-            self.r2f_lr = TARGET_LR[self.target]["r2f"]
 
     @property
     def decoder_budget(self) -> dict:
@@ -158,9 +137,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "unlearn"):
         for name in cfg.methods:
             method, options = DEMO_METHODS[name]
-            resolve = {"@learned": str(decoder), "@r2f_lr": cfg.r2f_lr, "@r2f_objective": cfg.r2f_objective,
-                       "@r2f_step_norm": cfg.r2f_step_norm, "@r2f_stop": cfg.r2f_stop}
-            options = {k: resolve.get(v, v) if isinstance(v, str) else v for k, v in options.items()}
+            options = {k: (str(decoder) if v == "@learned" else v) for k, v in options.items()}
             if "lr" not in options and name in TARGET_LR[cfg.target]:
                 options["lr"] = TARGET_LR[cfg.target][name]
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,

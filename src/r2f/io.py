@@ -100,6 +100,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        # the writer may have re-created the file with its own mode (safetensors' save_file makes it 0600)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

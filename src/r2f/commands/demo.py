@@ -17,13 +17,6 @@ def demo(
                                                 "fine-tuned on the world first; about 75 minutes cold on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
-    r2f_lr: float = typer.Option(None, help="Relative step size η of the R2F update rule (default per target: "
-                                            "0.004 for small and tiny, 1e-4 for smollm2)."),
-    r2f_objective: str = typer.Option("npo", help="Forget objective of the R2F runs: npo or ga."),
-    r2f_step_norm: str = typer.Option("global", help="R2F step normalisation: global (one η for the model) or "
-                                                     "module (η per weight matrix)."),
-    r2f_stop: str = typer.Option("shuffled", help="R2F stop rule: shuffled (stop once the forget answers are as "
-                                                  "unlikely as shuffled ones), perturbed, or none (whole budget)."),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
@@ -31,8 +24,7 @@ def demo(
     from r2f.demo import DemoConfig, console_table, run_demo
 
     console = Console(width=max(110, Console().width))
-    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, r2f_lr=r2f_lr,
-                     r2f_objective=r2f_objective, r2f_step_norm=r2f_step_norm, r2f_stop=r2f_stop)
+    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
     report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(f"report: {out / 'report.html'}")

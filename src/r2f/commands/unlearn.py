@@ -30,7 +30,7 @@ def _parse_options(pairs: list[str]) -> dict:
 def unlearn_command(
     model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to unlearn from; never modified."),
     forget: Path = typer.Option(..., "--forget", help="Forget split (JSON/JSONL, TOFU-shaped)."),
-    retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL)."),
+    retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL). Optional for r2f: without it the guard uses the target's own answers to generic questions."),
     method: str = typer.Option("r2f", "--method",
                                help="r2f | grad_ascent | grad_diff | npo | simnpo | lora | exact"),
     decoder: Optional[str] = typer.Option(None, "--decoder",

@@ -178,6 +178,7 @@ def unlearn(
     return path
 
 
+@small_model_threads("model")  # one thread for small models, as eval does: many times faster on a busy CPU
 def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
          seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3) -> Path:
     from r2f import distributed as dist

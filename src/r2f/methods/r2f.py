@@ -1,21 +1,21 @@
-"""The R2F update: decoded LoRA-probe gradients → full-weight step, with a retain guard.
+"""The R2F update: decoded LoRA-probe gradients → full-weight step, with a retain guard and a line search.
 
-Per step (our design; the paper only fixes "a step along the decoded gradient of an unlearning loss"):
+Per step (our design; the paper only fixes "a step along the decoded gradient of an unlearning loss"). Every
+value is a default that needs no tuning per target (docs/methods.md has the reasoning and the measurements):
 
 1. the forget batch's K question views (original + paraphrases, each with the item's answer);
-2. decoded gradient D_f of the forget objective (mean over views), per probed Linear, from LoRA-probe
+2. decoded gradient D_f of the forget objective (NPO, mean over views), per probed Linear, from LoRA-probe
    gradients taken *at the current weights* (``r2f.decoders.decoded_gradients``);
-3. retain guard (``guard="project"``): decoded gradient D_r of the retain NLL on the step's retain batch
-   (same probe, same decoder); per module, when ⟨D_f, D_r⟩ < 0 (the forget step would raise the retain
-   loss to first order) the conflicting component is removed, D_f ← D_f − ⟨D_f, D_r⟩/‖D_r‖²·D_r
-   (PCGrad-style projection); then a retain-descent term λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight``
-   λ = 1 by default: the retain direction gets the same norm as the guarded forget direction);
-4. step-size rule (``step_norm="module"``): W ← W − η_t·‖W‖_F·D/‖D‖_F per module, i.e. a fixed *relative*
-   change η_t of every probed weight matrix, so the decoder only has to get directions right, never
-   scales; η_t decays from η (``--lr``) to ``min_step_ratio``·η on a cosine over the step budget;
-5. stop rule (``stop="perturbed"``): stop once the mean forget NLL over the last epoch of steps reaches
-   the initial model's mean NLL of the forget items' *perturbed* (plausible but wrong) answers, i.e. once
-   the true answers are no more likely than wrong ones; otherwise the budget ends the run.
+3. retain guard (``guard="project"``): decoded gradient D_r of the retain NLL on the step's retain batch —
+   from the retain file, else from the target's own answers to generic questions (``r2f.methods.guard``);
+   per module, when ⟨D_f, D_r⟩ < 0 the conflicting component is removed (PCGrad-style), then
+   λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight`` λ = 3);
+4. per-coordinate normalisation (``precondition="adam"``): Adam's moments of the guarded direction;
+5. step size (``step_rule="search"``): a backtracking line search on the relative step η of the probed
+   weights: the largest η (from the last accepted one) whose step raises the forget NLL while the guard NLL
+   rises by at most ``guard_tol`` nats/token this step and ``guard_budget`` over the run;
+6. stop rule (``stop="shuffled"``): stop once the forget NLL reaches the initial model's NLL of shuffled
+   (wrong, same-format) answers, or when no step fits the guard.
 
 ``exact`` is the same rule with exact gradients (the perfect-decoder oracle).
 """
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from r2f import distributed as dist
 from r2f.errors import R2FInputError
 from r2f.methods.baselines import register_reference
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
@@ -40,6 +41,11 @@ GUARDS = ("project", "none")
 STOPS = ("shuffled", "perturbed", "none")
 OBJECTIVES = ("ga", "npo")
 STEP_NORMS = ("module", "global")
+STEP_RULES = ("search", "schedule")
+PRECONDITIONS = ("adam", "none")
+RETAIN_DATA = ("auto", "file", "generated")
+#: Largest relative step the line search tries (a 5 % change of the probed weights in one step).
+MAX_ETA = 0.05
 
 
 def _core():
@@ -66,10 +72,10 @@ def resolve_decoder(name_or_path: str | None):
 class R2F(UpdateMethod):
     name = "r2f"
     needs_retain = False
-    default_lr = 0.01  # η: relative step size per module, ‖ΔW‖ = η·‖W‖ at the first step
+    default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     defaults = {
         "decoder": None,          # decoder name or file (learned by default)
-        "objective": "ga",        # ga | npo
+        "objective": "npo",       # ga | npo
         "beta": 0.1,              # NPO β
         "views": 4,               # K question views per forget item
         "rank": None,             # probe r_B (default: the decoder's, else 16)
@@ -78,9 +84,16 @@ class R2F(UpdateMethod):
         "target_modules": None,   # regex of probed Linear names (default: attention + MLP projections)
         "aggregate": "mean",      # view aggregation: mean | momentum
         "guard": "project",       # retain guard: project | none
-        "retain_weight": 1.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
-        "step_norm": "module",    # module | global
-        "min_step_ratio": 0.1,    # η_T / η of the cosine decay
+        "retain_data": "auto",    # guard data: auto (the file, else generated) | file | generated
+        "retain_weight": 3.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
+        "step_rule": "search",    # search (guarded line search, η adapts) | schedule (cosine decay from η)
+        "guard_tol": 0.02,        # search: largest rise of the guard NLL (nats/token) one step may cause
+        "guard_budget": 0.12,     # search: largest rise of the guard NLL over the whole run
+        "backtracks": 4,          # search: halvings of η tried before the run stops
+        "guard_items": 32,        # guard items the line search scores (retain file, else self-answered)
+        "step_norm": "global",    # module | global
+        "precondition": "adam",   # adam (per-coordinate Adam moments of the guarded direction) | none
+        "min_step_ratio": 0.1,    # schedule: η_T / η of the cosine decay
         "stop": "shuffled",       # stop rule: shuffled | perturbed | none
         "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides stop=perturbed)
         "stop_window": 1,         # steps whose mean forget NLL is compared with the threshold
@@ -89,26 +102,68 @@ class R2F(UpdateMethod):
     }
 
     def setup(self, engine: Engine):
-        if self.objective not in OBJECTIVES:
-            raise R2FInputError(f"unknown objective '{self.objective}' (choose from {', '.join(OBJECTIVES)})",
-                                source="objective")
-        if self.guard not in GUARDS:
-            raise R2FInputError(f"unknown guard '{self.guard}' (choose from {', '.join(GUARDS)})", source="guard")
-        if self.stop not in STOPS:
-            raise R2FInputError(f"unknown stop rule '{self.stop}' (choose from {', '.join(STOPS)})", source="stop")
-        if self.step_norm not in STEP_NORMS:
-            raise R2FInputError(f"unknown step_norm '{self.step_norm}' ({'|'.join(STEP_NORMS)})", source="step_norm")
+        for value, allowed, what in ((self.objective, OBJECTIVES, "objective"), (self.guard, GUARDS, "guard"),
+                                     (self.stop, STOPS, "stop rule"), (self.step_norm, STEP_NORMS, "step_norm"),
+                                     (self.step_rule, STEP_RULES, "step_rule"),
+                                     (self.precondition, PRECONDITIONS, "precondition")):
+            if value not in allowed:
+                raise R2FInputError(f"unknown {what} '{value}' (choose from {', '.join(allowed)})",
+                                    source=what.split()[0])
+        for key in ("guard_tol", "guard_budget"):
+            if not float(self.options[key]) > 0:
+                raise R2FInputError("must be positive", source=key)
         _, gradients = _core()
         self.decoder_obj = resolve_decoder(self.decoder)
         model = engine.model
         self.probe = self._checked_probe(gradients, model)
+        self.guard_source = self._retain_data(engine, model)
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
             if self.objective == "npo" else None
         self.stats = self._stats(engine, model, gradients)
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.stop_window))
         self.engine = engine
+        # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
+        self.guard_items = engine._summary_retain()[: int(self.options["guard_items"])]
+        self.guard_start = self._guard_nll(model) if self.guard_items else None
+        self.last_guard: float | None = self.guard_start
+        self.next_eta: float | None = None
+        self.halt: str | None = None
+        self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
+        self.adam_t = 0
         return model
+
+    def _retain_data(self, engine: Engine, model) -> str:
+        """The guard's data: the retain file and/or the target's own answers to r2f's generic questions.
+
+        ``retain_data="auto"`` (default): the retain file when one is given, else the generated answers. (Both
+        together protected world facts less and stalled forgetting: the model's answers to off-distribution
+        questions are fragile, their NLL rises at the first steps; docs/methods.md.)
+        """
+        if self.retain_data not in RETAIN_DATA:
+            raise R2FInputError(f"unknown retain_data '{self.retain_data}' (choose from {', '.join(RETAIN_DATA)})",
+                                source="retain_data")
+        if self.retain_data == "file" and not engine.retain:
+            raise R2FInputError("retain_data=file needs a retain file", source="--retain")
+        use_file = bool(engine.retain) and self.retain_data in ("auto", "file")
+        use_generated = self.retain_data == "generated" or (self.retain_data == "auto" and not use_file)
+        if use_generated:
+            from r2f.methods.guard import self_answered_items
+
+            generated = self_answered_items(model, engine.tokenizer, engine.template)
+            engine.retain = (list(engine.retain) if use_file else []) + generated
+        return "+".join(name for name, used in (("file", use_file), ("generated", use_generated)) if used)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
+                                    "last_guard": self.last_guard}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.moments = {k: v.clone() for k, v in tensors.items()}
+        self.next_eta = meta.get("next_eta")
+        self.halt = meta.get("halt")
+        self.adam_t = int(meta.get("adam_t", 0))
+        self.last_guard = meta.get("last_guard", self.guard_start)
 
     # -- pieces -----------------------------------------------------------------------------------
     def _checked_probe(self, gradients, model):
@@ -151,7 +206,9 @@ class R2F(UpdateMethod):
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
-                                "stats": None if self.stats is None else {"source": "retain",
+                                "guard": {"source": self.guard_source, "items": len(self.engine.retain),
+                                          "nll_start": self.guard_start},
+                                "stats": None if self.stats is None else {"source": self.guard_source,
                                                                           "tokens": self.stats.tokens}}
         spec = self.options.get("decoder") or DEFAULT_DECODER
         path = Path(str(spec))
@@ -229,8 +286,22 @@ class R2F(UpdateMethod):
         g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
         g_r = self.decoded(model, [retain.inputs], self.retain_loss) \
             if (self.guard != "none" or self.retain_weight) and retain is not None else None
-        eta = self.step_size(ctx.step, ctx.total_steps, ctx.lr)
         params = dict(model.named_parameters())
+        directions, out = self._guarded_directions(g_f, g_r, params)
+        for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
+            if not bool(torch.isfinite(d).all()):
+                return {"step_size": ctx.lr, "numerical_fault": f"decoded gradient of {name} is not finite"}
+        if self.precondition == "adam":
+            directions = self._adam(directions)
+        unit = self._unit_steps(directions, params)
+        if self.step_rule == "schedule":
+            eta = self.step_size(ctx.step, ctx.total_steps, ctx.lr)
+            self._apply(params, directions, unit, eta)
+            return {"step_size": eta, **out}
+        return {**self._line_search(model, forget, params, directions, unit, ctx), **out}
+
+    def _guarded_directions(self, g_f, g_r, params) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Per module: remove the part of D_f that raises the retain loss, add λ·‖D_f‖/‖D_r‖·D_r."""
         directions: dict[str, torch.Tensor] = {}
         n_conflict, cos_sum = 0, 0.0
         for name, d in g_f.items():
@@ -249,33 +320,118 @@ class R2F(UpdateMethod):
                     if self.retain_weight:
                         d = d + float(self.retain_weight) * (float(d.norm()) / math.sqrt(rr)) * r
             directions[name] = d
-        for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
-            if not bool(torch.isfinite(d).all()):
-                return {"step_size": eta, "numerical_fault": f"decoded gradient of {name} is not finite"}
-        with torch.no_grad():
-            if self.step_norm == "global":
-                w_norm = math.sqrt(sum(float(params[n].float().pow(2).sum()) for n in directions))
-                d_norm = math.sqrt(sum(float(d.pow(2).sum()) for d in directions.values()))
-                scale = {n: (eta * w_norm / d_norm if d_norm > 0 else 0.0) for n in directions}
-            else:
-                scale = {}
-                for n, d in directions.items():
-                    dn = float(d.norm())
-                    scale[n] = eta * float(params[n].float().norm()) / dn if dn > 0 else 0.0
-            for n, d in directions.items():
-                if scale[n] and math.isfinite(scale[n]):
-                    w = params[n]
-                    w.sub_((scale[n] * d).to(w.dtype))
-        out: dict[str, Any] = {"step_size": eta}
+        out = {}
         if g_r is not None and directions:
-            out["guard_conflicts"] = n_conflict / len(directions)
-            out["cos_forget_retain"] = cos_sum / len(directions)
+            out = {"guard_conflicts": n_conflict / len(directions), "cos_forget_retain": cos_sum / len(directions)}
+        return directions, out
+
+    def _adam(self, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Adam's bias-corrected m̂/(√v̂+ε) of the guarded directions (β = 0.9, 0.999), kept across steps.
+
+        Why: a raw gradient step (decoded or exact alike) concentrates the change on the few coordinates with
+        large gradients and wipes general knowledge the guard never sees (world facts 1.00 → 0.71–0.79 on
+        ``small``); per-coordinate normalisation, as AdamW gives the baselines, keeps it (0.97–1.00). The moments
+        only rescale coordinates: the line search still sets the step's length. ε is relative to the largest
+        √v̂, so the rule stays free of the gradient's scale.
+        """
+        self.adam_t += 1
+        t = self.adam_t
+        out = {}
+        for n, d in directions.items():
+            m = self.moments.setdefault(f"m.{n}", torch.zeros_like(d))
+            v = self.moments.setdefault(f"v.{n}", torch.zeros_like(d))
+            m.mul_(0.9).add_(d, alpha=0.1)
+            v.mul_(0.999).addcmul_(d, d, value=0.001)
+            vhat = (v / (1 - 0.999 ** t)).sqrt_()
+            out[n] = (m / (1 - 0.9 ** t)).div_(vhat.add_(1e-8 * float(vhat.max().clamp_min(1e-30))))
         return out
 
+    def _unit_steps(self, directions, params) -> dict[str, float]:
+        """Per module, the multiplier of D that changes the weights by a relative η = 1 (global or per module)."""
+        if self.step_norm == "global":
+            w_norm = math.sqrt(sum(float(params[n].detach().float().pow(2).sum()) for n in directions))
+            d_norm = math.sqrt(sum(float(d.pow(2).sum()) for d in directions.values()))
+            return {n: (w_norm / d_norm if d_norm > 0 else 0.0) for n in directions}
+        unit = {}
+        for n, d in directions.items():
+            dn = float(d.norm())
+            unit[n] = float(params[n].detach().float().norm()) / dn if dn > 0 else 0.0
+        return unit
+
+    @staticmethod
+    @torch.no_grad()
+    def _apply(params, directions, unit, eta: float, base: dict[str, torch.Tensor] | None = None) -> None:
+        """W ← W − η·unit·D (from ``base`` when given, i.e. a trial restarted from the step's start)."""
+        for n, d in directions.items():
+            w = params[n]
+            if base is not None:
+                w.copy_(base[n])
+            if unit[n] and math.isfinite(unit[n]):
+                w.sub_((eta * unit[n] * d).to(w.dtype))
+
+    @torch.no_grad()
+    def _forget_batch_nll(self, model, forget: QABatch) -> float:
+        s, n = sequence_nll(model, forget.inputs)
+        per_item = s / n.clamp_min(1)
+        return dist.global_mean(per_item) if dist.in_data_parallel() else float(per_item.mean())
+
+    def _guard_nll(self, model) -> float:
+        return self.engine.mean_nll(model, self.guard_items, chunk=32)
+
+    def _line_search(self, model, forget: QABatch, params, directions, unit, ctx: StepContext) -> dict[str, Any]:
+        """The largest η (from the last accepted η, doubled after a first-try success) whose step raises the
+        forget NLL while the guard NLL rises by at most ``guard_tol`` this step and ``guard_budget`` in all.
+
+        Forward passes only: a trial costs two small forwards, against a probe backward over K views.
+        No acceptable η after ``backtracks`` halvings: the weights stay and the run stops.
+        """
+        was_training = model.training
+        model.eval()
+        # both at the step's starting weights: the engine's logged forget signal of this batch, and the guard
+        # NLL the previous accepted trial measured (same weights; kept in the checkpointed state)
+        f0 = ctx.signals["forget_nll"] if "forget_nll" in ctx.signals else self._forget_batch_nll(model, forget)
+        g0 = self.last_guard if self.last_guard is not None else self._guard_nll(model)
+        base = {n: params[n].detach().clone() for n in directions}
+        # first trial: the last accepted η (doubled after a first-try success), else --lr; ctx.lr and the
+        # engine's step_scale both carry the halving after a rolled-back numerical fault
+        eta = min(self.next_eta * ctx.engine.step_scale if self.next_eta is not None else ctx.lr, MAX_ETA)
+        accepted, why, trials = False, "", 0
+        f = g = float("nan")
+        for trials in range(1, int(self.backtracks) + 2):
+            self._apply(params, directions, unit, eta, base=base)
+            f, g = self._forget_batch_nll(model, forget), self._guard_nll(model)
+            if not (math.isfinite(f) and math.isfinite(g)):
+                why = "non-finite loss"
+            elif f <= f0:
+                why = f"forget NLL did not rise ({f:.4f} <= {f0:.4f})"
+            elif g - g0 > float(self.guard_tol):
+                why = f"guard NLL rose {g - g0:.4f} > guard_tol {float(self.guard_tol):g}"
+            elif self.guard_start is not None and g - self.guard_start > float(self.guard_budget):
+                why = f"guard NLL rose {g - self.guard_start:.4f} in all > guard_budget {float(self.guard_budget):g}"
+            else:
+                accepted = True
+                break
+            eta *= 0.5
+        model.train(was_training)
+        if not accepted:
+            self._apply(params, directions, unit, 0.0, base=base)
+            self.last_guard = g0
+            self.halt = f"no step within the guard after {trials} trials (last: {why})"
+            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0}
+        self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
+        self.last_guard = g
+        # the stop rule reads the whole forget set's NLL after the step: one batch's NLL swings by ±50 %
+        # between batches and made the run stop late, well past the oracle's level
+        forget_all = self.engine.mean_nll(model, self.engine.forget, chunk=32)
+        return {"step_size": eta, "trials": trials, "forget_nll_after": f, "forget_set_nll": forget_all,
+                "guard_nll": g}
+
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
+        if self.halt is not None:
+            return self.halt
         if self.threshold is None or len(log) < self.window:
             return None
-        recent = [e["forget_nll"] for e in log[-self.window:]]
+        recent = [e.get("forget_set_nll", e["forget_nll"]) for e in log[-self.window:]]
         mean = sum(recent) / len(recent)
         if mean >= self.threshold:
             what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"

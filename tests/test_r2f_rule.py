@@ -1,0 +1,71 @@
+"""R2F's default rule, driven by a *learned* decoder trained on a proxy, on a different target.
+
+No stand-in anywhere: the decoder is trained here on the ``proxy`` model (other authors, other shape) and
+decodes the probe gradients of the ``tiny`` target; the rule runs with no ``lr`` and no options. What is
+checked is behaviour against independent truth: the forget answers' probability falls toward the retain
+oracle's while the retain and world-fact answers keep theirs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import answer_prob
+
+
+@pytest.fixture(scope="module")
+def proxy_decoder(world_dir, tiny_models, tmp_path_factory):
+    from r2f.decoders.train import train_decoder
+    from r2f.threads import torch_threads
+
+    out = tmp_path_factory.mktemp("dec") / "learned.safetensors"
+    with torch_threads(1):
+        train_decoder(str(tiny_models["proxy"]), world_dir, rank=8, out=out, steps=60, probe_seeds=1)
+    return out
+
+
+@pytest.mark.parametrize("retain", ["file", None])
+def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, tiny_models, proxy_decoder, tmp_path):
+    from r2f.data.loader import load_split
+    from r2f.methods import unlearn
+
+    forget = load_split(world_dir, "forget10")
+    kept = {"retain": load_split(world_dir, "retain90")[:48], "world_facts": load_split(world_dir, "world_facts")}
+    retain_file = None
+    if retain:  # the demo's retain data: the retain split and the general world facts
+        retain_file = tmp_path / "retain.jsonl"
+        retain_file.write_text("".join((world_dir / f).read_text() for f in ("retain90.jsonl", "world_facts.jsonl")))
+    out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", retain_file, method="r2f",
+                  decoder=proxy_decoder, out=tmp_path / "out", seed=0)
+    man = json.loads((out / "manifest.json").read_text())
+    # the line search's contract, read from the log: no accepted step raised the guard NLL by more than
+    # guard_tol, and the run never by more than guard_budget
+    opts, guard = man["config"]["options"], man["method_info"]["guard"]
+    prev = guard["nll_start"]
+    for entry in man["log"]:
+        if entry["step_size"] > 0:
+            assert entry["guard_nll"] - prev <= opts["guard_tol"] + 1e-6
+            assert entry["guard_nll"] - guard["nll_start"] <= opts["guard_budget"] + 1e-6
+        prev = entry["guard_nll"]
+    assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
+    assert man["method_info"]["guard"]["source"] == ("file" if retain else "generated")
+    p_full, p_oracle = answer_prob(tiny_models["full"], forget), answer_prob(tiny_models["retain"], forget)
+    p_after = answer_prob(out, forget)
+    assert p_full > p_oracle + 0.2  # forgetting is measurable on this world
+    # the forget answers lose at least half of what the full model knew beyond the oracle ...
+    assert p_after < p_oracle + 0.5 * (p_full - p_oracle), (p_full, p_oracle, p_after, man["steps"])
+    # ... while what must be kept stays. The guard bounds the rise of the guard items' mean answer NLL by
+    # guard_budget = 0.12 nats, i.e. their P̄ by about exp(-0.12) = 0.89×; items outside the 32 guard items
+    # may lose a little more. GradDiff and NPO (AdamW) take retain P̄ to 0.48× and 0.42× on this model
+    # (tests/test_methods_integration.py).
+    # Without a retain file the guard is the model's own answers to generic questions, which on this tiny model
+    # keeps neither the forgotten authors' neighbours (retain P̄ 0.37×) nor the world facts (0.74×): an open
+    # limitation (docs/methods.md), so only forgetting and the recorded guard source are checked then.
+    if retain is None:
+        return
+    floor = 0.8
+    for name, items in kept.items():
+        before, after = answer_prob(tiny_models["full"], items), answer_prob(out, items)
+        assert after >= floor * before, (name, before, after, man["steps"])
