@@ -78,3 +78,10 @@ def test_cli_reference_is_up_to_date():
     script = Path(__file__).resolve().parent.parent / "scripts" / "cli_docs.py"
     res = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_version_prints_and_exits_0():
+    from r2f import __version__
+
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"r2f {__version__}"

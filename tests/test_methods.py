@@ -385,6 +385,16 @@ def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path, exact
     assert d["default"] < d["project"]  # the retain-descent term lowers the retain NLL further
 
 
+def test_resume_of_a_missing_run_is_refused(tiny_setup, tmp_path):
+    """--resume on a directory that does not exist is bad input (it used to start a fresh run quietly)."""
+    from r2f.methods import unlearn
+
+    with pytest.raises(R2FInputError, match="--resume"):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], None, method="grad_ascent", steps=1,
+                out=tmp_path / "never-ran", resume=True)
+    assert not (tmp_path / "never-ran").exists()
+
+
 def test_resume_of_a_finished_run_returns_it_and_foreign_dir_is_refused(tiny_setup, tmp_path):
     from r2f.methods import unlearn
 

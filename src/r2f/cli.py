@@ -29,6 +29,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _print_version(value: bool) -> None:
+    if value:
+        from r2f import __version__
+
+        typer.echo(f"r2f {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print r2f's version and exit.")) -> None:
+    pass
+
+
 _loaded = False
 #: Commands that split their work over the ranks of a torchrun / accelerate launch (docs/distributed.md).
 DATA_PARALLEL_COMMANDS = ("unlearn", "eval", "train-decoder")

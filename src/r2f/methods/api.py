@@ -152,6 +152,9 @@ def unlearn(
     if src_dir is not None and (_is_within(out, src_dir) or _is_within(src_dir, out)):
         raise R2FInputError("--out must not be the source model directory, inside it, or contain it",
                             source=str(out))
+    if resume and not out.exists():
+        raise R2FInputError("--resume: no run here to resume (the directory does not exist); drop --resume to "
+                            "start a new run", source=str(out))
     check_out_dir(out, overwrite=overwrite or resume, protect=[src_dir] if src_dir else [])
     forget_items, forget_info = _data(forget, "forget", required=True)
     retain_items, retain_info = _data(retain, "retain", required=False)
