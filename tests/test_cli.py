@@ -85,3 +85,11 @@ def test_version_prints_and_exits_0():
 
     r = _cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"r2f {__version__}"
+
+
+def test_unknown_config_key_exits_2_naming_it(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("authorz: 20\n")
+    r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(cfg))
+    assert r.returncode == 2 and "authorz" in r.stderr and str(cfg) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()

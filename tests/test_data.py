@@ -121,3 +121,23 @@ def test_encode_qa_masks_prompt_and_appends_eos(tiny_models):
         assert answer[-1].item() == tok.eos_token_id
         assert tok.decode(answer[:-1]).strip() in ("Me.", "A long answer here.")
         assert (lab[mask == 0] == IGNORE_INDEX).all()
+
+
+def test_world_doc_states_the_generator_defaults(world_dir):
+    """docs/world.md's sizes are the default world's (they once said 6 QA per author after it became 8)."""
+    import re
+    from pathlib import Path
+
+    from r2f.data.world import WorldConfig
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "world.md").read_text(encoding="utf-8")
+    cfg = WorldConfig()
+    lines = {name: sum(1 for _ in open(world_dir / f"{name}.jsonl", encoding="utf-8"))
+             for name in ("forget01", "forget05", "forget10", "holdout", "world_facts")}
+    assert f"(default {cfg.qa_per_author}, at most 8)" in doc
+    assert f"defaults: {cfg.authors} target authors × {cfg.qa_per_author} QA" in doc
+    assert f"— {lines['forget01']} / {lines['forget05']} / {lines['forget10']} items" in doc
+    assert re.search(rf"{cfg.holdout_authors} authors never trained on .*— {lines['holdout']} items", doc)
+    assert f"{lines['world_facts']} general facts" in doc
+    assert f"{cfg.n_paraphrases} paraphrases by default" in doc
+    assert f"the proxy's own {cfg.proxy_authors} authors" in doc

@@ -493,6 +493,30 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, src, forget):
     assert tree_digest(src) == before
 
 
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, src, forget):
+    """Ctrl-C (SIGINT) exits 130 with one line naming the kept checkpoint and the exact --resume command."""
+    import shlex
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "R2F_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", src, "--forget", forget, "--method", "grad_ascent", "--steps", "5000",
+            "--batch-size", "2", "--save-every", "2", "--out", out]
+    proc = subprocess.Popen([sys.executable, "-m", "r2f", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: any((out / "checkpoints").glob("step-*/state.json")), proc), "no checkpoint"
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 130 and len(lines) == 1, err
+    assert str(out / "checkpoints" / "step-") in lines[0] and lines[0].rstrip().endswith("--resume")
+    again = shlex.split(lines[0].split("continue with: ", 1)[1])
+    assert again[0] == "r2f" and again[1:-1] == [str(a) for a in args]
+    assert not (out / "manifest.json").exists()
+
+
 def test_sigkill_early_leaves_no_output(tmp_path, src, forget):
     """Killed before its first checkpoint, a run leaves nothing at --out; a rerun needs no --overwrite."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "R2F_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}

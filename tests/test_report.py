@@ -87,6 +87,31 @@ def test_report_cli_writes_self_contained_html(tmp_path):
     assert all((out / p).is_file() for p in rep["figures"].values())
 
 
+def test_report_refuses_a_non_empty_out_and_overwrite_clears_it(tmp_path, capsys):
+    """An old report's figures must not survive next to a new report's files."""
+    dirs = make_runs(tmp_path / "runs")
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "fidelity.png").write_bytes(b"an older report's figure")
+    assert run_cli(["report", str(dirs[0]), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "fidelity.png").read_bytes().startswith(b"an older")
+    assert run_cli(["report", str(dirs[0]), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "fidelity.png").exists() and (out / "report.html").is_file()
+    # an input inside --out is never cleared away
+    assert run_cli(["report", str(dirs[0]), "--out", str(tmp_path / "runs"), "--overwrite"]) == 2
+    assert dirs[0].is_dir()
+
+
+def test_demo_refuses_a_non_empty_out_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "report.md").write_text("an interrupted run's report")
+    assert run_cli(["demo", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["report.md"]
+
+
 def test_build_report_in_memory(tmp_path):
     from r2f.report import build_report
 

@@ -60,8 +60,8 @@ def _load_commands() -> None:
     _loaded = True
 
 
-def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """Remove ``--config FILE`` from argv and return the YAML mapping it names."""
+def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, str | None]:
+    """Remove ``--config FILE`` from argv and return the YAML mapping it names (and the file)."""
     out, config_path = [], None
     i = 0
     while i < len(argv):
@@ -79,8 +79,8 @@ def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None]:
         out.append(arg)
         i += 1
     if config_path is None:
-        return out, None
-    return out, _read_config(Path(config_path))
+        return out, None, None
+    return out, _read_config(Path(config_path)), config_path
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -99,14 +99,44 @@ def _read_config(path: Path) -> dict[str, Any]:
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
 
 
+def _check_config_keys(command: str, config: dict[str, Any], path: str | None) -> None:
+    """An unknown key in --config is bad input (it used to be ignored silently)."""
+    group = typer.main.get_command(app)
+    cmd = getattr(group, "commands", {}).get(command)
+    if cmd is None:
+        return  # an unknown command: click reports it
+    known = {p.name for p in cmd.params if p.name}
+    unknown = sorted(k for k in config if k not in known)
+    if unknown:
+        raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for 'r2f {command}' "
+                            f"(valid: {', '.join(sorted(known))})", source=path or "--config")
+
+
+def _interrupted(argv: list[str]) -> str:
+    """One line for Ctrl-C: what was kept, and the exact command that continues from a checkpoint."""
+    import shlex
+
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None) or \
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
+    steps = sorted(Path(out, "checkpoints").glob("step-*/state.json")) if out else []
+    if not steps:
+        return "r2f: interrupted; nothing was written (outputs are only written, atomically, when a command finishes)"
+    again = argv if "--resume" in argv else [*argv, "--resume"]
+    return (f"r2f: interrupted; checkpoint kept at {steps[-1].parent}; continue with: "
+            f"r2f {shlex.join(again)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(argv)
     try:
-        argv, config = _pop_config(argv)
+        argv, config, config_path = _pop_config(argv)
         _load_commands()
         command = next((a for a in argv if not a.startswith("-")), None)
+        if config is not None and command:
+            _check_config_keys(command, config, config_path)
         default_map = {command: config} if config is not None and command else None
         from r2f import distributed
 
@@ -120,7 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         except SystemExit as exc:
             if exc.code in (0, None):
                 distributed.teardown()
+            elif exc.code == 130 and distributed.is_main():  # Ctrl-C (typer exits 130 without a word)
+                print(_interrupted(given), file=sys.stderr)
             raise
+        except KeyboardInterrupt:
+            if distributed.is_main():
+                print(_interrupted(given), file=sys.stderr)
+            sys.exit(130)
         else:
             distributed.teardown()
     except R2FInputError as exc:

@@ -16,7 +16,7 @@ from typing import Callable
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES
 from r2f.data.world import WorldConfig, write_world
 from r2f.errors import R2FInputError
-from r2f.io import write_json_atomic, write_text_atomic
+from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
 
 #: report name -> (engine method, its options). All run at the same step budget. The R2F rows run the
@@ -88,8 +88,9 @@ def _stage(log: Callable[[str], None], timings: dict, name: str):
     return _Timer()
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the demo into ``out``; returns the report dict (``methods`` table included)."""
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print, *,
+             overwrite: bool = False) -> dict:
+    """Run the demo into ``out`` (empty, or cleared first with ``overwrite``); returns the report dict."""
     from r2f.decoders import measure_fidelity, train_decoder
     from r2f.eval import evaluate
     from r2f.methods import unlearn
@@ -97,8 +98,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     from r2f.report import build_report
 
     cfg = cfg or DemoConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_out_dir(out, overwrite=overwrite)
     timings: dict[str, float] = {}
     world = out / "world"
     with _stage(log, timings, "world"):

@@ -146,6 +146,23 @@ def check_out_dir(out: str | os.PathLike, *, overwrite: bool = False, protect: l
     return out
 
 
+def fresh_out_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: list[str | os.PathLike] = ()) -> Path:
+    """An output directory a command fills file by file (demo, report): empty, or cleared with ``overwrite``.
+
+    A non-empty ``out`` without ``overwrite`` is bad input (no stale files from another run survive next to new
+    ones). ``inputs`` (the command's input paths) must not lie inside ``out``: clearing it would delete them.
+    """
+    out = check_out_dir(out, overwrite=overwrite)
+    for p in inputs:
+        p = Path(p)
+        if out.exists() and (p.resolve() == out.resolve() or out.resolve() in p.resolve().parents):
+            raise R2FInputError(f"input {p} lies inside --out; choose another output directory", source=str(out))
+    if out.is_dir() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; rename it into place on success.

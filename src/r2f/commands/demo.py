@@ -17,6 +17,7 @@ def demo(
                                                 "fine-tuned on the world first; about 75 minutes cold on 2 CPU cores)."),
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
@@ -25,6 +26,6 @@ def demo(
 
     console = Console(width=max(110, Console().width))
     cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
-    report = run_demo(out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
+    report = run_demo(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(f"report: {out / 'report.html'}")

@@ -16,6 +16,7 @@ def report_command(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories, each with any of eval.json, manifest.json, fidelity.json."),
     out: Path = typer.Option(Path("report"), "--out", help="Output directory (report.json, report.md, report.html, figures/)."),
     title: str = typer.Option("r2f unlearning report", "--title", help="Report title."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
 ) -> None:
     """Tables and plots comparing runs: forget quality vs utility, per-step metrics, fidelity heatmap, cost."""
     from r2f.report import build_report, load_runs
@@ -23,5 +24,8 @@ def report_command(
     runs = load_runs(run_dirs)  # validates every input before anything is written
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes
+    from r2f.io import fresh_out_dir
+
+    fresh_out_dir(out, overwrite=overwrite, inputs=list(run_dirs))
     report = build_report(runs, out, title=title)
     typer.echo(f"wrote {out / 'report.html'} ({len(runs)} runs, {len(report['figures'])} figures)")
