@@ -803,3 +803,41 @@ def test_a_saved_decoder_file_gets_the_permissions_of_a_plain_write(tmp_path):
     with atomic_file(tmp_path / "dec.safetensors") as tmp:
         save_file({"w": torch.zeros(2)}, str(tmp))
     assert stat.S_IMODE(os.stat(tmp_path / "dec.safetensors").st_mode) == FILE_MODE
+
+
+def test_quiet_by_default_and_verbose_brings_the_noise_back(tmp_path, src, forget):
+    """Third-party bars and deprecation warnings carry no information for a user: off unless --verbose."""
+    env = {k: v for k, v in os.environ.items()  # (in-process CLI tests may have set the quiet variables)
+           if k not in ("R2F_NO_PROGRESS", "R2F_VERBOSE", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    args = [sys.executable, "-m", "r2f", "unlearn", "--model", str(src), "--forget", str(forget), "--method", "lora",
+            "--steps", "1"]
+    quiet = subprocess.run([*args, "--out", str(tmp_path / "q")], capture_output=True, text=True, env=env)
+    loud = subprocess.run([*args, "--out", str(tmp_path / "v"), "--verbose"], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    for noise in ("Loading weights", "Writing model shards", "FutureWarning"):
+        assert noise not in quiet.stderr, noise
+    assert "Loading weights" in loud.stderr and "FutureWarning" in loud.stderr
+
+
+def test_peak_memory_measurement_writes_nothing_to_stderr(capfd):
+    """torch's profiler prints USDT start/stop lines straight to fd 2; r2f's CPU peak-memory probe hides them."""
+    from r2f.decoders.fidelity import PeakMemory
+
+    with PeakMemory(torch.device("cpu")) as peak:
+        torch.zeros(256, 256)
+    assert peak.peak_mb > 0
+    assert "USDT" not in capfd.readouterr().err
+
+
+def test_progress_in_a_log_prints_a_few_lines_with_real_progress(capsys, monkeypatch):
+    """Not a terminal: one line per quarter with counts (a redrawn bar only ever showed 0 % in logs)."""
+    from r2f.progress import progress
+
+    monkeypatch.delenv("R2F_NO_PROGRESS", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert sum(1 for _ in progress(range(10), desc="scoring")) == 10
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines[-1].startswith("scoring: 10/10 (100 %)") and 2 <= len(lines) <= 5
+    assert "\r" not in "".join(lines)

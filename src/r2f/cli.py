@@ -19,6 +19,7 @@ from typing import Any
 import typer
 
 from r2f.errors import R2FInputError, R2FNumericalError
+from r2f.quiet import VERBOSE_ENV, silence_third_party
 
 app = typer.Typer(
     name="r2f",
@@ -39,7 +40,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print r2f's version and exit.")) -> None:
+                                       help="Print r2f's version and exit."),
+          verbose: bool = typer.Option(False, "--verbose",
+                                       help="Keep third-party warnings, progress bars and log lines (quiet by "
+                                            "default; accepted after any command too).")) -> None:
     pass
 
 
@@ -133,6 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     given = list(argv)
     try:
         argv, config, config_path = _pop_config(argv)
+        if "--verbose" in argv:  # accepted anywhere on the line, like --config
+            argv = [a for a in argv if a != "--verbose"]
+            os.environ[VERBOSE_ENV] = "1"
+        silence_third_party()
         _load_commands()
         command = next((a for a in argv if not a.startswith("-")), None)
         if config is not None and command:

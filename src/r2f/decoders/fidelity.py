@@ -27,6 +27,7 @@ from r2f.gradients.probe import (
 )
 from r2f.gradients.stats import collect_input_stats
 from r2f.progress import progress
+from r2f.quiet import native_stderr_silenced
 from r2f.threads import small_model_threads
 
 DEFAULT_DECODERS = ("learned", "sketch", "ls", "lora", "sigma")
@@ -53,7 +54,8 @@ class PeakMemory:
         from torch.profiler import ProfilerActivity, profile
 
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._prof.__enter__()
+        with native_stderr_silenced():  # the profiler's own start/stop lines on stderr say nothing to a user
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -61,7 +63,8 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
             return False
-        self._prof.__exit__(*exc)
+        with native_stderr_silenced():
+            self._prof.__exit__(*exc)
         deltas = []
         for ev in self._prof.events():
             # frees are "[memory]" events; allocations are attributed to the op that made them (self only)

@@ -494,9 +494,9 @@ class Engine:
                 entry["wall_s"] = round(time.perf_counter() - t0, 4)
                 log.append(_order(entry))
                 stop_reason = self.method.should_stop(ctx, log)
+                bar.set_postfix(refresh=False, **{k.split("_")[0]: f"{v:.3f}" for k, v in ctx.signals.items()
+                                                  if k in ("forget_nll", "retain_nll")})
                 bar.update(1)
-                bar.set_postfix(forget=f"{ctx.signals.get('forget_nll', float('nan')):.3f}",
-                                retain=f"{ctx.signals.get('retain_nll', float('nan')):.3f}", refresh=False)
                 done = step + 1
                 if ckpt_root is not None and cfg.save_every > 0 and (
                         done % cfg.save_every == 0 or done == cfg.steps or stop_reason is not None):
