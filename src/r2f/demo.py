@@ -35,8 +35,6 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
 #: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
 #: entry: its line search sets its own step size on every target.
 TARGET_LR: dict[str, dict[str, float]] = {
-    "small": {},
-    "tiny": {},
     "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
 }
 #: report.json key -> short console header
@@ -138,7 +136,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         for name in cfg.methods:
             method, options = DEMO_METHODS[name]
             options = {k: (str(decoder) if v == "@learned" else v) for k, v in options.items()}
-            if "lr" not in options and name in TARGET_LR[cfg.target]:
+            if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
                 options["lr"] = TARGET_LR[cfg.target][name]
             run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
                               steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,

@@ -146,6 +146,12 @@ def check_out_dir(out: str | os.PathLike, *, overwrite: bool = False, protect: l
     return out
 
 
+def is_within(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
+    """Whether ``child`` is ``parent`` or lies below it (symbolic links resolved)."""
+    child, parent = Path(child).resolve(), Path(parent).resolve()
+    return child == parent or parent in child.parents
+
+
 def fresh_out_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: list[str | os.PathLike] = ()) -> Path:
     """An output directory a command fills file by file (demo, report): empty, or cleared with ``overwrite``.
 
@@ -154,8 +160,7 @@ def fresh_out_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: li
     """
     out = check_out_dir(out, overwrite=overwrite)
     for p in inputs:
-        p = Path(p)
-        if out.exists() and (p.resolve() == out.resolve() or out.resolve() in p.resolve().parents):
+        if out.exists() and is_within(p, out):
             raise R2FInputError(f"input {p} lies inside --out; choose another output directory", source=str(out))
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)

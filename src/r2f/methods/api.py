@@ -15,7 +15,7 @@ import torch
 from r2f.data.loader import load_items
 from r2f.data.schema import QAItem
 from r2f.errors import R2FInputError
-from r2f.io import atomic_dir, check_out_dir, write_json_atomic
+from r2f.io import atomic_dir, check_out_dir, is_within, write_json_atomic
 from r2f.methods.cost import CostMeter
 from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
 from r2f.threads import small_model_threads
@@ -48,11 +48,6 @@ def _model_dir(model) -> Path | None:
 
         return resolve_model_dir(model)
     return None
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    child, parent = child.resolve(), parent.resolve()
-    return child == parent or parent in child.parents
 
 
 def _state_fingerprint(model: torch.nn.Module) -> str:
@@ -149,7 +144,7 @@ def unlearn(
                             source="--model")
     if src_dir is None and tokenizer is None:
         raise R2FInputError("an in-memory model needs tokenizer=", source="--model")
-    if src_dir is not None and (_is_within(out, src_dir) or _is_within(src_dir, out)):
+    if src_dir is not None and (is_within(out, src_dir) or is_within(src_dir, out)):
         raise R2FInputError("--out must not be the source model directory, inside it, or contain it",
                             source=str(out))
     if resume and not out.exists():

@@ -105,7 +105,8 @@ class R2F(UpdateMethod):
         for value, allowed, what in ((self.objective, OBJECTIVES, "objective"), (self.guard, GUARDS, "guard"),
                                      (self.stop, STOPS, "stop rule"), (self.step_norm, STEP_NORMS, "step_norm"),
                                      (self.step_rule, STEP_RULES, "step_rule"),
-                                     (self.precondition, PRECONDITIONS, "precondition")):
+                                     (self.precondition, PRECONDITIONS, "precondition"),
+                                     (self.retain_data, RETAIN_DATA, "retain_data")):
             if value not in allowed:
                 raise R2FInputError(f"unknown {what} '{value}' (choose from {', '.join(allowed)})",
                                     source=what.split()[0])
@@ -134,25 +135,20 @@ class R2F(UpdateMethod):
         return model
 
     def _retain_data(self, engine: Engine, model) -> str:
-        """The guard's data: the retain file and/or the target's own answers to r2f's generic questions.
+        """The guard's data: the retain file, or the target's own answers to r2f's generic questions.
 
         ``retain_data="auto"`` (default): the retain file when one is given, else the generated answers. (Both
         together protected world facts less and stalled forgetting: the model's answers to off-distribution
         questions are fragile, their NLL rises at the first steps; docs/methods.md.)
         """
-        if self.retain_data not in RETAIN_DATA:
-            raise R2FInputError(f"unknown retain_data '{self.retain_data}' (choose from {', '.join(RETAIN_DATA)})",
-                                source="retain_data")
         if self.retain_data == "file" and not engine.retain:
             raise R2FInputError("retain_data=file needs a retain file", source="--retain")
-        use_file = bool(engine.retain) and self.retain_data in ("auto", "file")
-        use_generated = self.retain_data == "generated" or (self.retain_data == "auto" and not use_file)
-        if use_generated:
-            from r2f.methods.guard import self_answered_items
+        if self.retain_data == "generated" or not engine.retain:
+            from r2f.methods.guard import GENERATED_SOURCE, self_answered_items
 
-            generated = self_answered_items(model, engine.tokenizer, engine.template)
-            engine.retain = (list(engine.retain) if use_file else []) + generated
-        return "+".join(name for name, used in (("file", use_file), ("generated", use_generated)) if used)
+            engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
+            return GENERATED_SOURCE
+        return "file"
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
