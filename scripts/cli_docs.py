@@ -21,6 +21,8 @@ HEADER = """# Command-line reference
 Generated from the commands' own `--help` by `scripts/cli_docs.py`; do not edit by hand.
 Every command also accepts `--config FILE.yaml` (keys are option names, command-line flags win), exits 0 on
 success, 2 on bad input (one line naming the file, field or line at fault) and 3 when training diverges.
+`unlearn`, `train-decoder` and `eval` are also Python functions taking these options as keyword arguments
+([Python API](api.md)).
 """
 
 
@@ -50,7 +52,9 @@ def render() -> str:
         cmd = group.commands[name]
         doc = " ".join((cmd.help or "").split())
         parts.append(f"\n## `r2f {name}`\n\n{doc}\n\n| option | meaning | default |\n|---|---|---|\n")
-        rows = [_option_row(p) for p in cmd.params if p.name != "help"]
+        ctx = typer.Context(cmd)
+        # as --help lists them: --config included, --help left out
+        rows = [_option_row(p) for p in cmd.get_params(ctx) if p is not cmd.get_help_option(ctx)]
         parts.append("\n".join(rows) + "\n")
     return "".join(parts)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
@@ -93,3 +95,50 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path):
     r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(cfg))
     assert r.returncode == 2 and "authorz" in r.stderr and str(cfg) in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+def _runner_app():
+    from typer.testing import CliRunner
+
+    from r2f.cli import _load_commands, app
+
+    _load_commands()
+    return CliRunner(env={"COLUMNS": "200", "TERMINAL_WIDTH": "200", "NO_COLOR": "1"}), app
+
+
+def test_every_command_help_lists_config_and_shows_bools_as_flags():
+    """--config FILE is in each command's --help; a boolean option is a bare flag, never '--overwrite <bool>'."""
+    runner, app = _runner_app()
+    commands = ("world", "train", "train-decoder", "fidelity", "unlearn", "eval", "report", "demo")
+    for cmd in commands:
+        r = runner.invoke(app, [cmd, "--help"])
+        assert r.exit_code == 0, (cmd, r.output)
+        assert re.search(r"--config\s+FILE\s", r.output), (cmd, r.output)
+        assert "<bool>" not in r.output, (cmd, r.output)
+        assert re.search(r"--help\s+Show this message", r.output), (cmd, r.output)
+    assert "<bool>" not in runner.invoke(app, ["--help"]).output
+    r = runner.invoke(app, ["fidelity", "--help"])
+    assert re.search(r"--cost\s+--no-cost\s+Also time", r.output)  # the pair, then the help: no type column
+    r = runner.invoke(app, ["unlearn", "--help"])
+    assert re.search(r"--overwrite\s+Replace a non-empty", r.output) and re.search(r"--steps\s+<int>", r.output)
+
+
+def test_config_given_to_the_typer_app_directly_is_applied_and_checked(tmp_path):
+    """Without main() (which takes --config off the line first) the option itself reads the file."""
+    runner, app = _runner_app()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 7\nqa-per-author: 2\n")
+    r = runner.invoke(app, ["world", "--out", str(tmp_path / "w"), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "w" / "world.json").read_text())["config"]["qa_per_author"] == 2
+    cfg.write_text("authorz: 20\n")
+    r = runner.invoke(app, ["world", "--out", str(tmp_path / "x"), "--config", str(cfg)])
+    assert isinstance(r.exception, R2FInputError) and "authorz" in str(r.exception) and str(cfg) in str(r.exception)
+
+
+def test_non_utf8_config_exits_2_naming_line_and_offset(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"seed: 3\n# caf\xe9\n")
+    r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(cfg))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{cfg}:2" in r.stderr and "byte offset 13" in r.stderr and not (tmp_path / "w").exists()

@@ -95,6 +95,17 @@ def test_loader_errors_name_file_line_field(tmp_path, content, where):
     assert "\n" not in str(err.value)
 
 
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_loader_names_line_and_byte_offset_of_non_utf8(tmp_path, bom):
+    """A Latin-1 'é' in a UTF-8 file: the error says where, so it can be found (the offset counts the BOM)."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(bom + b'{"question": "Q?", "answer": "A."}\n{"question": "Caf\xe9?", "answer": "A."}\n')
+    with pytest.raises(R2FInputError) as err:
+        load_items(path)
+    at = len(bom) + 35 + 17
+    assert str(err.value) == (f"{path}:2: not valid UTF-8: byte 0xe9 at line 2, column 18 (byte offset {at})")
+
 def test_cli_bad_data_exit_2_and_nothing_written(tmp_path):
     data = tmp_path / "data"
     write_world(data, WorldConfig(seed=0))

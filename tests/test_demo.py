@@ -27,3 +27,30 @@ def test_quick_demo_end_to_end(tmp_path, tiny_models):
     assert html.count("data:image/png;base64,") >= 3
     assert (out / "report.md").is_file() and (out / "fidelity.json").is_file()
     assert console_table(report).row_count == len(DEMO_METHODS) + 2
+
+
+def test_console_table_formats_each_column_one_way():
+    """Every number of a column has the same shape (decimals, or scientific for p-values), so columns line up."""
+    import re
+
+    from rich.console import Console
+
+    methods = {
+        "original": {"forget_quality": 1.7e-4, "model_utility": 0.8044, "forget_Q_A_ROUGE": 1.0, "retain_Q_A_ROUGE": 1.0,
+                     "privleak": -99.99999, "decoder_cos": None, "wall_s": None, "peak_mem_mb": None},
+        "r2f": {"forget_quality": 0.4337, "model_utility": 0.7371, "forget_Q_A_ROUGE": 0.7344, "retain_Q_A_ROUGE": 0.9907,
+                "privleak": -66.47, "decoder_cos": 0.9289, "wall_s": 11.79, "peak_mem_mb": 776.6, "steps_done": 30,
+                "steps_budget": 30},
+        "grad_ascent": {"forget_quality": 1.0, "model_utility": 0.0, "forget_Q_A_ROUGE": 0.01042,
+                        "retain_Q_A_ROUGE": 0.005952, "privleak": 16.67, "decoder_cos": None, "wall_s": 2.196,
+                        "peak_mem_mb": 824.2, "steps_done": 12, "steps_budget": 30},
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(console_table({"methods": methods}))
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines()
+            if line.startswith("│")]
+    assert [r[:2] for r in rows] == [["original", "—"], ["r2f", "30/30"], ["grad_ascent", "12/30"]]
+    for col in range(2, len(rows[0])):
+        cells = [r[col] for r in rows if r[col] != "—"]
+        shapes = {re.sub(r"[+-]?\d+", "9", c) for c in cells}
+        assert len(shapes) == 1, (col, cells)

@@ -179,3 +179,63 @@ def test_report_renders_in_headless_chromium(tmp_path):
     keep = os.environ.get("R2F_SCREENSHOT_OUT")
     if keep:
         shutil.copy(png, keep)
+
+
+def _unlearning_run(fq, mu, done=30, reason=None, log=None):
+    return {"eval": {"summary": {"forget_quality": fq, "model_utility": mu, "forget_Truth_Ratio": 0.6,
+                                 "extraction_strength": 0.2}},
+            "manifest": {"method": "npo", "steps": {"budget": 30, "done": done, "stopped_early": reason is not None,
+                                                    "stop_reason": reason}, "log": log or []}}  # fmt: skip
+
+
+def test_loss_panels_use_a_log_axis():
+    """Gradient ascent drives the forget NLL to ~30: on a linear axis every other curve would be flat."""
+    from r2f.report import plots
+
+    logs = {"grad_ascent": [{"step": s, "forget_nll": 2.0 * 1.4**s, "retain_nll": 1.0 + s, "loss": -2.0 * s, "lr": 1e-5}
+                            for s in range(10)],
+            "r2f": [{"step": s, "forget_nll": 2.0 + 0.1 * s, "retain_nll": 1.0, "step_size": 0.01} for s in range(10)]}
+    fig = plots.steps_figure(logs)
+    scales = {ax.get_title().split(" ")[0]: ax.get_yscale() for ax in fig.axes if ax.get_title()}
+    assert scales["forget_nll"] == "log" and scales["retain_nll"] == "log"
+    assert scales["loss"] == "linear" and scales["lr"] == "linear"  # a negative loss and non-losses stay linear
+
+
+def test_report_has_steps_column_definitions_and_headline(tmp_path):
+    from r2f.report import build_report
+
+    runs = {
+        "original": {"eval": {"summary": {"forget_quality": 1e-4, "model_utility": 0.8}}},
+        "retrain": {"eval": {"summary": {"forget_quality": 1.0, "model_utility": 0.8}}},
+        "good": _unlearning_run(0.4, 0.75),
+        "useless": _unlearning_run(0.6, 0.1, done=12, reason="forget NLL 3.1 reached the threshold 3.0"),
+        "weak": _unlearning_run(0.01, 0.79),
+    }
+    rep = build_report(runs, tmp_path / "r")
+    assert rep["methods"]["useless"]["steps_done"] == 12 and rep["methods"]["useless"]["steps_budget"] == 30
+    assert rep["headline"]["methods"] == ["good"]  # the oracles are no candidates; useless lost its utility
+    assert rep["headline"]["text"] == ("Methods meeting FQ ≥ 0.05 at ≥ 0.9× the original's utility (MU ≥ 0.720): "
+                                       "good.")
+    md = (tmp_path / "r" / "report.md").read_text()
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "| useless | npo | 12/30 (forget NLL 3.1 reached the threshold 3.0) |" in md and "| good | npo | 30/30 |" in md
+    assert "| original | original | — |" in md
+    assert rep["headline"]["text"] in md and rep["headline"]["text"].replace("'", "&#x27;") in html
+    headers = set(re.findall(r"<th>(.*?)</th>", html))
+    assert {"steps run", "forget TR", "forget ES ↓"} <= headers
+    for h in headers:  # every column of every table is defined on the page
+        assert f"<dt>{h}</dt>" in html, h
+        assert f"- **{h.replace('&gt;', '>')}**: " in md, h
+
+    none = build_report({"weak": _unlearning_run(0.01, 0.79)}, tmp_path / "n")
+    assert none["headline"]["methods"] == [] and none["headline"]["text"].endswith(": none (no 'original' run, so "
+                                                                                  "utility is not compared).")
+
+
+def test_report_names_the_byte_of_a_non_utf8_run_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_bytes(b'{"summary":\n {"forget_quality": "\xff"}}')
+    assert run_cli(["report", str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "eval.json:2" in err and "line 2, column 22 (byte offset 33)" in err

@@ -2,7 +2,7 @@
 
 Gradients are taken only with respect to small LoRA probe adapters over several paraphrased views of
 what must be forgotten, decoded by a learned gradient decoder into full-size weight gradients, and
-used to update the full model. The public API mirrors the CLI:
+used to update the full model. The public API mirrors the CLI, option for option (docs/api.md):
 
 - :func:`r2f.unlearn` — ``r2f unlearn``
 - :func:`r2f.train_decoder` — ``r2f train-decoder``
@@ -13,26 +13,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
-def unlearn(*args, **kwargs):
-    """Unlearn a forget set from a model; see :func:`r2f.methods.unlearn`."""
-    from r2f.methods import unlearn as _unlearn
+from r2f.api import evaluate, train_decoder  # noqa: E402  (light: heavy imports happen per call)
 
-    return _unlearn(*args, **kwargs)
-
-
-def train_decoder(*args, **kwargs):
-    """Train an R2F gradient decoder on a proxy model; see :func:`r2f.decoders.train_decoder`."""
-    from r2f.decoders import train_decoder as _train_decoder
-
-    return _train_decoder(*args, **kwargs)
+if TYPE_CHECKING:
+    from r2f.methods import unlearn
 
 
-def evaluate(*args, **kwargs):
-    """Evaluate a model with OpenUnlearning's metrics; see :func:`r2f.eval.evaluate`."""
-    from r2f.eval import evaluate as _evaluate
+def __getattr__(name: str) -> Any:
+    # r2f.unlearn is r2f.methods.unlearn itself, imported on first use: it needs torch, which `import r2f`
+    # (and so every CLI command, `r2f --version` included) should not pay for
+    if name == "unlearn":
+        from r2f.methods import unlearn
 
-    return _evaluate(*args, **kwargs)
+        return unlearn
+    raise AttributeError(f"module 'r2f' has no attribute {name!r}")
 
 
 __all__ = ["unlearn", "train_decoder", "evaluate", "__version__"]

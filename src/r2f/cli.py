@@ -14,15 +14,86 @@ import os
 import pkgutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.quiet import VERBOSE_ENV, silence_third_party
 
-app = typer.Typer(
+CONFIG_HELP = ("YAML file of defaults keyed by this command's option names (without the --); flags on the "
+               "command line win; an unknown key is an error.")
+
+
+def _bare_flag(param: TyperOption | TyperArgument | None) -> TyperOption | TyperArgument | None:
+    """Show a boolean flag bare in --help: typer's rich help prints its type, ``<bool>``, as if it took a value."""
+    if getattr(param, "is_flag", False) and param.metavar is None:
+        param.metavar = ""
+    return param
+
+
+class _BareFlags:
+    """Mixin for r2f's click commands and group: boolean options read as flags in --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _bare_flag(param)
+
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
+        return _bare_flag(super().get_help_option(ctx))
+
+
+class R2FGroup(_BareFlags, TyperGroup):
+    """The ``r2f`` group."""
+
+
+class R2FCommand(_BareFlags, TyperCommand):
+    """An ``r2f`` command: its --help also lists ``--config FILE``, which :func:`main` reads before parsing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config_option = _config_option()
+
+    def get_params(self, ctx: typer.Context) -> list[TyperOption | TyperArgument]:
+        params = super().get_params(ctx)  # the command's own, then --help
+        n = len(self.params)
+        return [*params[:n], self.config_option, *params[n:]]
+
+
+class _R2FTyper(typer.Typer):
+    """A Typer whose commands are :class:`R2FCommand` unless told otherwise."""
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any):
+        return super().command(name, cls=cls or R2FCommand, **kwargs)
+
+
+def _apply_config(ctx: typer.Context, value: Path | None) -> None:
+    """--config reached the parser: the command was called without :func:`main` (e.g. typer's CliRunner on
+    :data:`app`), which otherwise takes it off the command line first. The file's values become defaults."""
+    if value is not None:
+        config = _read_config(Path(value))
+        _check_config_keys(ctx.command, config, str(value))
+        ctx.default_map = {**(ctx.default_map or {}), **config}
+
+
+def _config_option() -> TyperOption:
+    """``--config FILE`` built by typer itself (it is not a parameter of the command functions)."""
+    builder = typer.Typer()
+
+    @builder.command()
+    def _builder(config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help=CONFIG_HELP,
+                                                       is_eager=True, expose_value=False,
+                                                       callback=_apply_config)) -> None:
+        """Never run: only its parameter is used."""
+
+    return typer.main.get_command(builder).params[0]
+
+
+app = _R2FTyper(
     name="r2f",
+    cls=R2FGroup,
     help="Recover-to-Forget: efficient LLM unlearning from LoRA probe gradients. "
     "Every command also accepts --config FILE.yaml whose keys are the command's option names.",
     no_args_is_help=True,
@@ -90,10 +161,12 @@ def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, str 
 def _read_config(path: Path) -> dict[str, Any]:
     import yaml
 
+    from r2f.io import read_text
+
     if not path.is_file():
         raise R2FInputError("config file not found", source=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -103,16 +176,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
 
 
-def _check_config_keys(command: str, config: dict[str, Any], path: str | None) -> None:
+def _check_config_keys(cmd: TyperCommand, config: dict[str, Any], path: str | None) -> None:
     """An unknown key in --config is bad input (it used to be ignored silently)."""
-    group = typer.main.get_command(app)
-    cmd = getattr(group, "commands", {}).get(command)
-    if cmd is None:
-        return  # an unknown command: click reports it
     known = {p.name for p in cmd.params if p.name}
     unknown = sorted(k for k in config if k not in known)
     if unknown:
-        raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for 'r2f {command}' "
+        raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for 'r2f {cmd.name}' "
                             f"(valid: {', '.join(sorted(known))})", source=path or "--config")
 
 
@@ -143,8 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         silence_third_party()
         _load_commands()
         command = next((a for a in argv if not a.startswith("-")), None)
-        if config is not None and command:
-            _check_config_keys(command, config, config_path)
+        if config is not None:
+            cmd = getattr(typer.main.get_command(app), "commands", {}).get(command)
+            if cmd is not None:  # an unknown command: click reports it
+                _check_config_keys(cmd, config, config_path)
         default_map = {command: config} if config is not None and command else None
         from r2f import distributed
 

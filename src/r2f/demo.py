@@ -170,23 +170,17 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
 def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
 
+    from r2f.report.build import format_value, steps_run
+
     cfg = report.get("demo", {}).get("config", {})
     table = Table(title=f"r2f demo: {cfg.get('forget', 'forget10')} on the embedded world, target "
                         f"{cfg.get('target', 'small')}",
                   caption="FQ forget quality (KS p-value vs the retain oracle; higher is better), MU model utility")
     table.add_column("method", no_wrap=True)
+    table.add_column("steps", justify="right")
     for header in TABLE_COLUMNS.values():
         table.add_column(header, justify="right")
     for name, row in report["methods"].items():
-        table.add_row(name, *(_fmt(row.get(col)) for col in TABLE_COLUMNS))
+        # the report's per-column formats: every number of a column has the same shape
+        table.add_row(name, steps_run(row), *(format_value(col, row.get(col)) for col in TABLE_COLUMNS))
     return table
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-2:
-            return f"{value:.2e}"
-        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
-    return str(value)

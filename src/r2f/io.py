@@ -1,7 +1,9 @@
-"""Atomic output helpers: nothing partial is ever left at the final path."""
+"""File helpers: reading user files with exact error locations; atomic outputs (nothing partial is ever left at
+the final path)."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -15,6 +17,28 @@ from r2f.errors import R2FInputError
 
 #: Temporary siblings are named ``.NAME.PID.RANDOM.tmp``: the PID tells a live writer's from a killed one's.
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file, a leading byte-order mark dropped.
+
+    An unreadable file, or bytes that are not UTF-8, are bad input: the message names the line, column and byte
+    offset of the first bad byte, so that it can be found in an editor or with ``head -c``.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise R2FInputError(f"cannot read: {exc.strerror or exc.__class__.__name__}", source=str(path)) from None
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = bom + exc.start  # offset in the file, BOM included
+        line = data.count(b"\n", 0, at) + 1
+        column = at - data.rfind(b"\n", 0, at)  # 1-based, in bytes
+        raise R2FInputError(f"not valid UTF-8: byte 0x{data[at]:02x} at line {line}, column {column} "
+                            f"(byte offset {at})", source=f"{path}:{line}") from None
 
 
 def _tmp_prefix(path: Path) -> str:

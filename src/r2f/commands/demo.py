@@ -28,4 +28,5 @@ def demo(
     cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
     report = run_demo(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
+    console.print(report["headline"]["text"], highlight=False, markup=False)
     console.print(f"report: {out / 'report.html'}")

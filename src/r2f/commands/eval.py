@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from r2f.cli import app
-from r2f.errors import R2FInputError
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
@@ -22,6 +21,9 @@ def eval_command(
     retain_model: Optional[str] = typer.Option(None, "--retain-model", help="Retain-oracle model directory (for forget_quality / privleak)."),
     retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
     forget: str = typer.Option("forget10", "--forget", help="Forget split (forget01|forget05|forget10)."),
+    retain_split: Optional[str] = typer.Option(None, "--retain-split",
+                                               help="Retain split scored for utility (default: the complement "
+                                                    "of --forget, e.g. retain90 for forget10)."),
     relearn: int = typer.Option(0, "--relearn", help="Relearning attack: N fine-tuning steps on half the forget split (0 = off)."),
     relearn_lr: float = typer.Option(1e-4, "--relearn-lr", help="Learning rate of the relearning attack."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
@@ -34,32 +36,15 @@ def eval_command(
                                            help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES."""
-    from r2f.eval import evaluate
-    from r2f.io import write_json_atomic
-
-    if retain_model is not None and retain_log is not None:
-        raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
-    if out.exists() and out.is_dir():
-        raise R2FInputError("--out must be a file path (eval.json), not a directory", source=str(out))
-    if not data.is_dir():
-        raise R2FInputError("data directory not found", source=str(data))
-    if retain_log is not None and not retain_log.is_file():
-        raise R2FInputError("retain log not found", source=str(retain_log))
-    if max_items is not None and max_items < 1:
-        raise R2FInputError("must be >= 1", source="--max-items")
+    import r2f
     from r2f.distributed import is_main
-    from r2f.models.loading import model_policy
 
-    # under torchrun every rank evaluates its share of the batches (r2f.distributed); rank 0 writes
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
-        result = evaluate(
-            model, data, retain_model=retain_model, retain_log=retain_log, forget_split=forget, relearn=relearn,
-            relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
-            num_threads=threads,
-        )  # fmt: skip
+    result = r2f.evaluate(model, data, out, retain_model=retain_model, retain_log=retain_log, forget=forget,
+                          retain_split=retain_split, relearn=relearn, relearn_lr=relearn_lr, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, max_items=max_items, threads=threads,
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if not is_main():
         return
-    write_json_atomic(out, result)
     s = result["summary"]
     parts = [f"{k}={s[k]:.4g}" for k in HEADLINE if isinstance(s.get(k), (int, float))]
     typer.echo(f"wrote {out} ({result['meta']['wall_s']:.1f}s): " + " ".join(parts))

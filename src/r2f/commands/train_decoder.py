@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from r2f.cli import app
-from r2f.errors import R2FInputError
 
 
 @app.command("train-decoder")
@@ -30,19 +29,11 @@ def train_decoder_cmd(
                                            help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
-    from r2f.decoders.train import train_decoder
+    import r2f
 
-    if out.suffix != ".safetensors":
-        raise R2FInputError("decoder file must end in .safetensors", source=str(out))
-    if out.exists() and not overwrite:
-        raise R2FInputError("--out exists; pass --overwrite to replace it", source=str(out))
-    if not data.is_dir():
-        raise R2FInputError("data directory not found", source=str(data))
-    from r2f.models.loading import model_policy
-
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
-        dec = train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
-                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps)
+    dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
+                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, overwrite=overwrite,
+                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     from r2f.distributed import is_main
 
     if not is_main():

@@ -60,15 +60,12 @@ def unlearn_command(
                                            help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
-    from r2f.methods import unlearn
+    import r2f
 
-    from r2f.models.loading import model_policy
-
-    opts = _parse_options(option)
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
-        path = unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
+    path = r2f.unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
                        views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
-                       device=device, max_failures=max_failures, **opts)
+                       device=device, max_failures=max_failures, allow_pickle=allow_pickle,
+                       trust_remote_code=trust_remote_code, **_parse_options(option))
     from r2f.distributed import is_main
 
     if not is_main():

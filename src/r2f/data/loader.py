@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from r2f.data.schema import QAItem
 from r2f.errors import R2FInputError
+from r2f.io import read_text
 
 #: Logical split name -> file name inside a world directory (TOFU's naming).
 SPLIT_FILES: dict[str, str] = {
@@ -49,7 +50,7 @@ def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QA
     path = Path(path)
     if not path.is_file():
         raise R2FInputError("file not found", source=str(path))
-    text = _read(path)
+    text = read_text(path)
     items = _parse_json(path, text) if _is_json_list(path, text) else _parse_jsonl(path, text)
     if not items and not allow_empty:
         raise R2FInputError("no records (empty split)", source=str(path))
@@ -59,17 +60,10 @@ def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QA
 def item_locations(path: str | os.PathLike) -> list[str]:
     """Where each record of :func:`load_items` ``(path)`` sits: ``FILE:LINE`` (JSONL) or ``FILE[INDEX]`` (JSON)."""
     path = Path(path)
-    text = _read(path)
+    text = read_text(path)
     if _is_json_list(path, text):
         return [f"{path}[{i}]" for i in range(len(_parse_json(path, text)))]
     return [f"{path}:{n}" for n, line in enumerate(_lines(text), start=1) if line.strip()]
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise R2FInputError(f"cannot read: {exc.__class__.__name__}", source=str(path)) from None
 
 
 def _lines(text: str) -> list[str]:

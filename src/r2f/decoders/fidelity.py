@@ -191,7 +191,7 @@ def measure_fidelity(
         learned.check_compatible(probe, kinds)
     if items is None:
         if data_dir is None:
-            raise R2FInputError("give data_dir or items", source="--data")
+            raise R2FInputError("no items to measure: give --data (or items= from Python)", source="--data")
         items = load_split(data_dir, split)
     if stats is None and data_dir is not None:
         try:

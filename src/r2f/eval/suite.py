@@ -19,6 +19,7 @@ from r2f.errors import R2FInputError
 from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
 from r2f.eval.registry import METRICS
 from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
+from r2f.io import read_text
 from r2f.threads import threads_for, torch_threads
 
 #: What a reference (retain-oracle) evaluation needs: forget TRs for forget_quality, Min-K% AUC for privleak.
@@ -178,7 +179,7 @@ def _model_fingerprint(path: str | None) -> str | None:
 def _load_splits(data_dir, forget_split: str, retain_split: str | None, max_items: int | None) -> tuple[dict, dict]:
     retain_split = retain_split or RETAIN_OF.get(forget_split)
     if retain_split is None:
-        raise R2FInputError(f"no retain split known for '{forget_split}'; pass retain_split", source="--forget")
+        raise R2FInputError(f"no retain split known for '{forget_split}'; pass --retain-split", source="--forget")
     names = {"forget": forget_split, "retain": retain_split, "holdout": "holdout", "world_facts": "world_facts"}
     splits, skipped = {}, {}
     for logical, name in names.items():
@@ -206,7 +207,7 @@ def _read_retain_log(retain_log, *, forget_split: str, n_forget: int, tok_sha: s
         if not p.is_file():
             raise R2FInputError("retain log not found", source=src)
         try:
-            log = json.loads(p.read_text(encoding="utf-8"))
+            log = json.loads(read_text(p))
         except json.JSONDecodeError as exc:
             raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{src}:{exc.lineno}") from None
     else:

@@ -66,6 +66,12 @@ def _cost(meter: CostMeter, prior: dict | None) -> dict:
     return cost
 
 
+def progress_label(out: Path, method: str) -> str:
+    """The run's progress label names the run (its --out), not only the method: the demo runs r2f twice."""
+    name = out.resolve().name  # "--out ." names the current directory
+    return f"unlearn[{name}]" if name == method else f"unlearn[{name}: {method}]"
+
+
 @small_model_threads("model")
 def _check_trainable(items: Sequence[QAItem], info: dict, tok, meth, max_length: int | None) -> None:
     """Refuse forget items with no answer token to unlearn (exit 2, naming the record), before any work."""
@@ -101,16 +107,21 @@ def unlearn(
     device: str | torch.device | None = None,
     max_length: int | None = 512,
     max_failures: int = 3,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
     **options: Any,
 ) -> Path:
     """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
 
-    ``model`` is a model directory, the name ``smollm2``, or an in-memory causal LM (then pass
-    ``tokenizer``; it is copied, never modified). ``forget``/``retain`` are JSON/JSONL files or lists of
-    records. ``steps`` defaults to 10 epochs of the forget set. ``options`` are the method's own options
-    (see ``r2f.methods.METHODS[name].defaults``). ``save_every=N`` writes a checkpoint every N steps to
-    ``out/checkpoints`` and ``resume=True`` continues from the last one (bit-identical on CPU).
-    Returns ``out``. The output holds the weights (safetensors), the tokenizer and ``manifest.json``.
+    This is ``r2f unlearn`` (and ``r2f.unlearn``): every option of the command is a keyword argument of the
+    same name, with the same default. ``model`` is a model directory, the name ``smollm2``, or an in-memory
+    causal LM (then pass ``tokenizer``; it is copied, never modified). ``forget``/``retain`` are JSON/JSONL files
+    or lists of records. ``steps`` defaults to 10 epochs of the forget set. ``options`` are the method's own
+    options (``--option key=value``; see ``r2f.methods.METHODS[name].defaults``). ``save_every=N`` writes a
+    checkpoint every N steps to ``out/checkpoints`` and ``resume=True`` continues from the last one
+    (bit-identical on CPU). ``allow_pickle`` / ``trust_remote_code`` let the model load from pickle weights / run
+    the code shipped in its directory. Returns ``out``, which holds the weights (safetensors), the tokenizer and
+    ``manifest.json``.
     """
     # ---- validation: everything that can be wrong is reported before any work -------------------
     if out is None:
@@ -170,8 +181,11 @@ def unlearn(
 
     device = dist.resolve_device(device)
     dist.barrier()  # every rank has validated before rank 0 may write anything
-    path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
-                out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures)
+    from r2f.models.loading import model_policy
+
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):  # _run loads the model
+        path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
+                    out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures)
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
@@ -221,7 +235,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
 
         engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
         result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
-                            cost=meter)
+                            cost=meter, desc=progress_label(out, method))
         if not dist.is_main():
             return out  # same weights as rank 0, which writes them
         with meter.stage("save"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from r2f.errors import R2FInputError
-from r2f.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from r2f.io import read_text, write_bytes_atomic, write_json_atomic, write_text_atomic
 from r2f.report import plots
 
 RUN_FILES = ("eval.json", "manifest.json", "fidelity.json")
@@ -27,16 +27,58 @@ _HEADERS = {
     "extraction_strength": "forget ES ↓", "relearn_forget_Q_A_ROUGE": "forget ROUGE-L after relearn ↓",
     "wall_s": "wall s", "peak_mem_mb": "peak MB", "decoder_cos": "decoder cos ↑",
 }  # fmt: skip
+#: One format per column, so that a column's numbers line up: p-values span decades (scientific), scores in
+#: [0, 1] get 3 decimals, privleak (a percentage) and seconds 1, megabytes none.
+COLUMN_FORMATS = {
+    "forget_quality": ".2e", "model_utility": ".3f", "forget_Q_A_ROUGE": ".3f", "retain_Q_A_ROUGE": ".3f",
+    "forget_Truth_Ratio": ".3f", "privleak": ".1f", "extraction_strength": ".3f", "relearn_forget_Q_A_ROUGE": ".3f",
+    "wall_s": ".1f", "peak_mem_mb": ".0f", "decoder_cos": ".3f",
+}  # fmt: skip
+#: What every column of the report's tables means, keyed by its header; shown under each table.
+DEFINITIONS = {
+    "run": "The run's name: its directory (r2f report) or its row in r2f demo.",
+    "method": "The unlearning method of the run. In the demo, original is the target before unlearning and retrain "
+              "the retain oracle, a model trained without the forget set (the goal of unlearning).",
+    "steps run": "Unlearning steps done / step budget; when the method's stop rule ended the run early, its reason.",
+    "forget quality ↑": "KS-test p-value between this model's and the retain oracle's truth ratios on the forget "
+                        "set: near 1, the two cannot be told apart; below 0.05 they can.",
+    "forget quality": "As forget quality ↑, on the held-out half of the forget set.",
+    "model utility ↑": "Harmonic mean of answer probability, ROUGE-L recall and truth ratio on the retain set and "
+                       "on general world facts: what unlearning must not destroy.",
+    "forget ROUGE-L ↓": "ROUGE-L recall of the model's greedy answers to forget questions against the true answers.",
+    "retain ROUGE-L ↑": "ROUGE-L recall of the model's greedy answers to retain questions against the true answers.",
+    "forget ROUGE-L": "As forget ROUGE-L ↓, on the held-out half of the forget set.",
+    "forget TR": "Forget truth ratio: mean over forget items of min(r, 1/r), r = probability of wrong answers / "
+                 "probability of the true answer (geometric means). Compare it with the retain oracle's.",
+    "forget Prob": "Mean probability the model gives the true forget answers (per-token geometric mean).",
+    "privleak (→0)": "Min-K% membership-inference AUC (forget vs held-out authors) relative to the retain oracle's, "
+                     "in %: 0 is ideal, negative means still memorised, positive over-unlearned.",
+    "forget ES ↓": "Extraction strength on the forget set: the fraction of each answer the model reproduces "
+                   "token by token once given a prefix (1 - k/|y|); 0 means nothing extractable.",
+    "forget ROUGE-L after relearn ↓": "Forget ROUGE-L on the held-out half of the forget set after a relearning "
+                                      "attack: a copy fine-tuned on the other half.",
+    "wall s": "Wall-clock seconds of the unlearning run (load, unlearn, save); the evaluation is not included.",
+    "peak MB": "Peak memory of the unlearning run in MB (process RSS on CPU, allocated memory on a GPU).",
+    "decoder cos ↑": "Mean cosine between the decoder's full-gradient estimate and the exact gradient over the "
+                     "probed modules (1 for exact gradients).",
+    "decoder": "Gradient decoder: learned (trained on a proxy) or a built-in estimator (sketch, ls, lora, sigma).",
+    "cos mean ↑": "Cosine of the decoder's estimate with the exact gradient, averaged over modules.",
+    "cos unobserved ↑": "The same cosine on the block of each gradient that the probes do not observe.",
+    "rel. error ↓": "Relative Frobenius error of the estimate, ||G_est - G|| / ||G||, averaged over modules.",
+    "relearn steps": "Fine-tuning steps of the relearning attack.",
+}  # fmt: skip
+#: The headline criterion: forget quality at or above this p-value (the retain oracle cannot be told apart) ...
+FQ_MIN = 0.05
+#: ... while keeping at least this fraction of the original model's utility.
+MU_RATIO = 0.9
 
 
 # ----------------------------------------------------------------------------- reading runs
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise R2FInputError(f"cannot read: {exc.__class__.__name__}", source=str(path)) from None
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
@@ -110,12 +152,19 @@ def _decoder_cos(run: dict) -> float | None:
     return None
 
 
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 def method_row(name: str, run: dict) -> dict[str, Any]:
     s = eval_summary(run.get("eval"))
     man = run.get("manifest") or {}
     cost = man.get("cost") or run.get("cost") or {}
     relearn = (run.get("eval") or {}).get("relearn") or {}
+    steps = man.get("steps") if isinstance(man.get("steps"), dict) else {}
     row = {"method": man.get("method") or run.get("method") or name}
+    row["steps_done"], row["steps_budget"] = _count(steps.get("done")), _count(steps.get("budget"))
+    row["stop_reason"] = steps.get("stop_reason") if isinstance(steps.get("stop_reason"), str) else None
     for col in ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength"):
         row[col] = _num(s.get(col))
     row["relearn_forget_Q_A_ROUGE"] = _num((relearn.get("after") or {}).get("forget_Q_A_ROUGE"))
@@ -129,7 +178,41 @@ def _fidelity_summary(fid: dict) -> dict[str, dict]:
     return {d: {k: _num(v.get(k)) for k in ("cos_mean", "cos_unobserved_mean", "rel_err_mean")} for d, v in fid.items() if isinstance(v, dict) and "cos_mean" in v}
 
 
+def headline(methods: dict[str, dict], unlearned: list[str]) -> dict[str, Any]:
+    """Which of the ``unlearned`` runs reach forget quality ``FQ_MIN`` while keeping ``MU_RATIO`` of the utility of
+    the run named (or whose method is) ``original``; without such a run, utility is not compared."""
+    original = next((m for n, m in methods.items() if "original" in (n, m.get("method"))), {})
+    base = _num(original.get("model_utility"))
+    mu_min = MU_RATIO * base if base is not None else None
+    meeting = [n for n in unlearned if (_num(methods[n].get("forget_quality")) or 0.0) >= FQ_MIN
+               and (mu_min is None or (_num(methods[n].get("model_utility")) or 0.0) >= mu_min)]
+    found = ", ".join(meeting) or "none"
+    if mu_min is None:
+        text = f"Methods meeting FQ ≥ {FQ_MIN:g}: {found} (no 'original' run, so utility is not compared)."
+    else:
+        text = (f"Methods meeting FQ ≥ {FQ_MIN:g} at ≥ {MU_RATIO:g}× the original's utility "
+                f"(MU ≥ {mu_min:.3f}): {found}.")
+    return {"text": text, "methods": meeting, "fq_min": FQ_MIN, "mu_ratio": MU_RATIO, "mu_min": mu_min}
+
+
 # ----------------------------------------------------------------------------- formatting
+def format_value(column: str, v: Any) -> str:
+    """A methods-table value in its column's format (:data:`COLUMN_FORMATS`); "—" when missing."""
+    x = _num(v)
+    if x is None:
+        return "—"
+    return format(x, COLUMN_FORMATS[column]) if column in COLUMN_FORMATS else _fmt(x)
+
+
+def steps_run(row: dict) -> str:
+    """The steps-run cell: done/budget, and the reason when the method stopped early; "—" without a manifest."""
+    done, budget, reason = row.get("steps_done"), row.get("steps_budget"), row.get("stop_reason")
+    if done is None:
+        return "—"
+    cell = f"{done}/{budget}" if budget is not None else str(done)
+    return f"{cell} ({reason})" if reason else cell
+
+
 def _fmt(v: Any) -> str:
     x = _num(v)
     if x is None:
@@ -160,6 +243,9 @@ h1{font-size:1.6em;border-bottom:2px solid #4C72B0;padding-bottom:.2em} h2{font-
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#eef2f8} td:first-child,th:first-child{text-align:left} tr:nth-child(even) td{background:#fafafa}
 img{max-width:100%;border:1px solid #ddd;margin:.4em 0} .note{color:#666;font-size:.85em}
+.headline{font-weight:600;background:#eef2f8;border-left:4px solid #4C72B0;padding:.5em .8em}
+dl.defs{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;font-size:.82em;color:#444;margin:.4em 0 1em}
+dl.defs dt{font-weight:600} dl.defs dd{margin:0}
 """
 
 
@@ -171,7 +257,8 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
     "config", "log": [per-step dicts], "cost": {"wall_s", "peak_mem_mb"}}, "fidelity": fidelity.json dict}}``,
     any part optional; ``wall_s``/``peak_mem_mb``/``decoder_cos`` may also be given at the top of a run.
     Returns the report.json dict, whose ``methods`` table is ``{name: {forget_quality, model_utility,
-    forget_Q_A_ROUGE, retain_Q_A_ROUGE, privleak, wall_s, peak_mem_mb, decoder_cos, ...}}``.
+    forget_Q_A_ROUGE, retain_Q_A_ROUGE, privleak, wall_s, peak_mem_mb, decoder_cos, steps_done, steps_budget,
+    stop_reason, ...}}`` and whose ``headline`` is :func:`headline` of the runs with a manifest (unlearning runs).
     """
     if not isinstance(runs, dict) or not runs:
         raise R2FInputError("no runs to report", source="runs")
@@ -180,6 +267,7 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
         raise R2FInputError("--out exists and is not a directory", source=str(out))
 
     methods = {name: method_row(name, run) for name, run in runs.items()}
+    unlearned = [name for name, run in runs.items() if run.get("manifest")]  # the oracles have no manifest
     logs = {name: [r for r in ((run.get("manifest") or {}).get("log") or []) if isinstance(r, dict)] for name, run in runs.items()}
     logs = {k: v for k, v in logs.items() if v}
     fidelities = {name: run["fidelity"] for name, run in runs.items() if isinstance(run.get("fidelity"), dict) and run["fidelity"]}
@@ -208,6 +296,7 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
     report = {
         "title": title,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "headline": headline(methods, unlearned),
         "methods": methods,
         "runs": {
             name: {
@@ -247,16 +336,16 @@ def _sanitize(obj: Any) -> Any:
     return obj
 
 
-def _sections(report: dict) -> list[tuple[str, list[str], list[list[str]], str]]:
-    """(title, header, rows, note) of each table, shared by markdown and HTML."""
+def _sections(report: dict) -> list[tuple[str, list[str], list[list[str]], str, list[tuple[str, str]]]]:
+    """(title, header, rows, note, definitions) of each table, shared by markdown and HTML. The definitions are
+    those of the table's columns not defined under an earlier table."""
     methods = report["methods"]
     cols = [c for c in METHOD_COLUMNS if any(m.get(c) is not None for m in methods.values())]
     sections = [(
-        "Methods", ["run", "method"] + [_HEADERS[c] for c in cols],
-        [[n, str(m.get("method"))] + [_fmt(m.get(c)) for c in cols] for n, m in methods.items()],
-        "forget quality: KS p-value of forget truth ratios against the retain oracle; model utility: harmonic mean of "
-        "Prob, ROUGE-L recall and Truth Ratio on retain and world facts; privleak: Min-K% AUC relative to the retain "
-        "oracle (0 ideal, negative = still memorised). Definitions: docs/metrics.md.",
+        "Methods", ["run", "method", "steps run"] + [_HEADERS[c] for c in cols],
+        [[n, str(m.get("method")), steps_run(m)] + [format_value(c, m.get(c)) for c in cols]
+         for n, m in methods.items()],
+        "↑ higher is better, ↓ lower is better. Exact definitions: docs/metrics.md.",
     )]  # fmt: skip
     fid_rows = []
     for name, r in report["runs"].items():
@@ -272,15 +361,22 @@ def _sections(report: dict) -> list[tuple[str, list[str], list[list[str]], str]]
             b, a = rl["before"], rl["after"]
             rl_rows.append([name, str(rl.get("steps"))] + [f"{_fmt(b.get(k))} → {_fmt(a.get(k))}" for k in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio", "forget_quality")])
     if rl_rows:
-        sections.append(("Relearning attack", ["run", "steps", "forget Prob", "forget ROUGE-L", "forget TR", "forget quality"], rl_rows,
+        sections.append(("Relearning attack", ["run", "relearn steps", "forget Prob", "forget ROUGE-L", "forget TR", "forget quality"], rl_rows,
                          "Fine-tuning a copy on half of the forget split; metrics on the other half, before → after."))
-    return sections
+    seen: set[str] = set()
+    out = []
+    for title, header, rows, note in sections:
+        out.append((title, header, rows, note, [(h, DEFINITIONS[h]) for h in header if h not in seen]))
+        seen.update(header)
+    return out
 
 
 def _markdown(report: dict, figures: dict) -> str:
-    lines = [f"# {report['title']}", "", f"_Generated {report['created']} by r2f._", ""]
-    for title, header, rows, note in _sections(report):
+    lines = [f"# {report['title']}", "", f"_Generated {report['created']} by r2f._", "",
+             f"**{report['headline']['text']}**", ""]
+    for title, header, rows, note, defs in _sections(report):
         lines += [f"## {title}", "", _md_table(header, rows), "", note, ""]
+        lines += [f"- **{term}**: {meaning}" for term, meaning in defs] + [""]
     if figures:
         lines += ["## Figures", ""]
         for key, (caption, _) in figures.items():
@@ -294,9 +390,12 @@ def _html(report: dict, figures: dict) -> str:
         f"<title>{html.escape(report['title'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(report['title'])}</h1><p class='note'>Generated {html.escape(report['created'])} by r2f. "
         "Self-contained: every figure is embedded.</p>",
+        f"<p class='headline'>{html.escape(report['headline']['text'])}</p>",
     ]
-    for title, header, rows, note in _sections(report):
-        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>"]
+    for title, header, rows, note, defs in _sections(report):
+        terms = "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in defs)
+        parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>",
+                  f"<dl class='defs'>{terms}</dl>"]
     titles = {"fq_vs_mu": "Forget quality vs model utility", "steps": "Metrics per unlearning step", "cost": "Cost per method"}
     for key, (caption, png) in figures.items():
         b64 = base64.b64encode(png).decode("ascii")

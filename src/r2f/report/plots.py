@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 _FQ_FLOOR = 1e-300
 
@@ -54,8 +55,25 @@ def fq_vs_mu(methods: dict[str, dict], colors: dict[str, str] | None = None) -> 
     return _png(fig)
 
 
+#: Per-step keys plotted on a log y-axis: NLLs and losses, which gradient ascent drives from ~1 to 30 and beyond
+#: (on a linear axis every other method's curve is then a flat line at the bottom).
+_LOG_KEY = re.compile(r"(^|_)(nll|loss)$")
+
+
+def log_axis(key: str, values: list[float]) -> bool:
+    """Whether the panel of ``key`` gets a log y-axis: an NLL or loss whose values are all positive."""
+    return bool(_LOG_KEY.search(key)) and bool(values) and min(values) > 0
+
+
 def steps(logs: dict[str, list[dict]], max_panels: int = 6, colors: dict[str, str] | None = None) -> bytes | None:
-    """One panel per numeric key of the per-step logs, one line per run."""
+    """PNG of :func:`steps_figure`, or None when the logs hold no numeric key."""
+    fig = steps_figure(logs, max_panels=max_panels, colors=colors)
+    return _png(fig) if fig is not None else None
+
+
+def steps_figure(logs: dict[str, list[dict]], max_panels: int = 6,
+                 colors: dict[str, str] | None = None) -> Figure | None:
+    """One panel per numeric key of the per-step logs, one line per run; NLL/loss panels on a log y-axis."""
     keys: list[str] = []
     for log in logs.values():
         for row in log:
@@ -69,12 +87,17 @@ def steps(logs: dict[str, list[dict]], max_panels: int = 6, colors: dict[str, st
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
+        plotted: list[float] = []
         for run, log in logs.items():
             xs = [r.get("step", i) for i, r in enumerate(log) if _num(r.get(key)) is not None]
             ys = [float(r[key]) for r in log if _num(r.get(key)) is not None]
             if ys:
                 ax.plot(xs, ys, marker="." if len(ys) < 40 else None, label=run, color=(colors or {}).get(run))
-        ax.set_title(key, fontsize=10)
+                plotted += ys
+        on_log = log_axis(key, plotted)
+        if on_log:
+            ax.set_yscale("log")
+        ax.set_title(f"{key} (log scale)" if on_log else key, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
@@ -84,7 +107,7 @@ def steps(logs: dict[str, list[dict]], max_panels: int = 6, colors: dict[str, st
         fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=9, bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(labels) / 5)))
     fig.suptitle("Metrics per unlearning step")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def short_module(name: str) -> str:
