@@ -108,13 +108,15 @@ def test_learned_decoder_trains_roundtrips_and_refuses_other_probe(tmp_path):
         sks = probe_gradients(model, [random_batch(10 * i + v) for v in range(2)], ProbeConfig(rank=4, seed=i), with_exact=True)
         from r2f.decoders.train import training_scalars
 
-        parts.append(training_scalars(sks))
+        parts.append(training_scalars(sks, access="lora"))
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    assert set(scalar_fidelity(None, data, access="lora")) == {"ls", "sketch_row", "sketch_col"}
     net, losses = fit_coefnet(data, steps=150, hidden=16)
     assert losses[-1] < losses[0] - 1e-3
-    fid = scalar_fidelity(net, data)
+    fid = scalar_fidelity(net, data, access="lora")
     assert fid["learned"] > fid["ls"]
-    meta = {"probe": probe.to_dict(), "bases": None, "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    meta = {"probe": probe.to_dict(), "bases": None, "access": "lora",
+            "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     from r2f.decoders.learned import BASES, N_FEATURES
 
     meta.update(bases=[b[0] for b in BASES], n_features=N_FEATURES, proxy={"name": "random"})
@@ -172,3 +174,48 @@ def test_load_decoder_rejects_garbage(tmp_path):
         load_decoder(str(bad))
     with pytest.raises(R2FInputError):
         load_decoder("no-such-decoder")
+
+
+def test_access_modes_limit_candidates_and_refuse_missing_inputs():
+    """A decoder reads only what its mode provides; used without those inputs it is refused, never fed a sentinel."""
+    from r2f.decoders.learned import BASES, ACCESS_MODES, allowed_bases, closed_form_candidate, module_bases
+
+    assert ACCESS_MODES == ("lora", "stats", "batch")
+    names = [b[0] for b in BASES]
+    assert [n for n, ok in zip(names, allowed_bases("lora")) if ok] == ["sketch_row", "sketch_col"]
+    assert "sigma_gen" in [n for n, ok in zip(names, allowed_bases("stats")) if ok]
+    assert "sigma_batch" not in [n for n, ok in zip(names, allowed_bases("stats")) if ok]
+    assert all(allowed_bases("batch"))
+    with pytest.raises(R2FInputError, match="access mode"):
+        allowed_bases("white-box")
+    sk = synthetic_sketch()
+    mb = module_bases(sk, None, torch.float64, access="lora")
+    assert [v is None for v in mb.vs] == [False, False] + [True] * (len(BASES) - 2)
+    # the candidate of a mode, alone, is the completed closed form: sketch_row equals the built-in decoder
+    torch.testing.assert_close(closed_form_candidate("sketch_row").decode(sk).double(),
+                               load_decoder("sketch_row").decode(sk).double(), rtol=1e-4, atol=1e-6)
+    # a batch-mode candidate without generic statistics, or without the batch's own statistic: refused
+    with pytest.raises(R2FInputError, match="access mode 'stats' needs forward statistics"):
+        closed_form_candidate("sigma_gen").decode(sk, None)
+    import dataclasses
+
+    no_batch = dataclasses.replace(sk, a_sigma=None)
+    with pytest.raises(R2FInputError, match="access mode 'batch' needs the batch's own"):
+        closed_form_candidate("sigma_batch").decode(no_batch, {"unused": None})
+
+
+def test_train_decoder_lora_mode_corrects_the_best_closed_form(tiny_models, world_dir, tmp_path):
+    """Trained in lora mode on the proxy: records its mode and base, needs no Σ, and on the proxy's held-out
+    pairs is never worse than the best closed form of the mode."""
+    from r2f.decoders import train_decoder
+
+    dec = train_decoder(str(tiny_models["proxy"]), world_dir, rank=4, out=tmp_path / "lora.safetensors",
+                        steps=60, probe_seeds=1, max_items=16, access="lora")
+    meta = load_decoder(str(tmp_path / "lora.safetensors")).meta
+    assert meta["access"] == "lora" and meta["base"] in ("ls", "sketch_row", "sketch_col")
+    held = meta["fidelity_heldout"]
+    assert set(held) == {"ls", "sketch_row", "sketch_col", "learned"}
+    assert held["learned"] >= held[meta["base"]] - 1e-6
+    model = tiny_llama(dtype=torch.float32)
+    got = decoded_gradients(model, [random_batch(3)], dec, ProbeConfig(rank=4), None)  # no stats: fine
+    assert got and all(torch.isfinite(g).all() for g in got.values())

@@ -305,6 +305,40 @@ def test_cli_runs(tiny_setup, tmp_path, capsys):
     assert "simnpo: 2/2 steps" in capsys.readouterr().out
 
 
+def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_setup, tmp_path, capsys):
+    """-o access=lora with a decoder that reads Σ: exit 2, one line naming both modes, nothing written; the
+    manifest of an allowed run records the decoder's mode and its file's sha256."""
+    import hashlib
+
+    from r2f.cli import main
+    from r2f.decoders.learned import BASES, N_FEATURES, CoefNet, J, LearnedDecoder
+    from r2f.gradients import ProbeConfig
+
+    meta = {"probe": ProbeConfig(rank=4).to_dict(), "bases": [b[0] for b in BASES], "n_features": N_FEATURES,
+            "module_kinds": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            "proxy": {"name": "random"}}
+    files = {}
+    for mode in ("stats", "lora"):
+        files[mode] = LearnedDecoder(CoefNet(N_FEATURES, 4, J), {**meta, "access": mode}).save(tmp_path / f"{mode}.safetensors")
+    args = ["unlearn", "--model", str(tiny_setup["model"]), "--forget", str(tiny_setup["forget"]), "--retain",
+            str(tiny_setup["retain"]), "--method", "r2f", "--steps", "1", "--batch-size", "2", "-o", "access=lora",
+            "-o", "rank=4"]
+    out = tmp_path / "refused"
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--decoder", str(files["stats"]), "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs access mode 'stats'" in err[0] and "allows 'lora'" in err[0]
+    assert not out.exists() or not any(out.iterdir())
+    ok = tmp_path / "allowed"
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
+    assert exc.value.code in (0, None)
+    dec = json.loads((ok / "manifest.json").read_text())["method_info"]["decoder"]
+    assert dec["access"] == "lora"
+    assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
+
+
 # ------------------------------------------------------------------------------------ r2f rule
 
 

@@ -22,6 +22,8 @@ def fidelity_cmd(
     max_batches: int = typer.Option(0, "--max-batches", help="Limit the number of item batches (0 = all)."),
     probe_seed: int = typer.Option(-1, "--probe-seed", help="Probe seed on the target (-1: a seed unseen in training)."),
     cost: bool = typer.Option(True, "--cost/--no-cost", help="Also time probe vs exact gradients side by side."),
+    access: str = typer.Option("", "--access", help="Access mode to tabulate (lora|stats|batch): every closed-form "
+                               "candidate of the mode next to the learned decoder (default: the decoder's mode)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
@@ -47,7 +49,7 @@ def fidelity_cmd(
 
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
         res = measure_fidelity(dec, model, data, split=split, probe=probe, views=views, batch_items=batch_items,
-                               max_batches=max_batches or None, cost=cost)
+                               max_batches=max_batches or None, cost=cost, access=access or None)
     write_json_atomic(out, res)
     line = ", ".join(f"{k} cos {v['cos_mean']:.3f}" for k, v in res["decoders"].items() if v["cos_mean"] is not None)
     typer.echo(f"wrote {out}: {line}")

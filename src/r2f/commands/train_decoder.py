@@ -22,6 +22,9 @@ def train_decoder_cmd(
     batch_items: int = typer.Option(4, "--batch-items", help="Items per gradient (as one unlearning step)."),
     probe_seeds: int = typer.Option(2, "--probe-seeds", help="Independent probe draws used for training pairs."),
     steps: int = typer.Option(1500, "--steps", help="Optimiser steps of the coefficient network."),
+    access: str = typer.Option("batch", "--access", help="What the decoder may read besides the LoRA gradients: "
+                               "lora (nothing: the black-box case), stats (Σ of the target on generic text), "
+                               "batch (also the batch's own activations)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
@@ -32,11 +35,12 @@ def train_decoder_cmd(
     import r2f
 
     dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
-                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, overwrite=overwrite,
+                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, overwrite=overwrite,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     from r2f.distributed import is_main
 
     if not is_main():
         return
     held = dec.meta.get("fidelity_heldout") or {}
-    typer.echo(f"wrote decoder to {out}; held-out cos: " + json.dumps({k: round(v, 4) for k, v in held.items()}))
+    typer.echo(f"wrote decoder to {out} (access {dec.access}, correction on {dec.base}: "
+               f"{dec.meta.get('correction')}); held-out cos: " + json.dumps({k: round(v, 4) for k, v in held.items()}))

@@ -95,7 +95,7 @@ def iter_decoded_gradients(
         for name, g in grads.items():
             yield name, g
         return
-    sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.uses_stats,
+    sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.access == "batch",
                                  reduce=reduce)
     wdtype = {f"{n}.weight": m.weight.dtype for n, m in target_linears(model, probe.target_modules)}
     for sk, g in decoder.decode_many(sketches, stats):

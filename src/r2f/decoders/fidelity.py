@@ -30,7 +30,25 @@ from r2f.progress import progress
 from r2f.quiet import native_stderr_silenced
 from r2f.threads import small_model_threads
 
-DEFAULT_DECODERS = ("learned", "sketch", "ls", "lora", "sigma")
+#: Closed forms that read nothing but ∇A, ∇B (every mode has them); ``sketch`` is the column orientation.
+LORA_ONLY = ("ls", "sketch", "sketch_row", "lora")
+
+
+def mode_candidates(access: str) -> tuple[str, ...]:
+    """Every closed-form candidate of an access mode: the LoRA-only forms, then the Σ forms the mode allows
+    (each a completed candidate of the learned decoder, named as in ``BASES``)."""
+    from r2f.decoders.learned import BASES, allowed_bases
+
+    extra = tuple(name for (name, src, _, _), ok in zip(BASES, allowed_bases(access)) if ok and src)
+    return LORA_ONLY + extra
+
+
+def _decoder_for(name: str, access: str) -> Decoder:
+    from r2f.decoders.learned import BASES, closed_form_candidate
+
+    if name in {b[0] for b in BASES} and name not in ("sketch_row", "sketch_col"):
+        return closed_form_candidate(name, access)
+    return load_decoder(name)
 
 
 class PeakMemory:
@@ -164,7 +182,8 @@ def measure_fidelity(
     views: int = 4,
     batch_items: int = 4,
     aggregate: str = "mean",
-    decoders: Sequence[str] = DEFAULT_DECODERS,
+    decoders: Sequence[str] | None = None,
+    access: str | None = None,
     stats=None,
     max_batches: int | None = None,
     loss_fn: LossFn | None = None,
@@ -175,10 +194,18 @@ def measure_fidelity(
 
     ``decoder`` is the learned decoder (file/object) reported as ``learned``; the closed forms are built in.
     Items are taken ``batch_items`` at a time, each batch's K views aggregated as in unlearning.
+
+    ``access`` (lora | stats | batch; default: the learned decoder's mode, else batch) sets what the decoders
+    may read: without ``decoders`` every closed-form candidate of that mode is measured next to ``learned``;
+    ``stats`` Σ is collected only in the stats and batch modes, the batch's own statistic only in batch mode.
+    A learned decoder whose mode needs more than ``access`` provides is refused (R2FInputError).
     """
+    from r2f.decoders.learned import allowed_bases
     from r2f.data.loader import load_split
 
     learned = load_decoder(decoder) if decoder is not None else None
+    access = access or getattr(learned, "access", None) or "batch"
+    allowed_bases(access)  # an unknown mode: R2FInputError naming --access
     if learned is not None and probe is None:
         p = getattr(learned, "meta", {}).get("probe")
         if p:
@@ -193,26 +220,29 @@ def measure_fidelity(
         if data_dir is None:
             raise R2FInputError("no items to measure: give --data (or items= from Python)", source="--data")
         items = load_split(data_dir, split)
-    if stats is None and data_dir is not None:
+    if access == "lora":
+        stats = None
+    elif stats is None and data_dir is not None:
         try:
             facts = load_split(data_dir, "world_facts")
             stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts")
         except R2FInputError:
             stats = None
     decs: dict[str, Decoder] = {}
-    for name in decoders:
+    for name in (decoders if decoders is not None else ("learned",) + mode_candidates(access)):
         if name == "learned":
             if learned is not None:
                 decs["learned"] = learned
         else:
-            decs[name] = load_decoder(name)
+            decs[name] = _decoder_for(name, access)
     batches = chunks(list(items), batch_items)
     if max_batches:
         batches = batches[:max_batches]
     per: dict[str, list] = {k: [] for k in decs}
     for b in progress(batches, desc="fidelity"):
         vb = view_batches_for(b, tok, views)
-        sks = probe_gradients(model, vb, probe, loss_fn, aggregate=aggregate, with_exact=True, batch_stats=True)
+        sks = probe_gradients(model, vb, probe, loss_fn, aggregate=aggregate, with_exact=True,
+                              batch_stats=access == "batch")
         for sk in sks:
             alg = ModuleAlgebra(sk, torch.float64)
             for name, d in decs.items():
@@ -244,7 +274,9 @@ def measure_fidelity(
         "target": ident,
         "proxy": (getattr(learned, "meta", {}) or {}).get("proxy") if learned is not None else proxy_identity,
         "decoder_file": getattr(learned, "source", None) if learned is not None else None,
-        "stats_source": getattr(stats, "source", None) if stats is not None else "batch",
+        "access": access,
+        "stats_source": getattr(stats, "source", None) if stats is not None else
+        ("batch" if access == "batch" else None),
         "decoders": {},
     }
     for name, rows in per.items():

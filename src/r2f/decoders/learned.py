@@ -47,6 +47,10 @@ from r2f.io import atomic_file, write_json_atomic
 
 FORMAT_VERSION = 1
 KINDS = MODULE_KINDS + ("other",)
+#: how train_decoder builds the decoder (part of cache keys: a change retrains cached decoders)
+TRAINING_RULE = "correction-on-best-closed-form-v1"
+#: log-norm feature of an unavailable candidate
+_SENTINEL = -10.0
 
 #: The candidate estimators (name, source of Σ, shrinkage λ, hybrid weight μ); "row"/"col" are the sketches.
 BASES: tuple[tuple[str, str, float, float], ...] = (
@@ -59,6 +63,27 @@ BASES: tuple[tuple[str, str, float, float], ...] = (
     ("hybrid_gen", "generic", 0.01, 1.0),
 )
 J = len(BASES)
+
+#: Access modes, each a superset of the previous: ``lora`` (only the probe gradients ∇A, ∇B: the black-box case),
+#: ``stats`` (plus forward statistics Σ of the target on generic text), ``batch`` (plus the current batch's own
+#: activations, the Σ_x the probe records).
+ACCESS_MODES: tuple[str, ...] = ("lora", "stats", "batch")
+#: What each candidate's Σ source needs ("" = the sketches alone).
+_SOURCE_ACCESS = {"": "lora", "generic": "stats", "batch": "batch"}
+
+
+def base_access(name: str) -> str:
+    """The least access mode a candidate estimator needs."""
+    return _SOURCE_ACCESS[next(src for base, src, _, _ in BASES if base == name)]
+
+
+def allowed_bases(access: str) -> tuple[bool, ...]:
+    """Per candidate of ``BASES``: whether the mode ``access`` provides its inputs."""
+    if access not in ACCESS_MODES:
+        raise R2FInputError(f"unknown access mode '{access}' (choose from {', '.join(ACCESS_MODES)})",
+                            source="--access")
+    level = ACCESS_MODES.index(access)
+    return tuple(ACCESS_MODES.index(_SOURCE_ACCESS[src]) <= level for _, src, _, _ in BASES)
 N_FEATURES = len(KINDS) + 1 + 2 + 3 + J + J * (J - 1) // 2
 
 
@@ -106,13 +131,16 @@ def _sigma_candidate(alg: ModuleAlgebra, sks: list[Sketches], stats, src: str, l
     return v, have
 
 
-def _candidates(alg: ModuleAlgebra, sks: list[Sketches], stats) -> list:
-    """Per basis: None, (V: N×r_A×n, have), or ((U2, V2), have) — the unobserved blocks in factored form."""
+def _candidates(alg: ModuleAlgebra, sks: list[Sketches], stats, access: str = "batch") -> list:
+    """Per basis: None, (V: N×r_A×n, have), or ((U2, V2), have) — the unobserved blocks in factored form.
+    Candidates whose inputs the access mode does not provide are None."""
     out = []
     all_have = torch.ones(len(sks), dtype=torch.bool)
-    for name, src, lam, mu in BASES:
+    for (name, src, lam, mu), allowed in zip(BASES, allowed_bases(access)):
         try:
-            if name == "sketch_row":
+            if not allowed:
+                out.append(None)
+            elif name == "sketch_row":
                 out.append((alg.unobs_v(alg.k_rowsketch()), all_have))
             elif name == "sketch_col":
                 out.append((alg.colsketch_uv(), all_have))
@@ -166,12 +194,14 @@ def _module_blocks(cands: list, i: int, present: torch.Tensor) -> list:
     return out
 
 
-def module_bases_stack(sks: list[Sketches], stats=None, dtype=torch.float32) -> list[ModuleBases]:
-    """:class:`ModuleBases` of N modules of one shape (same m, n, r_A, r_B), computed as one batch."""
+def module_bases_stack(sks: list[Sketches], stats=None, dtype=torch.float32,
+                       access: str = "batch") -> list[ModuleBases]:
+    """:class:`ModuleBases` of N modules of one shape (same m, n, r_A, r_B), computed as one batch, with the
+    candidates the access mode allows."""
     alg = ModuleAlgebra.stack(sks, dtype)
     m, n = sks[0].shape
     nl2 = alg.ls_norm2().double().cpu()
-    cands = _candidates(alg, sks, stats)
+    cands = _candidates(alg, sks, stats, access)
     inner = _inner_products(alg, cands)
     diag = inner.diagonal(dim1=-2, dim2=-1)  # N x J
     have = torch.stack([c[1] if c is not None else torch.zeros(len(sks), dtype=torch.bool) for c in cands], 1)
@@ -198,16 +228,31 @@ def module_bases_stack(sks: list[Sketches], stats=None, dtype=torch.float32) -> 
     feats[:, k + 5] = srank_y.float().cpu()
     k += 6
     ratio = norms2.clamp_min(1e-30) / nl2.clamp_min(1e-30)[:, None]
-    feats[:, k: k + J] = torch.where(present, 0.5 * ratio.log(), torch.full_like(ratio, -10.0)).float()
+    feats[:, k: k + J] = torch.where(present, 0.5 * ratio.log(), torch.full_like(ratio, _SENTINEL)).float()
     iu = torch.triu_indices(J, J, 1)
     feats[:, k + J:] = gram[:, iu[0], iu[1]].float()
     return [ModuleBases(alg.select(i), float(nl2[i]), _module_blocks(cands, i, present),
                         [float(x) for x in norms2[i]], gram[i], feats[i]) for i in range(len(sks))]
 
 
-def module_bases(sk: Sketches, stats=None, dtype=torch.float32) -> ModuleBases:
+def module_bases(sk: Sketches, stats=None, dtype=torch.float32, access: str = "batch") -> ModuleBases:
     """:class:`ModuleBases` of one module."""
-    return module_bases_stack([sk], stats, dtype)[0]
+    return module_bases_stack([sk], stats, dtype, access)[0]
+
+
+def base_coefficients(features: torch.Tensor, base: str | None) -> torch.Tensor:
+    """N × J coefficients that reproduce the completed closed form ``base`` (zeros: ``ls``).
+
+    The coefficient of a normalised block is ‖H_j‖/‖Ĝ_LS‖ = exp(feature), so Ĝ_LS + that·H̃_j = Ĝ_LS + H_j;
+    an unavailable candidate (feature at the sentinel) gets 0, i.e. falls back to ``ls`` for that module.
+    """
+    c = torch.zeros(features.shape[0], J, dtype=torch.float64)
+    if base is None or base == "ls":
+        return c
+    j = [b[0] for b in BASES].index(base)
+    f = features[:, len(KINDS) + 6 + j].double()
+    c[:, j] = torch.where(f > _SENTINEL + 1, f.exp(), torch.zeros_like(f))
+    return c
 
 
 def shape_groups(sketches: list[Sketches]) -> list[list[Sketches]]:
@@ -261,14 +306,34 @@ def cosine_from_scalars(c, beta, gram, gamma, mask):
 
 
 class LearnedDecoder(Decoder):
+    """Ĝ = Ĝ_LS + Σ_j (c_base,j + c_net,j)·H̃_j over the candidates of the decoder's access mode.
+
+    ``meta["access"]`` is the mode it was trained in (files without it were trained with every input:
+    ``batch``); ``meta["base"]`` the closed form the network corrects (``ls`` or absent: Ĝ_LS).
+    """
+
     name = "learned"
-    uses_stats = True
 
     def __init__(self, net: CoefNet, meta: dict, source: str = "<memory>", dtype=torch.float32):
         super().__init__(dtype)
         self.net = net.eval()
         self.meta = meta
         self.source = source
+        self.access: str = meta.get("access", "batch")
+        allowed_bases(self.access)  # validates the mode
+        self.base: str | None = meta.get("base")
+        self.uses_stats = self.access != "lora"
+
+    def check_inputs(self, sketches: list[Sketches], stats) -> None:
+        """Refuse to decode without the inputs the access mode needs (never a silent sentinel feature)."""
+        if self.access in ("stats", "batch") and stats is None:
+            raise R2FInputError(f"decoder access mode '{self.access}' needs forward statistics of the target on "
+                                "generic text, and none were given (use a decoder trained with --access lora)",
+                                source=self.source)
+        if self.access == "batch" and any(sk.a_sigma is None for sk in sketches):
+            raise R2FInputError("decoder access mode 'batch' needs the batch's own activation statistics, and the "
+                                "probe recorded none (use a decoder trained with --access stats or lora)",
+                                source=self.source)
 
     def check_compatible(self, probe: ProbeConfig, kinds: set[str] | None = None) -> None:
         check_probe_meta(self.meta.get("probe", {}), probe, self.source)
@@ -283,21 +348,24 @@ class LearnedDecoder(Decoder):
     @torch.no_grad()
     def coefficients(self, mbs: list[ModuleBases]) -> torch.Tensor:
         """N × J mixing coefficients (zero for unavailable candidates), one network call for all modules."""
-        c = self.net(torch.stack([mb.features for mb in mbs]).to(torch.float32)).double()
+        feats = torch.stack([mb.features for mb in mbs]).to(torch.float32)
+        c = self.net(feats).double() + base_coefficients(feats, self.base)
         present = torch.tensor([[0.0 if v is None else 1.0 for v in mb.vs] for mb in mbs], dtype=torch.float64)
         return c * present
 
     @torch.no_grad()
     def decode(self, sk: Sketches, stats=None) -> torch.Tensor:
-        mb = module_bases(sk, stats, self.dtype)
+        self.check_inputs([sk], stats)
+        mb = module_bases(sk, stats, self.dtype, self.access)
         return assemble(mb, self.coefficients([mb])[0])
 
     @torch.no_grad()
     def decode_many(self, sketches: list[Sketches], stats=None) -> Iterator[tuple[Sketches, torch.Tensor]]:
         """Decode modules a shape group at a time: the small solves of a group run batched; the m × n
         estimates are still formed (and yielded) one module at a time."""
+        self.check_inputs(sketches, stats)
         for group in shape_groups(sketches):
-            mbs = module_bases_stack(group, stats, self.dtype)
+            mbs = module_bases_stack(group, stats, self.dtype, self.access)
             coef = self.coefficients(mbs)
             for i, (sk, mb) in enumerate(zip(group, mbs)):
                 yield sk, assemble(mb, coef[i])
@@ -395,6 +463,8 @@ class DecoderMeta(BaseModel):
     n_features: StrictInt
     probe: ProbeMeta
     module_kinds: list[Literal[KINDS]] = Field(default_factory=lambda: list(KINDS), min_length=1)  # type: ignore[valid-type]
+    access: Literal[ACCESS_MODES] = "batch"  # type: ignore[valid-type]
+    base: Literal[("ls",) + tuple(b[0] for b in BASES)] | None = None  # type: ignore[valid-type]
 
 
 def parse_decoder_meta(raw: str | bytes, source: str = "<decoder>") -> dict:
@@ -419,3 +489,15 @@ def parse_decoder_meta(raw: str | bytes, source: str = "<decoder>") -> dict:
         raise R2FInputError("decoder metadata field 'bases': written by an incompatible r2f version "
                             "(bases/features differ)", source=source)
     return meta
+
+
+def closed_form_candidate(base: str, access: str | None = None) -> LearnedDecoder:
+    """The completed closed form ``base`` (one of ``BASES``) alone, as a decoder: a zero network on top of it.
+
+    Used to tabulate every candidate of a mode next to the learned decoder (``r2f fidelity --access``).
+    """
+    access = access or base_access(base)
+    meta = {"access": access, "base": base, "bases": [b[0] for b in BASES], "n_features": N_FEATURES}
+    dec = LearnedDecoder(CoefNet(N_FEATURES, 1, J), meta, source=f"<{base}>")
+    dec.name = base
+    return dec

@@ -19,6 +19,8 @@ from r2f.decoders.learned import (
     CoefNet,
     J,
     LearnedDecoder,
+    allowed_bases,
+    base_coefficients,
     cosine_from_scalars,
     module_bases,
 )
@@ -87,13 +89,15 @@ def items_hash(items: Sequence) -> str:
 # --- pair generation -------------------------------------------------------------------------------
 
 
-def training_scalars(sketches: list[Sketches], stats=None, dtype=torch.float64) -> dict[str, torch.Tensor]:
-    """Per module: features, β_j = ⟨H̃_j, G⟩/‖Ĝ_LS‖², Gram of the normalised blocks, γ = ‖G‖/‖Ĝ_LS‖, mask."""
+def training_scalars(sketches: list[Sketches], stats=None, dtype=torch.float64,
+                     access: str = "batch") -> dict[str, torch.Tensor]:
+    """Per module: features, β_j = ⟨H̃_j, G⟩/‖Ĝ_LS‖², Gram of the normalised blocks, γ = ‖G‖/‖Ĝ_LS‖, mask
+    (over the candidates the access mode allows)."""
     feats, betas, grams, gammas, masks, kinds = [], [], [], [], [], []
     for sk in sketches:
         if sk.exact is None:
             raise ValueError("training pairs need exact gradients")
-        mb = module_bases(sk, stats, dtype)
+        mb = module_bases(sk, stats, dtype, access)
         g = sk.exact.to(dtype)
         gn2 = float((g * g).sum())
         if mb.nl2 <= 0 or gn2 <= 0:
@@ -130,7 +134,10 @@ def _cat(parts: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
-def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int = 48, seed: int = 0, weight_decay: float = 1e-4, log=None) -> tuple[CoefNet, list[float]]:
+def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int = 48, seed: int = 0,
+                weight_decay: float = 1e-4, base: str | None = None, log=None) -> tuple[CoefNet, list[float]]:
+    """Fit the coefficient network by 1 − cos per module; it learns a correction on top of the closed form
+    ``base`` (the output layer starts at zero, so the untrained decoder *is* that closed form)."""
     torch.manual_seed(seed)
     net = CoefNet(N_FEATURES, hidden, J)
     f = train["features"]
@@ -138,9 +145,10 @@ def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int
     net.std.copy_(f.std(0).clamp_min(1e-3))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     beta, gram, gamma, mask = (train[k].float() for k in ("beta", "gram", "gamma", "mask"))
+    c_base = base_coefficients(f, base).float()
     losses = []
     for step in range(steps):
-        c = net(f)
+        c = net(f) + c_base
         cos = cosine_from_scalars(c, beta, gram, gamma, mask)
         loss = (1.0 - cos).mean()
         opt.zero_grad()
@@ -152,20 +160,27 @@ def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int
     return net.eval(), losses
 
 
-def scalar_fidelity(net: CoefNet | None, data: dict) -> dict[str, float]:
-    """Mean cos on precomputed scalars for learned / ls / the completed sketches / sigma bases."""
+def scalar_fidelity(net: CoefNet | None, data: dict, base: str | None = None,
+                    access: str = "batch") -> dict[str, float]:
+    """Mean cos on precomputed scalars: ``ls``, each completed closed form the mode allows, and ``learned``
+    (the network's correction on top of ``base``)."""
     beta, gram, gamma, mask = (data[k].float() for k in ("beta", "gram", "gamma", "mask"))
     out = {"ls": float((1.0 / gamma).mean())}
-    for j, (name, *_rest) in enumerate(BASES):
-        # the completed closed form itself: coefficient ‖H_j‖/‖Ĝ_LS‖ on its normalised block
-        c = torch.zeros_like(beta)
-        n_rel = torch.exp(data["features"][:, len(KINDS) + 6 + j].double()).float()
-        c[:, j] = n_rel * mask[:, j]
-        out[name] = float(cosine_from_scalars(c, beta, gram, gamma, mask).mean())
+    for (name, *_rest), allowed in zip(BASES, allowed_bases(access)):
+        if allowed:  # the completed closed form itself (coefficient ‖H_j‖/‖Ĝ_LS‖ on its normalised block)
+            c = base_coefficients(data["features"], name).float() * mask
+            out[name] = float(cosine_from_scalars(c, beta, gram, gamma, mask).mean())
     if net is not None:
         with torch.no_grad():
-            out["learned"] = float(cosine_from_scalars(net(data["features"]), beta, gram, gamma, mask).mean())
+            c = net(data["features"]) + base_coefficients(data["features"], base).float()
+            out["learned"] = float(cosine_from_scalars(c, beta, gram, gamma, mask).mean())
     return out
+
+
+def best_closed_form(data: dict, access: str) -> str:
+    """The closed form of the mode (``ls`` or a completed candidate) with the highest mean cos on ``data``."""
+    fid = scalar_fidelity(None, data, access=access)
+    return max(fid, key=lambda name: fid[name])
 
 
 def generate_pairs(
@@ -177,6 +192,7 @@ def generate_pairs(
     views: int = 4,
     batch_items: int = 4,
     stats=None,
+    access: str = "batch",
     loss_fn: LossFn | None = None,
     seeds: Sequence[int] = (0,),
     desc: str = "decoder pairs",
@@ -196,7 +212,7 @@ def generate_pairs(
         cfg = ProbeConfig(rank=probe.rank, rank_a=probe.rank_a, seed=s, target_modules=probe.target_modules, scale=probe.scale)
         vb = view_batches_for(b, tokenizer, views)
         sks = probe_gradients(model, vb, cfg, loss_fn, with_exact=True, batch_stats=True)
-        out.append(training_scalars(sks, stats))
+        out.append(training_scalars(sks, stats, access=access))
     return dist.gather_in_order(out, len(all_jobs)) if parallel else out
 
 
@@ -216,6 +232,7 @@ def train_decoder(
     heldout_frac: float = 0.2,
     steps: int = 1500,
     hidden: int = 48,
+    access: str = "batch",
     loss_fn: LossFn | None = None,
     log=None,
 ) -> LearnedDecoder:
@@ -225,6 +242,11 @@ def train_decoder(
     question views, under ``probe_seeds`` different probe draws (so the decoder does not memorise one
     draw); Σ statistics come from ``world_facts`` (generic facts, never the target's forget set).
     Items are split by author into train / held-out; the held-out fidelity is stored in the metadata.
+
+    ``access`` (lora | stats | batch) limits the decoder to the candidates whose inputs that mode provides.
+    The network learns a correction on top of the mode's best closed form on the training pairs; when the
+    corrected decoder is worse than that closed form on the held-out pairs the correction is dropped (the
+    decoder is then the closed form), so on the proxy's held-out pairs it is never worse than it.
     """
     from r2f.data.loader import load_split
 
@@ -232,6 +254,7 @@ def train_decoder(
         raise R2FInputError("rank must be >= 1", source="--rank")
     if views < 1:
         raise R2FInputError("views must be >= 1", source="--views")
+    allowed_bases(access)  # an unknown mode: exit 2 naming --access
     if out is not None and Path(out).is_dir():
         raise R2FInputError("--out is a directory; give a .safetensors file path", source=str(out))
     items = load_split(data_dir, "proxy")
@@ -251,17 +274,27 @@ def train_decoder(
     if max_items:
         tr_items = tr_items[:max_items]
         ho_items = ho_items[: max(1, max_items // 4)]
-    stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts")
+    stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
+        if access != "lora" else None
     seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
     from r2f import distributed as dist
 
     with dist.data_parallel():  # torchrun: pair generation (the expensive part) is split over the ranks
-        train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
+        train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
         train = _cat(train_parts)
-        held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
-    net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, log=log)
-    fid_train = scalar_fidelity(net, train)
-    fid_held = scalar_fidelity(net, held) if held is not None else None
+        held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
+    base = best_closed_form(train, access)
+    net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, base=base, log=log)
+    fid_held = scalar_fidelity(net, held, base, access) if held is not None else None
+    correction = "kept"
+    if fid_held is not None and fid_held["learned"] < fid_held[base]:
+        # worse than its own starting point on authors it never saw: keep the closed form
+        with torch.no_grad():
+            net.net[-1].weight.zero_()
+            net.net[-1].bias.zero_()
+        correction = f"dropped (held-out cos {fid_held['learned']:.4f} < {base} {fid_held[base]:.4f})"
+        fid_held = scalar_fidelity(net, held, base, access)
+    fid_train = scalar_fidelity(net, train, base, access)
     kinds = sorted({KINDS[i] for i in train["kind"].tolist()} | {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
     meta = {
         "probe": probe.to_dict(),
@@ -270,6 +303,9 @@ def train_decoder(
         "probe_seeds": seeds,
         "bases": [b[0] for b in BASES],
         "n_features": N_FEATURES,
+        "access": access,
+        "base": base,
+        "correction": correction,
         "module_kinds": kinds,
         "module_kinds_seen": sorted({KINDS[i] for i in train["kind"].tolist()}),
         "proxy": ident,

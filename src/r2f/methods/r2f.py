@@ -75,6 +75,7 @@ class R2F(UpdateMethod):
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     defaults = {
         "decoder": None,          # decoder name or file (learned by default)
+        "access": None,           # what the decoder may read: lora | stats | batch (default: the decoder's mode)
         "objective": "npo",       # ga | npo
         "beta": 0.1,              # NPO β
         "views": 4,               # K question views per forget item
@@ -115,6 +116,7 @@ class R2F(UpdateMethod):
                 raise R2FInputError("must be positive", source=key)
         _, gradients = _core()
         self.decoder_obj = resolve_decoder(self.decoder)
+        self._check_access()
         model = engine.model
         self.probe = self._checked_probe(gradients, model)
         self.guard_source = self._retain_data(engine, model)
@@ -133,6 +135,20 @@ class R2F(UpdateMethod):
         self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
         self.adam_t = 0
         return model
+
+    def _check_access(self) -> None:
+        """``-o access=MODE`` bounds what the decoder may read; a decoder that needs more is refused."""
+        from r2f.decoders.learned import ACCESS_MODES
+
+        needs = getattr(self.decoder_obj, "access", "lora")
+        if self.access is None:
+            return
+        if self.access not in ACCESS_MODES:
+            raise R2FInputError(f"unknown access mode '{self.access}' (choose from {', '.join(ACCESS_MODES)})",
+                                source="--option access")
+        if ACCESS_MODES.index(needs) > ACCESS_MODES.index(self.access):
+            raise R2FInputError(f"decoder '{getattr(self.decoder_obj, 'source', self.decoder)}' needs access mode "
+                                f"'{needs}', this run allows '{self.access}'", source="--option access")
 
     def _retain_data(self, engine: Engine, model) -> str:
         """The guard's data: the retain file, or the target's own answers to r2f's generic questions.
@@ -207,8 +223,11 @@ class R2F(UpdateMethod):
                                 "stats": None if self.stats is None else {"source": self.guard_source,
                                                                           "tokens": self.stats.tokens}}
         spec = self.options.get("decoder") or DEFAULT_DECODER
-        path = Path(str(spec))
+        # the file the decoder came from, also when it was named ("learned": the default decoder's file)
+        path = Path(str(getattr(self.decoder_obj, "source", None) or spec))
         info["decoder"] = {"name": getattr(self.decoder_obj, "name", str(spec)),
+                           "access": getattr(self.decoder_obj, "access", "lora"),
+                           "base": getattr(self.decoder_obj, "base", None),
                            "file": str(path) if path.is_file() else None,
                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}
         return info
