@@ -71,6 +71,11 @@ class DemoConfig:
         """Decoder training size: the quick demo trains on fewer proxy pairs (one probe draw)."""
         return {"max_items": 48, "probe_seeds": 1} if self.quick else {}
 
+    @property
+    def eval_kwargs(self) -> dict:
+        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate`` keywords)."""
+        return {"forget_split": self.forget, "max_items": self.eval_retain_items, "seed": self.seed}
+
 
 def _stage(log: Callable[[str], None], timings: dict, name: str):
     class _Timer:
@@ -86,22 +91,29 @@ def _stage(log: Callable[[str], None], timings: dict, name: str):
     return _Timer()
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print, *,
-             overwrite: bool = False) -> dict:
-    """Run the demo into ``out`` (empty, or cleared first with ``overwrite``); returns the report dict."""
-    from r2f.decoders import measure_fidelity, train_decoder
-    from r2f.eval import evaluate
-    from r2f.methods import unlearn
-    from r2f.models.training import train_model
-    from r2f.report import build_report
+@dataclass(frozen=True)
+class Prepared:
+    """What one seed's pipeline prepares before any unlearning: the world, its forget and retain files, the
+    proxy, the target (``full``) and its retain oracle, and the decoder trained on the proxy."""
 
-    cfg = cfg or DemoConfig()
-    out = fresh_out_dir(out, overwrite=overwrite)
-    timings: dict[str, float] = {}
+    world: Path
+    forget_file: Path
+    retain_file: Path
+    proxy: Path
+    full: Path
+    retain: Path
+    decoder: Path
+
+
+def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dict[str, float]) -> Prepared:
+    """World (into ``out/world``) → retain file → proxy, target and retain oracle → decoder; models and decoder
+    come from the cache (``r2f.models.cache``) when they are there. Stage times go to ``timings``."""
+    from r2f.decoders import train_decoder
+    from r2f.models.training import train_model
+
     world = out / "world"
     with _stage(log, timings, "world"):
         write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
-    forget_file = world / SPLIT_FILES[cfg.forget]
     # Every method gets the same retain data: the retain split plus the general world facts (the utility
     # sets), which is what a deployment has at hand when it must forget.
     retain_file = out / "retain_set.jsonl"
@@ -114,47 +126,80 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
-        from r2f.decoders.learned import BASES, FORMAT_VERSION
+        from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
         from r2f.gradients.probe import SEED_RULE
 
         # the key names everything the file depends on, so a decoder from an older r2f is never picked up
         key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
                            "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
+                           "rule": TRAINING_RULE,
                            **cfg.decoder_budget})[:16]
         decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
         if not decoder.is_file():
             decoder.parent.mkdir(parents=True, exist_ok=True)
             train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed,
                           **cfg.decoder_budget)
+    return Prepared(world=world, forget_file=world / SPLIT_FILES[cfg.forget], retain_file=retain_file,
+                    proxy=proxy, full=full, retain=retain, decoder=decoder)
+
+
+def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides: dict | None = None) -> dict:
+    """Unlearn ``cfg.forget`` from ``prep.full`` with the demo method ``name`` into ``out``; ``overrides`` (e.g. a
+    bench configuration's ``lr`` or ``guard_budget``) replace the method's demo options.
+
+    Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
+    the options it ran with (``@learned`` resolved to the decoder file; ``views`` included for r2f and exact).
+    """
+    from r2f.methods import unlearn
+
+    method, options = DEMO_METHODS[name]
+    options = {k: (str(prep.decoder) if v == "@learned" else v) for k, v in options.items()}
+    if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
+        options["lr"] = TARGET_LR[cfg.target][name]
+    options.update(overrides or {})
+    if method in ("r2f", "exact"):
+        options.setdefault("views", cfg.views)
+    run_dir = unlearn(prep.full, prep.forget_file, prep.retain_file, method=method, out=out, steps=cfg.steps,
+                      seed=cfg.seed, overwrite=True, **options)
+    return {"manifest": json.loads((Path(run_dir) / "manifest.json").read_text()), "dir": run_dir,
+            "method": method, "options": options}
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print, *,
+             overwrite: bool = False) -> dict:
+    """Run the demo into ``out`` (empty, or cleared first with ``overwrite``); returns the report dict."""
+    from r2f.decoders import measure_fidelity
+    from r2f.eval import evaluate
+    from r2f.report import build_report
+
+    cfg = cfg or DemoConfig()
+    out = fresh_out_dir(out, overwrite=overwrite)
+    timings: dict[str, float] = {}
+    prep = prepare(out, cfg, log, timings)
+    decoder = prep.decoder
 
     with _stage(log, timings, "fidelity"):
-        fidelity = measure_fidelity(decoder, full, world, split=cfg.forget, views=cfg.views)
+        fidelity = measure_fidelity(decoder, prep.full, prep.world, split=cfg.forget, views=cfg.views)
         write_json_atomic(out / "fidelity.json", fidelity)
 
     runs: dict[str, dict] = {}
     with _stage(log, timings, "unlearn"):
         for name in cfg.methods:
-            method, options = DEMO_METHODS[name]
-            options = {k: (str(decoder) if v == "@learned" else v) for k, v in options.items()}
-            if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
-                options["lr"] = TARGET_LR[cfg.target][name]
-            run_dir = unlearn(full, forget_file, retain_file, method=method, out=out / "runs" / name,
-                              steps=cfg.steps, seed=cfg.seed, views=cfg.views if method in ("r2f", "exact") else None,
-                              overwrite=True, **options)
-            runs[name] = {"manifest": json.loads((Path(run_dir) / "manifest.json").read_text()), "dir": run_dir}
-            if method in ("r2f", "exact"):
-                dec_name = "learned" if options.get("decoder") == str(decoder) else options.get("decoder", "exact")
+            run = run_method(prep, cfg, name, out / "runs" / name)
+            runs[name] = {"manifest": run["manifest"], "dir": run["dir"]}
+            if run["method"] in ("r2f", "exact"):
+                dec = run["options"].get("decoder", "exact")
+                dec_name = "learned" if dec == str(decoder) else dec
                 runs[name]["decoder_cos"] = 1.0 if dec_name == "exact" else fidelity.get(dec_name, {}).get("cos_mean")
             log(f"  unlearned with {name}")
 
     with _stage(log, timings, "evaluate"):
-        eval_kw = dict(forget_split=cfg.forget, max_items=cfg.eval_retain_items, seed=cfg.seed)
-        retain_eval = evaluate(retain, world, **eval_kw)
-        runs = {"original": {"model_dir": full}, "retrain": {"model_dir": retain}, **runs}
-        runs["retrain"]["eval"] = evaluate(retain, world, retain_log=retain_eval, **eval_kw)
-        runs["original"]["eval"] = evaluate(full, world, retain_log=retain_eval, **eval_kw)
+        retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
+        runs = {"original": {"model_dir": prep.full}, "retrain": {"model_dir": prep.retain}, **runs}
+        runs["retrain"]["eval"] = evaluate(prep.retain, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+        runs["original"]["eval"] = evaluate(prep.full, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
         for name in cfg.methods:
-            runs[name]["eval"] = evaluate(runs[name]["dir"], world, retain_log=retain_eval, **eval_kw)
+            runs[name]["eval"] = evaluate(runs[name]["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
             write_json_atomic(Path(runs[name]["dir"]) / "eval.json", runs[name]["eval"])
 
     with _stage(log, timings, "report"):
