@@ -830,6 +830,25 @@ def test_peak_memory_measurement_writes_nothing_to_stderr(capfd):
     assert "USDT" not in capfd.readouterr().err
 
 
+def test_torch_cpp_warnings_are_quiet_unless_verbose(tmp_path):
+    """The profiler's CPUAllocator warning (a block freed while CPU peak memory is measured) reached the demo's
+    log; the CLI's quiet setup silences torch's C++ warnings, --verbose (R2F_VERBOSE=1) keeps them."""
+    script = ("from r2f.quiet import silence_third_party\n"
+              "silence_third_party()\n"
+              "import torch\n"
+              "from torch.profiler import ProfilerActivity, profile\n"
+              "x = torch.ones(512, 512)\n"
+              "with profile(activities=[ProfilerActivity.CPU], profile_memory=True):\n"
+              "    del x\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("R2F_VERBOSE", "TORCH_CPP_LOG_LEVEL")}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    loud = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**env, "R2F_VERBOSE": "1"})
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "CPUAllocator" in loud.stderr
+    assert "CPUAllocator" not in quiet.stderr, quiet.stderr
+
+
 def test_progress_in_a_log_prints_a_few_lines_with_real_progress(capsys, monkeypatch):
     """Not a terminal: one line per quarter with counts (a redrawn bar only ever showed 0 % in logs)."""
     from r2f.progress import progress

@@ -30,6 +30,9 @@ def silence_third_party() -> None:
     # read when transformers / huggingface_hub are first imported: no import (and no delay) here
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch's C++ warnings (e.g. the profiler's "CPUAllocator … allocated before the profiling started" when the
+    # CPU peak-memory probe runs) go straight to fd 2 while r2f's own code runs; read when torch loads
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     if "transformers" in sys.modules:  # already imported (an embedding program): set it directly
         from transformers.utils import logging as hf_logging
 
