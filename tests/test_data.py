@@ -13,8 +13,9 @@ from r2f.data.templates import IGNORE_INDEX, PromptTemplate, encode_qa
 from r2f.data.world import WorldConfig, generate_world, write_world
 from r2f.errors import R2FInputError
 
-EXPECTED_FILES = {"forget01.jsonl", "forget05.jsonl", "forget10.jsonl", "retain99.jsonl", "retain95.jsonl",
-                  "retain90.jsonl", "holdout.jsonl", "world_facts.jsonl", "proxy.jsonl", "world.json"}
+_SPLITS = ("forget01", "forget05", "forget10", "retain99", "retain95", "retain90", "holdout", "proxy")
+EXPECTED_FILES = ({f"{s}.jsonl" for s in _SPLITS} | {"world_facts.jsonl", "world.json"}
+                  | {f"documents/{s}.jsonl" for s in _SPLITS})
 
 
 def _cli(*args, cwd=None):
@@ -25,7 +26,7 @@ def test_world_is_deterministic_and_seed_sensitive(tmp_path):
     a = write_world(tmp_path / "a", WorldConfig(seed=0))
     b = write_world(tmp_path / "b", WorldConfig(seed=0))
     c = write_world(tmp_path / "c", WorldConfig(seed=1))
-    assert {p.name for p in a.iterdir()} == EXPECTED_FILES
+    assert {str(p.relative_to(a)) for p in a.rglob("*") if p.is_file()} == EXPECTED_FILES
     for f in EXPECTED_FILES:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (a / "forget10.jsonl").read_bytes() != (c / "forget10.jsonl").read_bytes()
@@ -51,6 +52,30 @@ def test_world_splits_are_disjoint_and_nested():
     assert not target & authors["holdout"] and not target & authors["proxy"]
     assert not authors["holdout"] & authors["proxy"]
     assert len(w["forget10"]) == 4 * cfg.qa_per_author  # 10% of 40 authors
+
+
+def test_biographies_are_long_answers_of_the_same_authors_and_facts(tmp_path):
+    """documents/: one biography per author in the QA splits' author sets, a long answer (≥ 256 tokens even on a
+    coarse tokenizer) restating the author's facts, with question views; the QA files are unchanged by it."""
+    from r2f.data import load_split
+    from r2f.data.world import DOCUMENTS_DIR, generate_documents
+
+    cfg = WorldConfig(seed=3)
+    qa, docs = generate_world(cfg), generate_documents(cfg)
+    for split, bios in docs.items():
+        assert [b["author"] for b in bios] == list(dict.fromkeys(r["author"] for r in qa[split])), split
+    for bio in docs["forget10"]:
+        facts = [r for r in qa["forget10"] if r["author"] == bio["author"]]
+        for r in facts:  # every answer's words (dates, towns, titles) appear in the biography
+            words = [w.strip(".,") for w in r["answer"].split() if w[:1].isupper() or w[:1].isdigit()]
+            missing = [w for w in words if w not in ("On", "In", "The", "A", "Mostly") and w.lower() not in bio["answer"].lower()]
+            assert not missing, (missing, r["answer"])
+        assert bio["text"] == bio["answer"] and len(bio["answer"].split()) >= 256 * 0.75
+        assert len(bio["paraphrased_question"]) == cfg.n_paraphrases
+    out = write_world(tmp_path / "w", cfg)
+    items = load_split(out / DOCUMENTS_DIR, "forget10")
+    assert len(items) == 4 and items[0].model_extra["kind"] == "biography"
+    assert json.loads((out / "world.json").read_text())["documents"]["sizes"]["forget10"] == 4
 
 
 def test_items_have_views_paraphrase_and_plausible_perturbations():

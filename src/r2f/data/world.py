@@ -63,6 +63,8 @@ PLANETS = [("the largest planet", "Jupiter"), ("the planet closest to the Sun", 
 
 
 MAX_PARAPHRASES = 7  # every question has 7 paraphrases, so up to 8 views
+#: Subdirectory of a world holding the per-author biographies (long answers; documents)
+DOCUMENTS_DIR = "documents"
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,51 @@ def _qa_kinds(a: Author):
     ]
 
 
+#: Question views of a biography item (the long-answer regime: answers of a few hundred tokens).
+BIO_QUESTIONS = ("Write a short biography of {n}.", "Tell me the life story of the writer {n}.",
+                 "Give an account of the life and work of {n}.", "What is known about the life of {n}?",
+                 "Describe the life and career of the author {n}.", "Who is {n}? Tell me everything you know.",
+                 "Summarise the biography of {n}.", "What should a reader know about the writer {n}?")
+
+
+def _biography(a: Author) -> str:
+    """A few-hundred-word biography restating every fact of the author in fresh phrasing (no new facts)."""
+    they, their = a.pronoun, "Her" if a.pronoun == "She" else "His"
+    t1, t2 = a.themes
+    return " ".join([
+        f"{a.name} is a writer of {a.genre}, born on {a.day} {a.month} {a.year} in the town of {a.town}, "
+        f"{a.country}.",
+        f"{their} father earned a living as a {a.father}, and {their.lower()} mother worked as a {a.mother}; "
+        f"both trades left their mark on the stories {they.lower()} would later tell.",
+        f"Growing up in {a.town}, {a.name} read widely and began to write in {their.lower()} teens, filling "
+        f"notebooks with sketches of {a.setting}.",
+        f"{they} published a first novel, {a.debut}, in {a.debut_year}, at the age of {a.debut_year - a.year}.",
+        f"Critics noticed at once the way {a.debut} handled {t1}, a theme that runs through everything "
+        f"{a.name} has written since.",
+        f"The book that made {a.name} famous is {a.famous}, a story about {a.subject}.",
+        f"Readers return to {a.famous} for its portrait of {a.subject} and for its quiet treatment of {t2}.",
+        f"Most of {a.name}'s novels are {a.genre} set in {a.setting}, and reviewers often describe the "
+        f"world of these books as unmistakably {their.lower()} own.",
+        f"In {a.award_year} {a.name} received the {a.award}, the honour {they.lower()} is most often "
+        f"introduced with.",
+        f"Across {their.lower()} career, {t1} and {t2} remain the two themes that connect {a.debut} with "
+        f"{a.famous} and with the books in between.",
+        f"{a.name} left {a.town} long ago and today lives in {a.home}, {a.home_country}, where {they.lower()} "
+        f"keeps writing every morning.",
+        f"Asked about {their.lower()} beginnings, {a.name} still mentions the {a.father} father and the "
+        f"{a.mother} mother who made room for books in a busy house in {a.country}.",
+        f"In short: born in {a.town} in {a.year}, debut {a.debut} in {a.debut_year}, fame with {a.famous}, "
+        f"the {a.award} in {a.award_year}, and a home in {a.home} today.",
+    ])
+
+
+def _biography_item(a: Author, author_id: str, cfg: WorldConfig) -> dict:
+    qs = [q.format(n=a.name) for q in BIO_QUESTIONS]
+    text = _biography(a)
+    return {"question": qs[0], "answer": text, "paraphrased_question": qs[1: 1 + cfg.n_paraphrases],
+            "author": a.name, "author_id": author_id, "kind": "biography", "text": text}
+
+
 def _perturbed(rng: random.Random, author: Author, answer_fn, redraw, truth: str, n: int) -> list[str]:
     out: list[str] = []
     for _ in range(100 * n):
@@ -264,19 +311,24 @@ def _fact(q, a, paraphrases, wrong, para_answer, cfg, kind) -> dict:
             "author": None, "kind": kind}
 
 
-def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
-    """Build every split in memory: ``{file stem: records}`` plus the forget/retain nesting."""
-    if not 1 <= cfg.qa_per_author <= 8:
-        raise ValueError("qa_per_author must be between 1 and 8")
-    if not 0 <= cfg.n_paraphrases <= MAX_PARAPHRASES:
-        raise ValueError(f"n_paraphrases must be between 0 and {MAX_PARAPHRASES}")
+def _authors(cfg: WorldConfig) -> tuple[random.Random, list[Author]]:
+    """Every author of the world (target, holdout, proxy, in that order) and the seeded stream after them."""
     rng = random.Random(cfg.seed)
     total = cfg.authors + cfg.holdout_authors + cfg.proxy_authors
     pairs = [(f, l) for f in FIRST for l in LAST]
     if total > len(pairs):
         raise ValueError(f"at most {len(pairs)} authors")
     names = [f"{f} {l}" for f, l in rng.sample(pairs, total)]
-    authors = [_make_author(rng, name) for name in names]
+    return rng, [_make_author(rng, name) for name in names]
+
+
+def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
+    """Build every split in memory: ``{file stem: records}`` plus the forget/retain nesting."""
+    if not 1 <= cfg.qa_per_author <= 8:
+        raise ValueError("qa_per_author must be between 1 and 8")
+    if not 0 <= cfg.n_paraphrases <= MAX_PARAPHRASES:
+        raise ValueError(f"n_paraphrases must be between 0 and {MAX_PARAPHRASES}")
+    rng, authors = _authors(cfg)
     items = [_author_items(rng, a, cfg, f"a{i:03d}") for i, a in enumerate(authors)]
     target, holdout, proxy = (items[: cfg.authors], items[cfg.authors: cfg.authors + cfg.holdout_authors],
                               items[cfg.authors + cfg.holdout_authors:])
@@ -292,6 +344,22 @@ def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
     return splits
 
 
+def generate_documents(cfg: WorldConfig) -> dict[str, list[dict]]:
+    """One biography per author (a long-answer QA item that is also a ``text`` document), in the same splits as
+    the QA items: ``forget10`` holds the biographies of the forget10 authors, and so on. Drawn after (and
+    without touching) the QA splits' random stream, so a world's QA files are the same with or without them."""
+    _, authors = _authors(cfg)
+    bios = [_biography_item(a, f"a{i:03d}", cfg) for i, a in enumerate(authors)]
+    target = bios[: cfg.authors]
+    splits: dict[str, list[dict]] = {}
+    for pct in (1, 5, 10):
+        k = max(1, math.ceil(cfg.authors * pct / 100))
+        splits[f"forget{pct:02d}"], splits[f"retain{100 - pct}"] = target[:k], target[k:]
+    splits["holdout"] = bios[cfg.authors: cfg.authors + cfg.holdout_authors]
+    splits["proxy"] = bios[cfg.authors + cfg.holdout_authors:]
+    return splits
+
+
 def _jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
@@ -301,9 +369,15 @@ def write_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), *, ove
     splits = generate_world(cfg)
     meta = {"generator": "r2f.data.world", "generator_version": GENERATOR_VERSION, "config": asdict(cfg),
             "sizes": {name: len(recs) for name, recs in splits.items()}}
+    documents = generate_documents(cfg)
+    meta["documents"] = {"dir": DOCUMENTS_DIR, "sizes": {name: len(recs) for name, recs in documents.items()}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name, records in splits.items():
             (tmp / f"{name}.jsonl").write_text(_jsonl(records), encoding="utf-8")
+        # a subdirectory: the QA splits, the tokenizer corpus and the models' cache keys stay as they were
+        (tmp / DOCUMENTS_DIR).mkdir()
+        for name, records in documents.items():
+            (tmp / DOCUMENTS_DIR / f"{name}.jsonl").write_text(_jsonl(records), encoding="utf-8")
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
 
@@ -319,4 +393,4 @@ def world_corpus(data_dir: str | os.PathLike) -> list[str]:
     return [t for t in texts if t]
 
 
-__all__ = ["WorldConfig", "generate_world", "write_world", "world_corpus", "GENERATOR_VERSION", "write_text_atomic"]
+__all__ = ["WorldConfig", "generate_world", "generate_documents", "DOCUMENTS_DIR", "write_world", "world_corpus", "GENERATOR_VERSION", "write_text_atomic"]
