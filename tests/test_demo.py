@@ -23,6 +23,12 @@ def test_quick_demo_end_to_end(tmp_path, tiny_models):
     assert on_disk["methods"]["retrain"]["forget_quality"] == 1.0
     assert on_disk["methods"]["r2f_exact"]["decoder_cos"] == 1.0
     assert 0.0 < on_disk["methods"]["r2f"]["decoder_cos"] <= 1.0
+    # the black-box row: a decoder trained in access mode lora, measured in that mode, recorded in the manifest
+    assert 0.0 < on_disk["methods"]["r2f_lora"]["decoder_cos"] <= 1.0
+    assert json.loads((out / "fidelity_lora.json").read_text())["access"] == "lora"
+    lora_dec = json.loads((out / "runs" / "r2f_lora" / "manifest.json").read_text())["method_info"]["decoder"]
+    batch_dec = json.loads((out / "runs" / "r2f" / "manifest.json").read_text())["method_info"]["decoder"]
+    assert (lora_dec["access"], batch_dec["access"]) == ("lora", "batch") and lora_dec["sha256"] != batch_dec["sha256"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
     assert (out / "report.md").is_file() and (out / "fidelity.json").is_file()

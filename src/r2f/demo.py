@@ -23,6 +23,7 @@ from r2f.models.cache import cache_dir, hash_config
 #: method's own defaults (update rule, step size, stop rule); only the decoder differs between them.
 DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "r2f": ("r2f", {"decoder": "@learned"}),
+    "r2f_lora": ("r2f", {"decoder": "@learned_lora"}),  # the black-box case: a decoder that reads ∇A, ∇B only
     "r2f_sketch": ("r2f", {"decoder": "sketch"}),
     "r2f_exact": ("exact", {}),
     "lora": ("lora", {}),
@@ -102,13 +103,13 @@ class Prepared:
     proxy: Path
     full: Path
     retain: Path
-    decoder: Path
+    decoder: Path                      # access mode batch (the demo's r2f row)
+    decoder_lora: Path | None = None   # access mode lora (the r2f_lora row), when that row runs
 
 
 def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dict[str, float]) -> Prepared:
     """World (into ``out/world``) → retain file → proxy, target and retain oracle → decoder; models and decoder
     come from the cache (``r2f.models.cache``) when they are there. Stage times go to ``timings``."""
-    from r2f.decoders import train_decoder
     from r2f.models.training import train_model
 
     world = out / "world"
@@ -126,21 +127,31 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
         retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
-        from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
-        from r2f.gradients.probe import SEED_RULE
-
-        # the key names everything the file depends on, so a decoder from an older r2f is never picked up
-        key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
-                           "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
-                           "rule": TRAINING_RULE,
-                           **cfg.decoder_budget})[:16]
-        decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
-        if not decoder.is_file():
-            decoder.parent.mkdir(parents=True, exist_ok=True)
-            train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed,
-                          **cfg.decoder_budget)
+        decoder = _cached_decoder(proxy, world, cfg, "batch")
+        decoder_lora = _cached_decoder(proxy, world, cfg, "lora") if any(
+            DEMO_METHODS[m][1].get("decoder") == "@learned_lora" for m in cfg.methods) else None
     return Prepared(world=world, forget_file=world / SPLIT_FILES[cfg.forget], retain_file=retain_file,
-                    proxy=proxy, full=full, retain=retain, decoder=decoder)
+                    proxy=proxy, full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora)
+
+
+def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> Path:
+    """The decoder of this proxy and access mode, trained once and then taken from the cache."""
+    from r2f.decoders import train_decoder
+    from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
+    from r2f.gradients.probe import SEED_RULE
+
+    # the key names everything the file depends on, so a decoder from an older r2f is never picked up
+    # (mode batch keeps the key it had before modes existed)
+    key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
+                       "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
+                       "rule": TRAINING_RULE, **({} if access == "batch" else {"access": access}),
+                       **cfg.decoder_budget})[:16]
+    decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
+    if not decoder.is_file():
+        decoder.parent.mkdir(parents=True, exist_ok=True)
+        train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed, access=access,
+                      **cfg.decoder_budget)
+    return decoder
 
 
 def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides: dict | None = None) -> dict:
@@ -153,7 +164,8 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     from r2f.methods import unlearn
 
     method, options = DEMO_METHODS[name]
-    options = {k: (str(prep.decoder) if v == "@learned" else v) for k, v in options.items()}
+    learned = {"@learned": prep.decoder, "@learned_lora": prep.decoder_lora}
+    options = {k: (str(learned[v]) if v in learned else v) for k, v in options.items()}
     if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
         options["lr"] = TARGET_LR[cfg.target][name]
     options.update(overrides or {})
@@ -181,6 +193,13 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "fidelity"):
         fidelity = measure_fidelity(decoder, prep.full, prep.world, split=cfg.forget, views=cfg.views)
         write_json_atomic(out / "fidelity.json", fidelity)
+        # the lora-mode decoder in its own mode (its closed forms are already in fidelity.json)
+        cos_of = {str(decoder): fidelity["learned"]["cos_mean"]}
+        if prep.decoder_lora is not None:
+            fid_lora = measure_fidelity(prep.decoder_lora, prep.full, prep.world, split=cfg.forget, views=cfg.views,
+                                        access="lora", decoders=("learned",), cost=False)
+            write_json_atomic(out / "fidelity_lora.json", fid_lora)
+            cos_of[str(prep.decoder_lora)] = fid_lora["learned"]["cos_mean"]
 
     runs: dict[str, dict] = {}
     with _stage(log, timings, "unlearn"):
@@ -189,8 +208,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
             runs[name] = {"manifest": run["manifest"], "dir": run["dir"]}
             if run["method"] in ("r2f", "exact"):
                 dec = run["options"].get("decoder", "exact")
-                dec_name = "learned" if dec == str(decoder) else dec
-                runs[name]["decoder_cos"] = 1.0 if dec_name == "exact" else fidelity.get(dec_name, {}).get("cos_mean")
+                runs[name]["decoder_cos"] = 1.0 if dec == "exact" else \
+                    cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
             log(f"  unlearned with {name}")
 
     with _stage(log, timings, "evaluate"):

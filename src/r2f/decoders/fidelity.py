@@ -13,6 +13,7 @@ import torch
 from r2f.decoders.algebra import ModuleAlgebra, fidelity_of
 from r2f.decoders.api import load_decoder
 from r2f.decoders.base import Decoder
+from r2f.decoders.learned import LearnedDecoder, ModuleBases, module_bases
 from r2f.decoders.train import chunks, resolve_model, stats_batches, view_batches_for
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import (
@@ -245,8 +246,16 @@ def measure_fidelity(
                               batch_stats=access == "batch")
         for sk in sks:
             alg = ModuleAlgebra(sk, torch.float64)
+            shared: dict[tuple, ModuleBases] = {}  # candidates of one mode share the module's candidate blocks
             for name, d in decs.items():
-                gh = d.decode(sk, stats)
+                if isinstance(d, LearnedDecoder):
+                    d.check_inputs([sk], stats)
+                    key = (d.access, d.dtype)
+                    if key not in shared:
+                        shared[key] = module_bases(sk, stats, d.dtype, d.access)
+                    gh = d.decode(sk, stats, bases=shared[key])
+                else:
+                    gh = d.decode(sk, stats)
                 fd = fidelity_of(alg, gh, sk.exact)
                 per[name].append(
                     {

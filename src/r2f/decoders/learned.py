@@ -354,9 +354,11 @@ class LearnedDecoder(Decoder):
         return c * present
 
     @torch.no_grad()
-    def decode(self, sk: Sketches, stats=None) -> torch.Tensor:
+    def decode(self, sk: Sketches, stats=None, bases: ModuleBases | None = None) -> torch.Tensor:
+        """Ĝ of one module; ``bases`` (this module's :func:`module_bases` in this decoder's mode and dtype) may
+        be passed in when several decoders of one mode decode the same module (fidelity tables)."""
         self.check_inputs([sk], stats)
-        mb = module_bases(sk, stats, self.dtype, self.access)
+        mb = bases if bases is not None else module_bases(sk, stats, self.dtype, self.access)
         return assemble(mb, self.coefficients([mb])[0])
 
     @torch.no_grad()
