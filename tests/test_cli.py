@@ -20,7 +20,7 @@ def _cli(*args):
 def test_help_lists_every_command():
     r = _cli("--help")
     assert r.returncode == 0
-    for cmd in ("world", "train", "train-decoder", "fidelity", "unlearn", "eval", "report", "demo"):
+    for cmd in ("world", "train", "train-decoder", "fidelity", "unlearn", "eval", "report", "demo", "bench"):
         assert cmd in r.stdout, cmd
 
 

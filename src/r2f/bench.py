@@ -30,12 +30,10 @@ from typing import Callable, Mapping, Sequence
 from r2f.demo import DEMO_METHODS, TARGET_LR, DemoConfig, Prepared, prepare, run_method
 from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
+from r2f.report.build import FQ_MIN, MU_RATIO
 
-#: A report seed passes when forget quality reaches this p-value (the retain oracle cannot be told apart) ...
-FQ_MIN = 0.05
-#: ... while model utility keeps this fraction of the original model's on the same world. The same fraction is
-#: the tuning constraint of :func:`select_config`.
-MU_RATIO = 0.9
+# A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
+# world: the report's headline criterion. MU_RATIO is also the tuning constraint of :func:`select_config`.
 #: The rule of :func:`select_config`, in words (bench.json and bench.md state it).
 SELECTION_RULE = (f"highest mean forget quality over the tune seeds among the configurations whose model utility "
                   f"is ≥ {MU_RATIO:g}× the original model's on every tune seed; if none qualifies, the "
