@@ -339,6 +339,27 @@ def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_set
     assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
 
 
+def test_manifest_records_which_parameters_a_run_changed(tiny_setup, tmp_path):
+    """Read from the weights, not declared: R2F changes only the probed Linear kinds; an AdamW baseline changes
+    the embeddings, norms and head too. The report's "changes" column says so."""
+    from r2f.methods import unlearn
+    from r2f.report.build import changes_cell
+
+    probed = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    got = {}
+    for method, opts in (("exact", {"stop": "none", "step_rule": "schedule"}), ("npo", {})):
+        out = unlearn(tiny_setup["model"], tiny_setup["forget"], tiny_setup["retain"], method=method,
+                      out=tmp_path / method, steps=2, batch_size=2, **opts)
+        got[method] = json.loads((out / "manifest.json").read_text())["changed_parameters"]
+    r2f, npo = got["exact"], got["npo"]
+    assert r2f["tensors"] > 0 and set(r2f["kinds"]) <= probed
+    assert {"embed_tokens", "norm"} <= set(r2f["unchanged_kinds"])
+    assert r2f["params"] < npo["params"] <= npo["of_params"] == r2f["of_params"]
+    assert "embed_tokens" in npo["kinds"]
+    assert changes_cell(npo).startswith("all (") or "embed_tokens" in changes_cell(npo)
+    assert changes_cell(r2f).startswith(", ".join(r2f["kinds"])) and "% of parameters" in changes_cell(r2f)
+
+
 # ------------------------------------------------------------------------------------ r2f rule
 
 

@@ -58,6 +58,29 @@ def _state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _tensor_digests(model: torch.nn.Module) -> dict[str, bytes]:
+    """A 16-byte digest of every parameter's bytes (which ones an unlearning run changed, without a weight copy)."""
+    return {n: hashlib.blake2b(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(),
+                               digest_size=16).digest() for n, p in model.named_parameters()}
+
+
+def _module_kind(param_name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.weight`` → ``q_proj``; ``model.norm.weight`` → ``norm``."""
+    parts = [p for p in param_name.split(".") if not p.isdigit() and p not in ("weight", "bias")]
+    return parts[-1] if parts else param_name
+
+
+def changed_parameters(before: dict[str, bytes], model: torch.nn.Module) -> dict:
+    """Which parameters the run changed: counts, and the module kinds changed and left as they were."""
+    after = _tensor_digests(model)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    changed = [n for n in after if before.get(n) != after[n]]
+    kinds = {_module_kind(n) for n in after}
+    changed_kinds = {_module_kind(n) for n in changed}
+    return {"tensors": len(changed), "of_tensors": len(after), "params": sum(sizes[n] for n in changed),
+            "of_params": sum(sizes.values()), "kinds": sorted(changed_kinds), "unchanged_kinds": sorted(kinds - changed_kinds)}
+
+
 def _cost(meter: CostMeter, prior: dict | None) -> dict:
     cost = meter.summary()
     if prior:  # a resumed run: this session's cost, plus what the sessions before the checkpoint spent
@@ -233,6 +256,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
         if not resume and ckpt_root.is_dir() and dist.is_main():
             shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
 
+        before = _tensor_digests(net)
         engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
         result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
                             cost=meter, desc=progress_label(out, method))
@@ -254,6 +278,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},
                     "resumed_from_step": result.resumed_from,
                     "numerics": result.numerics,
+                    "changed_parameters": changed_parameters(before, result.model),
                     "summary": result.summary,
                     "log": result.log,
                     "run_key": run_key,

@@ -40,6 +40,8 @@ DEFINITIONS = {
     "method": "The unlearning method of the run. In the demo, original is the target before unlearning and retrain "
               "the retain oracle, a model trained without the forget set (the goal of unlearning).",
     "steps run": "Unlearning steps done / step budget; when the method's stop rule ended the run early, its reason.",
+    "changes": "Which parameters the run changed, read from the weights (manifest changed_parameters): the module "
+               "kinds, or all, and their share of the model's parameters.",
     "forget quality ↑": "KS-test p-value between this model's and the retain oracle's truth ratios on the forget "
                         "set: near 1, the two cannot be told apart; below 0.05 they can.",
     "forget quality": "As forget quality ↑, on the held-out half of the forget set.",
@@ -165,6 +167,7 @@ def method_row(name: str, run: dict) -> dict[str, Any]:
     row = {"method": man.get("method") or run.get("method") or name}
     row["steps_done"], row["steps_budget"] = _count(steps.get("done")), _count(steps.get("budget"))
     row["stop_reason"] = steps.get("stop_reason") if isinstance(steps.get("stop_reason"), str) else None
+    row["changes"] = changes_cell(man.get("changed_parameters"))
     for col in ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength"):
         row[col] = _num(s.get(col))
     row["relearn_forget_Q_A_ROUGE"] = _num((relearn.get("after") or {}).get("forget_Q_A_ROUGE"))
@@ -202,6 +205,17 @@ def format_value(column: str, v: Any) -> str:
     if x is None:
         return "—"
     return format(x, COLUMN_FORMATS[column]) if column in COLUMN_FORMATS else _fmt(x)
+
+
+def changes_cell(changed: Any) -> str | None:
+    """The "changes" cell: which parameters the run changed (share of parameters; module kinds, or "all")."""
+    if not isinstance(changed, dict) or not _count(changed.get("of_params")):
+        return None
+    share = f"{100 * changed['params'] / changed['of_params']:.0f} % of parameters"
+    kinds, kept = changed.get("kinds") or [], changed.get("unchanged_kinds") or []
+    if not kinds:
+        return "none"
+    return f"all ({share})" if not kept else f"{', '.join(kinds)} ({share})"
 
 
 def steps_run(row: dict) -> str:
@@ -342,8 +356,8 @@ def _sections(report: dict) -> list[tuple[str, list[str], list[list[str]], str, 
     methods = report["methods"]
     cols = [c for c in METHOD_COLUMNS if any(m.get(c) is not None for m in methods.values())]
     sections = [(
-        "Methods", ["run", "method", "steps run"] + [_HEADERS[c] for c in cols],
-        [[n, str(m.get("method")), steps_run(m)] + [format_value(c, m.get(c)) for c in cols]
+        "Methods", ["run", "method", "steps run", "changes"] + [_HEADERS[c] for c in cols],
+        [[n, str(m.get("method")), steps_run(m), m.get("changes") or "—"] + [format_value(c, m.get(c)) for c in cols]
          for n, m in methods.items()],
         "↑ higher is better, ↓ lower is better. Exact definitions: docs/metrics.md.",
     )]  # fmt: skip
