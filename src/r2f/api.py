@@ -35,6 +35,7 @@ def train_decoder(
     probe_seeds: int = 2,
     steps: int = 1500,
     access: str = "batch",
+    long_answers: bool = True,
     overwrite: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
@@ -44,7 +45,8 @@ def train_decoder(
     ``proxy``: a model directory or name, or a ``(model, tokenizer)`` pair. ``rank_a=0`` means ``2 * rank``.
     With ``out`` (a ``.safetensors`` path; a ``.json`` sidecar is written next to it) the decoder is saved
     and becomes the default of ``unlearn(..., method="r2f")``; it is returned either way. ``access`` (lora |
-    stats | batch) is what the decoder may read besides the probe gradients (docs/decoder.md).
+    stats | batch) is what the decoder may read besides the probe gradients (docs/decoder.md); ``long_answers``
+    adds the proxy authors' biographies to the training pairs when the world has them.
     Example: ``r2f.train_decoder("runs/proxy", "world", out="decoder.safetensors")``.
     """
     from r2f.decoders.train import train_decoder as fit
@@ -60,7 +62,8 @@ def train_decoder(
         raise R2FInputError("data directory not found", source=str(data))
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
         return fit(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
-                   batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access)
+                   batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access,
+                   long_answers=long_answers)
 
 
 def evaluate(

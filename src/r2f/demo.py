@@ -27,6 +27,9 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "r2f_sketch": ("r2f", {"decoder": "sketch"}),
     "r2f_exact": ("exact", {}),
     "lora": ("lora", {}),
+    # LoRA-only in R2F's form: the same objective (NPO), a retain term and the same 4 question views, so that the
+    # comparison with R2F isolates the gradient source (a trained adapter vs decoded full-weight gradients)
+    "lora_npo": ("lora", {"objective": "npo", "alpha": 1.0, "views": 4}),
     "grad_ascent": ("grad_ascent", {}),
     "grad_diff": ("grad_diff", {}),
     "npo": ("npo", {}),
@@ -36,7 +39,8 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
 #: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
 #: entry: its line search sets its own step size on every target.
 TARGET_LR: dict[str, dict[str, float]] = {
-    "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4},
+    "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4,
+                "lora_npo": 5e-4},
 }
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",

@@ -25,6 +25,9 @@ def train_decoder_cmd(
     access: str = typer.Option("batch", "--access", help="What the decoder may read besides the LoRA gradients: "
                                "lora (nothing: the black-box case), stats (Σ of the target on generic text), "
                                "batch (also the batch's own activations)."),
+    long_answers: bool = typer.Option(True, "--long-answers/--no-long-answers",
+                                      help="Also train on the proxy authors' biographies (documents/proxy.jsonl), "
+                                           "long answers, when the world has them."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
@@ -35,7 +38,7 @@ def train_decoder_cmd(
     import r2f
 
     dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
-                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, overwrite=overwrite,
+                            batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     from r2f.distributed import is_main
 

@@ -48,7 +48,7 @@ from r2f.io import atomic_file, write_json_atomic
 FORMAT_VERSION = 1
 KINDS = MODULE_KINDS + ("other",)
 #: how train_decoder builds the decoder (part of cache keys: a change retrains cached decoders)
-TRAINING_RULE = "correction-on-best-closed-form-v1"
+TRAINING_RULE = "correction-on-best-closed-form-v2-long-answers"
 #: log-norm feature of an unavailable candidate
 _SENTINEL = -10.0
 

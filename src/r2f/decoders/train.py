@@ -24,6 +24,7 @@ from r2f.decoders.learned import (
     cosine_from_scalars,
     module_bases,
 )
+from r2f.data.world import DOCUMENTS_DIR
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import LossFn, ProbeConfig, Sketches, probe_gradients
 from r2f.gradients.stats import collect_input_stats
@@ -233,6 +234,7 @@ def train_decoder(
     steps: int = 1500,
     hidden: int = 48,
     access: str = "batch",
+    long_answers: bool = True,
     loss_fn: LossFn | None = None,
     log=None,
 ) -> LearnedDecoder:
@@ -247,6 +249,10 @@ def train_decoder(
     The network learns a correction on top of the mode's best closed form on the training pairs; when the
     corrected decoder is worse than that closed form on the held-out pairs the correction is dropped (the
     decoder is then the closed form), so on the proxy's held-out pairs it is never worse than it.
+
+    ``long_answers`` (default): also train on the proxy authors' biographies (``documents/proxy.jsonl``, when the
+    world has them), pairs whose batches hold many more answer tokens than the probe's rank (split by the same
+    authors). Without them the correction learned on short answers fell below its closed form on long answers.
     """
     from r2f.data.loader import load_split
 
@@ -274,6 +280,12 @@ def train_decoder(
     if max_items:
         tr_items = tr_items[:max_items]
         ho_items = ho_items[: max(1, max_items // 4)]
+    n_long = 0
+    if long_answers and (Path(data_dir) / DOCUMENTS_DIR / "proxy.jsonl").is_file():
+        bios = load_split(Path(data_dir) / DOCUMENTS_DIR, "proxy")  # after the QA items: batches of their own
+        tr_items += [b for b in bios if b.author not in held_authors]
+        ho_items += [b for b in bios if b.author in held_authors]
+        n_long = len(bios)
     stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
         if access != "lora" else None
     seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
@@ -316,6 +328,7 @@ def train_decoder(
             "n_train_items": len(tr_items),
             "n_heldout_items": len(ho_items),
             "stats_split": "world_facts",
+            "long_answer_items": n_long,
         },
         "training": {"steps": steps, "hidden": hidden, "loss_first": losses[0], "loss_last": losses[-1], "n_modules_train": int(train["features"].shape[0]), "seconds": round(time.perf_counter() - t0, 2)},
         "fidelity_train": fid_train,
