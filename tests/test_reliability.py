@@ -501,8 +501,11 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(tmp_path, src, forget):
     out = tmp_path / "run"
     args = ["unlearn", "--model", src, "--forget", forget, "--method", "grad_ascent", "--steps", "5000",
             "--batch-size", "2", "--save-every", "2", "--out", out]
+    # A shell that starts the test run in the background (`pytest &`) ignores SIGINT, the child inherits that, and
+    # Python then installs no KeyboardInterrupt handler: give the child the terminal's default disposition.
     proc = subprocess.Popen([sys.executable, "-m", "r2f", *map(str, args)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert _wait_for(lambda: any((out / "checkpoints").glob("step-*/state.json")), proc), "no checkpoint"
         proc.send_signal(signal.SIGINT)
