@@ -359,7 +359,7 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 def bench_markdown(result: dict) -> str:
     """``bench.md``: the summary, the per-seed values and the tuning trials."""
-    from r2f.report.build import _md_table
+    from r2f.report.build import md_table
 
     p = result["protocol"]
     seeds = [str(s) for s in p["report_seeds"]]
@@ -377,13 +377,13 @@ def bench_markdown(result: dict) -> str:
         f"Selection rule: {p['selection_rule']}. A report seed passes with FQ ≥ {p['pass']['forget_quality_min']:g} "
         f"and MU ≥ {p['pass']['mu_ratio_min']:g}× the original model's on that world.",
         "## Summary over the report seeds",
-        _md_table(list(SUMMARY_HEADER), summary_rows(result)),
+        md_table(list(SUMMARY_HEADER), summary_rows(result)),
         "FQ: forget quality (KS-test p-value against the retain oracle; higher is better). MU: model utility. "
         "sd: sample standard deviation over the report seeds; a diverged run counts as 0.",
         "## Per report seed (FQ / MU (MU/original))",
-        _md_table(["method", *(f"seed {s}" for s in seeds)], per_seed),
+        md_table(["method", *(f"seed {s}" for s in seeds)], per_seed),
         "## Tuning (on the tune seeds)",
-        _md_table(["method", "configuration", "mean FQ", "min MU/original",
+        md_table(["method", "configuration", "mean FQ", "min MU/original",
                    f"MU ≥ {p['pass']['mu_ratio_min']:g}× on every seed", ""], tuning),
     ]) + "\n"
 

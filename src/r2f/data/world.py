@@ -329,17 +329,7 @@ def generate_world(cfg: WorldConfig) -> dict[str, list[dict]]:
     if not 0 <= cfg.n_paraphrases <= MAX_PARAPHRASES:
         raise ValueError(f"n_paraphrases must be between 0 and {MAX_PARAPHRASES}")
     rng, authors = _authors(cfg)
-    items = [_author_items(rng, a, cfg, f"a{i:03d}") for i, a in enumerate(authors)]
-    target, holdout, proxy = (items[: cfg.authors], items[cfg.authors: cfg.authors + cfg.holdout_authors],
-                              items[cfg.authors + cfg.holdout_authors:])
-    splits: dict[str, list[dict]] = {}
-    # TOFU nesting: forget01 ⊂ forget05 ⊂ forget10, each the first p% of the target authors (at least one).
-    for pct in (1, 5, 10):
-        k = max(1, math.ceil(cfg.authors * pct / 100))
-        splits[f"forget{pct:02d}"] = [it for a in target[:k] for it in a]
-        splits[f"retain{100 - pct}"] = [it for a in target[k:] for it in a]
-    splits["holdout"] = [it for a in holdout for it in a]
-    splits["proxy"] = [it for a in proxy for it in a]
+    splits = _author_splits([_author_items(rng, a, cfg, f"a{i:03d}") for i, a in enumerate(authors)], cfg)
     splits["world_facts"] = _world_facts(rng, cfg)
     return splits
 
@@ -349,14 +339,20 @@ def generate_documents(cfg: WorldConfig) -> dict[str, list[dict]]:
     the QA items: ``forget10`` holds the biographies of the forget10 authors, and so on. Drawn after (and
     without touching) the QA splits' random stream, so a world's QA files are the same with or without them."""
     _, authors = _authors(cfg)
-    bios = [_biography_item(a, f"a{i:03d}", cfg) for i, a in enumerate(authors)]
-    target = bios[: cfg.authors]
+    return _author_splits([[_biography_item(a, f"a{i:03d}", cfg)] for i, a in enumerate(authors)], cfg)
+
+
+def _author_splits(per_author: list[list[dict]], cfg: WorldConfig) -> dict[str, list[dict]]:
+    """Records grouped per author (in :func:`_authors` order) → the author splits, with TOFU's nesting:
+    forget01 ⊂ forget05 ⊂ forget10, each the first p% of the target authors (at least one)."""
+    target, holdout, proxy = (per_author[: cfg.authors], per_author[cfg.authors: cfg.authors + cfg.holdout_authors],
+                              per_author[cfg.authors + cfg.holdout_authors:])
+    flat = lambda groups: [it for group in groups for it in group]  # noqa: E731
     splits: dict[str, list[dict]] = {}
     for pct in (1, 5, 10):
         k = max(1, math.ceil(cfg.authors * pct / 100))
-        splits[f"forget{pct:02d}"], splits[f"retain{100 - pct}"] = target[:k], target[k:]
-    splits["holdout"] = bios[cfg.authors: cfg.authors + cfg.holdout_authors]
-    splits["proxy"] = bios[cfg.authors + cfg.holdout_authors:]
+        splits[f"forget{pct:02d}"], splits[f"retain{100 - pct}"] = flat(target[:k]), flat(target[k:])
+    splits["holdout"], splits["proxy"] = flat(holdout), flat(proxy)
     return splits
 
 

@@ -19,10 +19,14 @@ class Decoder:
 
     name: str = "base"
     needs_exact: bool = False  # the oracle: decoded_gradients computes exact gradients instead
-    uses_stats: bool = False
     #: what the decoder reads besides ∇A, ∇B (r2f.decoders.learned.ACCESS_MODES): ``lora`` (nothing), ``stats``
     #: (Σ of the target on generic text), ``batch`` (also the batch's own activation statistics)
     access: str = "lora"
+
+    @property
+    def uses_stats(self) -> bool:
+        """Whether the decoder reads forward statistics of the target (any mode but ``lora``)."""
+        return self.access != "lora"
 
     def __init__(self, dtype: torch.dtype = torch.float32):
         self.dtype = dtype
@@ -100,7 +104,6 @@ class SigmaDecoder(Decoder):
     """
 
     name = "sigma"
-    uses_stats = True
     access = "batch"  # Σ from generic text when given, else the batch's own statistic
 
     def __init__(self, dtype=torch.float32, ridge: float = 0.01):

@@ -249,7 +249,6 @@ def measure_fidelity(
             shared: dict[tuple, ModuleBases] = {}  # candidates of one mode share the module's candidate blocks
             for name, d in decs.items():
                 if isinstance(d, LearnedDecoder):
-                    d.check_inputs([sk], stats)
                     key = (d.access, d.dtype)
                     if key not in shared:
                         shared[key] = module_bases(sk, stats, d.dtype, d.access)

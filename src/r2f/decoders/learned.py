@@ -322,7 +322,6 @@ class LearnedDecoder(Decoder):
         self.access: str = meta.get("access", "batch")
         allowed_bases(self.access)  # validates the mode
         self.base: str | None = meta.get("base")
-        self.uses_stats = self.access != "lora"
 
     def check_inputs(self, sketches: list[Sketches], stats) -> None:
         """Refuse to decode without the inputs the access mode needs (never a silent sentinel feature)."""

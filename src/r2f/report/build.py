@@ -238,7 +238,8 @@ def _fmt(v: Any) -> str:
     return f"{x:.4g}"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table (``|`` in cells escaped); shared by the report and ``r2f bench``'s bench.md."""
     esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
     out = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -389,7 +390,7 @@ def _markdown(report: dict, figures: dict) -> str:
     lines = [f"# {report['title']}", "", f"_Generated {report['created']} by r2f._", "",
              f"**{report['headline']['text']}**", ""]
     for title, header, rows, note, defs in _sections(report):
-        lines += [f"## {title}", "", _md_table(header, rows), "", note, ""]
+        lines += [f"## {title}", "", md_table(header, rows), "", note, ""]
         lines += [f"- **{term}**: {meaning}" for term, meaning in defs] + [""]
     if figures:
         lines += ["## Figures", ""]
