@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.pytorch_utils import Conv1D
 
 from r2f.gradients import (
     ProbeConfig,
@@ -17,6 +18,7 @@ from r2f.gradients import (
     probe_factors,
     probe_gradients,
     target_linears,
+    weight_matrix,
 )
 
 
@@ -72,27 +74,32 @@ def test_factors_deterministic_and_nonzero():
     assert (b1 != 0).all() and (a1 != 0).all()
 
 
-def test_probe_equals_peft_lora_gradients():
+def assert_probe_matches_peft(model, batch: dict, cfg: ProbeConfig) -> None:
+    """The probe's sketches equal the LoRA gradients PEFT computes on ``W − s·B·A`` holding the same factors.
+
+    Independent truth: PEFT's own LoRA layers (for Conv1D weights, PEFT's ``fan_in_fan_out`` path) and autograd.
+    Needs ``cfg.rank_a == cfg.rank`` (a LoRA adapter has one rank) and a float64 model.
+    """
     peft = pytest.importorskip("peft")
-    model = tiny_llama()
-    batch = random_batch()
-    r, s = 4, 2.0
-    cfg = ProbeConfig(rank=r, rank_a=r, seed=1, scale=s)
+    r, s = cfg.rank, cfg.scale
     sks = {sk.name: sk for sk in probe_gradients(model, [batch], cfg)}
     # PEFT on W - s B A holding the same factors: same outputs, and the LoRA grads must equal the sketches
     ref = copy.deepcopy(model)
-    names = [n for n, _ in target_linears(ref)]
+    targets = target_linears(ref)
+    names = [n for n, _ in targets]
+    assert set(names) == set(sks)
     with torch.no_grad():
-        for n, mod in target_linears(ref):
-            m, k = mod.weight.shape
+        for n, mod in targets:
+            m, k = weight_matrix(mod).shape
             a, b = probe_factors(n, m, k, cfg)
-            mod.weight -= s * (b.double() @ a.double())
-    lcfg = peft.LoraConfig(r=r, lora_alpha=s * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], lora_dropout=0.0)
+            weight_matrix(mod).sub_(s * (b.double() @ a.double()))  # a view: Conv1D's weight is stored transposed
+    fan_in_fan_out = any(isinstance(mod, Conv1D) for _, mod in targets)
+    lcfg = peft.LoraConfig(r=r, lora_alpha=s * r, target_modules=names, lora_dropout=0.0, fan_in_fan_out=fan_in_fan_out)
     pm = peft.get_peft_model(ref, lcfg)
     with torch.no_grad():
         for n in names:
             lin = pm.base_model.model.get_submodule(n)
-            m, k = lin.base_layer.weight.shape
+            m, k = weight_matrix(lin.base_layer).shape
             a, b = probe_factors(n, m, k, cfg)
             assert lin.scaling["default"] == pytest.approx(s)
             lin.lora_A["default"].weight.copy_(a.double())
@@ -104,6 +111,10 @@ def test_probe_equals_peft_lora_gradients():
         lin = pm.base_model.model.get_submodule(n)
         torch.testing.assert_close(sks[n].grad_a.double(), lin.lora_A["default"].weight.grad, rtol=1e-5, atol=1e-9)
         torch.testing.assert_close(sks[n].grad_b.double(), lin.lora_B["default"].weight.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_probe_equals_peft_lora_gradients():
+    assert_probe_matches_peft(tiny_llama(), random_batch(), ProbeConfig(rank=4, rank_a=4, seed=1, scale=2.0))
 
 
 def test_sketches_are_sketches_of_exact_gradient_and_views_mean():

@@ -18,6 +18,7 @@ from r2f.gradients.probe import (
     module_kind,
     probe_gradients,
     target_linears,
+    to_weight_layout,
 )
 
 
@@ -82,7 +83,8 @@ def iter_decoded_gradients(
     stats=None,
     reduce: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream (weight parameter name, decoded gradient) one module at a time.
+    """Stream (weight parameter name, decoded gradient) one module at a time, in the parameter's layout
+    (decoders work on the m × n matrix W of y = W x; a ``Conv1D`` weight is Wᵀ, so its direction is transposed).
 
     ``reduce=True`` (data-parallel): the probe sketches are summed over ranks *before* decoding (they are
     linear in G, so this sketches the global batch's gradient; decoders are not linear)."""
@@ -97,9 +99,10 @@ def iter_decoded_gradients(
         return
     sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.access == "batch",
                                  reduce=reduce)
-    wdtype = {f"{n}.weight": m.weight.dtype for n, m in target_linears(model, probe.target_modules)}
+    modules = dict(target_linears(model, probe.target_modules))
     for sk, g in decoder.decode_many(sketches, stats):
-        yield sk.param_name, g.to(wdtype.get(sk.param_name, g.dtype))
+        mod = modules[sk.name]
+        yield sk.param_name, to_weight_layout(mod, g.to(mod.weight.dtype))
 
 
 def decoded_gradients(

@@ -2,6 +2,7 @@
 
 from r2f.gradients.probe import (
     DEFAULT_PATTERN,
+    KIND_ALIASES,
     MODULE_KINDS,
     SEED_RULE,
     ProbeConfig,
@@ -14,11 +15,14 @@ from r2f.gradients.probe import (
     probe_factors,
     probe_gradients,
     target_linears,
+    to_weight_layout,
+    weight_matrix,
 )
 from r2f.gradients.stats import InputStats, collect_input_stats
 
 __all__ = [
     "DEFAULT_PATTERN",
+    "KIND_ALIASES",
     "MODULE_KINDS",
     "SEED_RULE",
     "ProbeConfig",
@@ -31,6 +35,8 @@ __all__ = [
     "probe_factors",
     "probe_gradients",
     "target_linears",
+    "to_weight_layout",
+    "weight_matrix",
     "InputStats",
     "collect_input_stats",
 ]

@@ -1,6 +1,7 @@
 """LoRA probes and exact gradients of the probed Linear layers.
 
-A probe attaches, to every ``nn.Linear`` whose qualified name matches a pattern, a pair of fixed random
+A probe attaches, to every ``nn.Linear`` (or transformers' ``Conv1D``, GPT-2's projection layer, which stores
+its weight transposed) whose qualified name matches a pattern, a pair of fixed random
 factors ``A`` (r_A × n) and ``B`` (m × r_B) and a scale ``s``. It does **not** change the forward pass:
 the layer still computes ``W x + b``. In the backward pass of each probed layer a custom autograd
 function computes, from the output gradient δ_t and the input x_t of every token,
@@ -35,12 +36,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r2f.errors import R2FInputError
 from r2f.models.answer_nll import mean_answer_nll
 
-#: Default target: the attention and MLP projections of Llama-style blocks (lm_head excluded).
-DEFAULT_PATTERN = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+#: Default target: the attention and MLP projections of the decoder blocks (lm_head excluded), under the names
+#: each supported family gives them; docs/architectures.md lists what it finds per family.
+DEFAULT_PATTERN = (
+    r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"  # Llama, Qwen2, Mistral, Gemma(-2)
+    r"|qkv_proj|gate_up_proj"  # Phi-3 (fused)
+    r"|out_proj|fc1|fc2"  # OPT
+    r"|c_attn|c_proj|c_fc"  # GPT-2 (Conv1D)
+    r"|query_key_value|dense_h_to_4h|dense_4h_to_h|attention\.dense|self_attention\.dense)$"  # GPT-NeoX, Falcon
+)
 SEED_RULE = "sha256-name-gaussian-v1"
+#: The roles a learned decoder knows (one-hot features): Llama's names for them.
 MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Other families' projections, by name, mapped onto the Llama role that reads the same input and feeds the same
+#: place (a decoder trained on the Llama-shaped proxy then accepts them). Fused q|k|v projections count as
+#: ``q_proj``, fused gate|up as ``up_proj``: the closest single role (same input as q, resp. up); extending
+#: MODULE_KINDS instead would change the decoder's feature vector and invalidate every trained decoder.
+KIND_ALIASES = {
+    "qkv_proj": "q_proj", "c_attn": "q_proj", "query_key_value": "q_proj",
+    "out_proj": "o_proj",
+    "gate_up_proj": "up_proj", "fc1": "up_proj", "c_fc": "up_proj", "dense_h_to_4h": "up_proj",
+    "fc2": "down_proj", "dense_4h_to_h": "down_proj",
+}
+#: Output projections named alike in attention and MLP blocks (GPT-2 ``c_proj``, NeoX/Falcon ``dense``): the
+#: parent block's name decides.
+_BLOCK_OUTPUT_NAMES = ("c_proj", "dense")
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
@@ -83,8 +106,20 @@ class ProbeConfig:
 
 
 def module_kind(name: str) -> str:
-    last = name.rsplit(".", 1)[-1]
-    return last if last in MODULE_KINDS else "other"
+    """The role of a probed module (one of MODULE_KINDS) from its qualified name; ``other`` when unknown."""
+    parts = name.rsplit(".", 2)
+    last = parts[-1]
+    if last in MODULE_KINDS:
+        return last
+    if last in KIND_ALIASES:
+        return KIND_ALIASES[last]
+    if last in _BLOCK_OUTPUT_NAMES and len(parts) > 1:
+        parent = parts[-2]
+        if "attn" in parent or "attention" in parent:
+            return "o_proj"
+        if "mlp" in parent or "ffn" in parent or "feed_forward" in parent:
+            return "down_proj"
+    return "other"
 
 
 def layer_index(name: str) -> int | None:
@@ -92,13 +127,46 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def target_linears(model: nn.Module, pattern: str = DEFAULT_PATTERN) -> list[tuple[str, nn.Linear]]:
-    """(qualified name, module) of every ``nn.Linear`` matching ``pattern`` (lm_head never)."""
+def _conv1d() -> type:
+    from transformers.pytorch_utils import Conv1D
+
+    return Conv1D
+
+
+def is_transposed(mod: nn.Module) -> bool:
+    """Whether the module stores its weight as (in × out): transformers' ``Conv1D`` (GPT-2) computes x W + b."""
+    return isinstance(mod, _conv1d())
+
+
+def weight_matrix(mod: nn.Module) -> torch.Tensor:
+    """The module's weight as the (out × in) matrix W of y = W x + b: a view, transposed for ``Conv1D``."""
+    return mod.weight.t() if is_transposed(mod) else mod.weight
+
+
+def to_weight_layout(mod: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """An (out × in) gradient or direction in the layout of ``mod.weight`` (what is added to the parameter)."""
+    return g.t().contiguous() if is_transposed(mod) else g
+
+
+def target_linears(model: nn.Module, pattern: str = DEFAULT_PATTERN) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every ``nn.Linear`` or ``Conv1D`` matching ``pattern`` (lm_head never).
+
+    A matched leaf module of another type that holds a weight matrix (an embedding, a convolution, a custom
+    fused or quantised layer) is bad input: R2FInputError naming the module and its type, rather than silently
+    leaving that layer out of the update. Containers and layers without a weight matrix (norms) are skipped.
+    """
     rx = re.compile(pattern)
+    supported = (nn.Linear, _conv1d())
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and rx.search(name) and not name.endswith("lm_head"):
+        if not name or not rx.search(name) or name.endswith("lm_head"):
+            continue
+        if isinstance(mod, supported):
             out.append((name, mod))
+        elif next(mod.children(), None) is None and getattr(getattr(mod, "weight", None), "dim", lambda: 0)() >= 2:
+            raise R2FInputError(f"module {name} is a {type(mod).__module__}.{type(mod).__name__}, which the probe "
+                                "does not support (it probes torch.nn.Linear and transformers' Conv1D); narrow the "
+                                "pattern to the model's linear projections", source="--option target_modules")
     return out
 
 
@@ -187,7 +255,7 @@ class _StatsBox:
 @dataclass
 class ProbedModule:
     name: str
-    module: nn.Linear
+    module: nn.Module  # nn.Linear or Conv1D
     a: torch.Tensor  # r_A x n (device/dtype of the weight)
     b: torch.Tensor  # m x r_B
     sink_a: torch.Tensor  # r_B x n leaf; its .grad-equivalent is the left sketch ∇A
@@ -195,6 +263,7 @@ class ProbedModule:
     kind: str = "other"
     depth: float = 0.0
     stats_box: _StatsBox | None = None
+    transposed: bool = False  # Conv1D: the parameter is Wᵀ (in × out)
 
     @property
     def param_name(self) -> str:
@@ -211,7 +280,9 @@ class Probe:
 
 
 def _probe_forward(self_mod, x, _pm: ProbedModule, _s: float):
-    return _ProbeLinear.apply(x, self_mod.weight, self_mod.bias, _pm.a, _pm.b, _s, _pm.sink_a, _pm.sink_b, _pm.stats_box)
+    # Conv1D computes x W + b with W stored (in × out): its transposed view is the (out × in) matrix of F.linear
+    return _ProbeLinear.apply(x, weight_matrix(self_mod), self_mod.bias, _pm.a, _pm.b, _s, _pm.sink_a, _pm.sink_b,
+                              _pm.stats_box)
 
 
 @contextlib.contextmanager
@@ -225,7 +296,7 @@ def attach_probe(
     """
     targets = target_linears(model, cfg.target_modules)
     if not targets:
-        raise ValueError(f"no nn.Linear matches the probe pattern {cfg.target_modules!r}")
+        raise ValueError(f"no nn.Linear or Conv1D matches the probe pattern {cfg.target_modules!r}")
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
     params = list(model.parameters())
     n_layers = num_layers([n for n, _ in targets])
@@ -235,7 +306,7 @@ def attach_probe(
         for p in params:
             p.requires_grad_(False)
         for name, mod in targets:
-            m, n = mod.weight.shape
+            m, n = weight_matrix(mod).shape
             a, b = probe_factors(name, m, n, cfg)
             dev, dt = mod.weight.device, mod.weight.dtype
             pm = ProbedModule(
@@ -248,6 +319,7 @@ def attach_probe(
                 kind=module_kind(name),
                 depth=relative_depth(name, n_layers),
                 stats_box=_StatsBox() if batch_stats else None,
+                transposed=is_transposed(mod),
             )
             if exact:
                 mod.weight.requires_grad_(True)
@@ -280,7 +352,7 @@ class Sketches:
     scale: float
     grad_a: torch.Tensor  # ∇A = s Bᵀ G  (r_B x n)
     grad_b: torch.Tensor  # ∇B = s G Aᵀ  (m x r_A)
-    exact: torch.Tensor | None = None  # G (m x n) when requested
+    exact: torch.Tensor | None = None  # G (m x n, also for Conv1D) when requested
     a_sigma: torch.Tensor | None = None  # A Σ_x of this batch's inputs (r_A x n), forward statistic
     sigma_trace: float | None = None  # tr Σ_x
     factor_id: tuple | None = None  # identifies (A, B) exactly: decoders cache what depends on them only
@@ -370,7 +442,8 @@ def probe_gradients(
                 acc_b[i] = _accumulate(acc_b[i], gb, decay, w)
                 if with_exact:
                     g = grads[2 * k + i]
-                    acc_g[i] = _accumulate(acc_g[i], torch.zeros_like(pm.module.weight) if g is None else g, decay, w)
+                    g = torch.zeros_like(pm.module.weight) if g is None else g
+                    acc_g[i] = _accumulate(acc_g[i], g.t() if pm.transposed else g, decay, w)  # G is m × n
             del grads, loss
         if reduce:
             from r2f.distributed import all_reduce_sum_
@@ -401,7 +474,7 @@ def probe_gradients(
                 exact=acc_g[i],
                 a_sigma=a_sig[i],
                 sigma_trace=a_tr[i],
-                factor_id=(SEED_RULE, probe.seed, pm.name, probe.r_a, probe.r_b, tuple(pm.module.weight.shape)),
+                factor_id=(SEED_RULE, probe.seed, pm.name, probe.r_a, probe.r_b, (pm.b.shape[0], pm.a.shape[1])),
             )
             for i, pm in enumerate(pr.modules)
         ]
@@ -439,6 +512,7 @@ def exact_gradients(
 ) -> dict[str, torch.Tensor]:
     """Exact gradients of the probed modules' weights (keyed by parameter name), plain autograd.
 
+    Each gradient has its parameter's layout (in × out for ``Conv1D``), as decoded directions do.
     ``reduce=True``: summed over ranks, as in :func:`probe_gradients`."""
     if not view_batches:
         raise ValueError("no view batches")
