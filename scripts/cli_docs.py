@@ -23,6 +23,18 @@ Every command also accepts `--config FILE.yaml` (keys are option names, command-
 success, 2 on bad input (one line naming the file, field or line at fault) and 3 when training diverges.
 `unlearn`, `train-decoder` and `eval` are also Python functions taking these options as keyword arguments
 ([Python API](api.md)).
+
+**Threads.** Every command that runs a model (`train`, `train-decoder`, `fidelity`, `unlearn`, `eval`, `demo`,
+`bench`) picks torch's intra-op thread count for each stage (`r2f.threads.choose_threads`): `--threads N` when
+given; else `OMP_NUM_THREADS` when set; else 1 thread for a model under 50M parameters (its matrices gain nothing
+from threads); else the cores this process may run on (its CPU affinity) minus the load other processes put on
+them (the 1-minute load average less this process's own share), at least 1 and at most torch's default. Why:
+OpenMP threads spin-wait for each other, so next to another CPU job a run with one thread per core slows down far
+more than in proportion (issue 17: 6 R2F steps on `tiny`, 2-core machine, one busy process: 54–59 s with torch's
+default threads, 3.5 s with one). The count and the rule that chose it are recorded: `threads` in an unlearning
+run's manifest.json, in a decoder's and a trained model's metadata and in fidelity.json, `meta.threads` in
+eval.json. `world` and `report` run no model and take no `--threads`. `benchmarks/threads_busy.py` measures the
+effect next to a competing CPU job.
 """
 
 

@@ -39,6 +39,7 @@ def train_decoder(
     overwrite: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    threads: int | None = None,
 ) -> LearnedDecoder:
     """Train the learned R2F gradient decoder on ``proxy`` with the world ``data`` (``r2f train-decoder``).
 
@@ -46,11 +47,13 @@ def train_decoder(
     With ``out`` (a ``.safetensors`` path; a ``.json`` sidecar is written next to it) the decoder is saved
     and becomes the default of ``unlearn(..., method="r2f")``; it is returned either way. ``access`` (lora |
     stats | batch) is what the decoder may read besides the probe gradients (docs/decoder.md); ``long_answers``
-    adds the proxy authors' biographies to the training pairs when the world has them.
+    adds the proxy authors' biographies to the training pairs when the world has them. ``threads``: torch's
+    intra-op threads (default: r2f.threads' policy; recorded in the decoder's metadata).
     Example: ``r2f.train_decoder("runs/proxy", "world", out="decoder.safetensors")``.
     """
     from r2f.decoders.train import train_decoder as fit
     from r2f.models.loading import model_policy
+    from r2f.threads import check_threads, requested_threads
 
     if out is not None:
         out = Path(out)
@@ -60,7 +63,8 @@ def train_decoder(
             raise R2FInputError("--out exists; pass --overwrite to replace it", source=str(out))
     if not Path(data).is_dir():
         raise R2FInputError("data directory not found", source=str(data))
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+    check_threads(threads)
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads):
         return fit(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
                    batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access,
                    long_answers=long_answers)
@@ -94,12 +98,14 @@ def evaluate(
     Give at most one of ``retain_model`` and ``retain_log`` (its eval.json, or OpenUnlearning's TOFU_EVAL.json);
     without either, ``forget_quality`` is ``None``. ``retain_split`` defaults to the complement of ``forget``
     (``forget05`` → ``retain95``). ``metrics`` (Python only) picks names from :data:`r2f.eval.METRICS`.
+    ``threads``: torch's intra-op threads (default: r2f.threads' policy; recorded in ``meta.threads``).
     Example: ``r2f.evaluate("runs/npo", "world", forget="forget05", out="runs/npo/eval.json")["summary"]``.
     """
     from r2f.distributed import is_main
     from r2f.eval import evaluate as run_suite
     from r2f.io import write_json_atomic
     from r2f.models.loading import model_policy
+    from r2f.threads import check_threads, thread_choice
 
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
@@ -111,13 +117,17 @@ def evaluate(
         raise R2FInputError("retain log not found", source=str(retain_log))
     if max_items is not None and max_items < 1:
         raise R2FInputError("must be >= 1", source="--max-items")
+    check_threads(threads)
     # under torchrun every rank evaluates its share of the batches (r2f.distributed); rank 0 writes
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+        # chosen here (the suite would choose the same) so that eval.json can say which count ran and why
+        threads_used = thread_choice(model if tokenizer is None else (model, tokenizer), threads)
         result = run_suite(model, data, tokenizer=tokenizer, retain_model=retain_model,
                            retain_tokenizer=retain_tokenizer, retain_log=retain_log, forget_split=forget,
                            retain_split=retain_split, metrics=metrics, relearn=relearn, relearn_lr=relearn_lr,
                            batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
-                           num_threads=threads)
+                           num_threads=threads_used.threads)
+    result.setdefault("meta", {})["threads"] = threads_used.to_dict()
     if out is not None and is_main():
         write_json_atomic(out, result)
     return result

@@ -24,6 +24,13 @@ from r2f.quiet import VERBOSE_ENV, silence_third_party
 
 CONFIG_HELP = ("YAML file of defaults keyed by this command's option names (without the --); flags on the "
                "command line win; an unknown key is an error.")
+THREADS_HELP = ("torch intra-op threads (default: OMP_NUM_THREADS when set, else 1 for models under 50M parameters, "
+                "else the cores other processes leave free; docs/cli.md).")
+
+
+def threads_option() -> Any:
+    """``--threads N`` of every command that runs a model (r2f.threads has the policy it overrides)."""
+    return typer.Option(None, "--threads", metavar="N", help=THREADS_HELP)
 
 
 def _bare_flag(param: TyperOption | TyperArgument | None) -> TyperOption | TyperArgument | None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 
 
 @app.command("bench")
@@ -25,6 +25,7 @@ def bench(
     steps: Optional[int] = typer.Option(None, "--steps", help="Unlearning step budget, the same for every run "
                                                               "(default the demo's: 30, 20 with --quick)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Tune every method on validation worlds with the same grid budget and one selection rule, then report the
     chosen configurations over the report worlds (docs/bench.md)."""
@@ -33,6 +34,7 @@ def bench(
 
     from r2f.bench import SUMMARY_HEADER, BenchConfig, parse_seeds, run_bench, summary_rows
     from r2f.demo import DEMO_METHODS
+    from r2f.threads import requested_threads
 
     cfg = BenchConfig(
         quick=quick,
@@ -42,7 +44,8 @@ def bench(
         steps=steps,
     )
     console = Console(width=max(130, Console().width))
-    result = run_bench(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
+    with requested_threads(threads):  # every stage of every trial uses N threads
+        result = run_bench(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
     p = result["protocol"]
     table = Table(title=f"r2f bench: {p['forget']} on target {p['target']}, report seeds "
                         f"{', '.join(map(str, p['report_seeds']))}",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 
 
 @app.command("demo")
@@ -18,15 +19,18 @@ def demo(
     seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
 
     from r2f.demo import DemoConfig, console_table, run_demo
+    from r2f.threads import requested_threads
 
     console = Console(width=max(110, Console().width))
     cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
-    report = run_demo(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
+    with requested_threads(threads):  # every stage (training, decoder, unlearning, evaluation) uses N threads
+        report = run_demo(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
     console.print(report["headline"]["text"], highlight=False, markup=False)
     console.print(f"report: {out / 'report.html'}")

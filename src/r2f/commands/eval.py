@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
@@ -29,7 +29,7 @@ def eval_command(
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Greedy generation budget for ROUGE."),
     max_items: Optional[int] = typer.Option(None, "--max-items", help="Use only the first N items of each split (quick checks)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: 1 for models under 50M parameters)."),
+    threads: Optional[int] = threads_option(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",

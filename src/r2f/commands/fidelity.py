@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 from r2f.errors import R2FInputError
 
 
@@ -29,11 +30,13 @@ def fidelity_cmd(
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run Python code shipped inside a model directory (off by default)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Per-decoder cosine / unobserved-block cosine / relative error against exact gradients (+ cost)."""
     from r2f.decoders import load_decoder, measure_fidelity
     from r2f.gradients import ProbeConfig
     from r2f.io import write_json_atomic
+    from r2f.threads import requested_threads
 
     if out.exists() and not overwrite:
         raise R2FInputError("--out exists; pass --overwrite to replace it", source=str(out))
@@ -47,7 +50,7 @@ def fidelity_cmd(
         probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], seed=probe_seed, target_modules=p["target_modules"], scale=p["scale"])
     from r2f.models.loading import model_policy
 
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads):
         res = measure_fidelity(dec, model, data, split=split, probe=probe, views=views, batch_items=batch_items,
                                max_batches=max_batches or None, cost=cost, access=access or None)
     write_json_atomic(out, res)

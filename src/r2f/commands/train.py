@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 from r2f.io import check_out_dir
 
 
@@ -21,12 +22,15 @@ def train(
     seed: int = typer.Option(0, help="Training seed."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if the cache has this model."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Train a Llama-shaped model with its own BPE tokenizer on the world, or fine-tune SmolLM2 (cached by data +
     config hash)."""
     from r2f.models.training import train_model
+    from r2f.threads import requested_threads
 
     check_out_dir(out, overwrite=overwrite, protect=[data])
-    path = train_model(data, size=size, split=split, forget=forget, out=out, seed=seed, use_cache=not no_cache,
-                       overwrite=overwrite)
+    with requested_threads(threads):
+        path = train_model(data, size=size, split=split, forget=forget, out=out, seed=seed, use_cache=not no_cache,
+                           overwrite=overwrite)
     typer.echo(f"model ready at {path}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 
 
 @app.command("train-decoder")
@@ -33,13 +34,14 @@ def train_decoder_cmd(
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run Python code shipped inside a model directory (off by default)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
     import r2f
 
     dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
                             batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
-                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
     from r2f.distributed import is_main
 
     if not is_main():

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app
+from r2f.cli import app, threads_option
 from r2f.errors import R2FInputError
 
 
@@ -58,6 +58,7 @@ def unlearn_command(
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run Python code shipped inside a model directory (off by default)."),
+    threads: Optional[int] = threads_option(),
 ) -> None:
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
     import r2f
@@ -65,7 +66,7 @@ def unlearn_command(
     path = r2f.unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
                        views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, **_parse_options(option))
+                       trust_remote_code=trust_remote_code, threads=threads, **_parse_options(option))
     from r2f.distributed import is_main
 
     if not is_main():

@@ -29,7 +29,7 @@ from r2f.gradients.probe import (
 from r2f.gradients.stats import collect_input_stats
 from r2f.progress import progress
 from r2f.quiet import native_stderr_silenced
-from r2f.threads import small_model_threads
+from r2f.threads import model_threads, threads_record
 
 #: Closed forms that read nothing but ∇A, ∇B (every mode has them); ``sketch`` is the column orientation.
 LORA_ONLY = ("ls", "sketch", "sketch_row", "lora")
@@ -171,7 +171,7 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
     return out
 
 
-@small_model_threads("model")
+@model_threads("model")
 def measure_fidelity(
     decoder: Decoder | str | None,
     model,
@@ -283,6 +283,7 @@ def measure_fidelity(
         "proxy": (getattr(learned, "meta", {}) or {}).get("proxy") if learned is not None else proxy_identity,
         "decoder_file": getattr(learned, "source", None) if learned is not None else None,
         "access": access,
+        "threads": threads_record(),
         "stats_source": getattr(stats, "source", None) if stats is not None else
         ("batch" if access == "batch" else None),
         "decoders": {},

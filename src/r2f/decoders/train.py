@@ -29,7 +29,7 @@ from r2f.errors import R2FInputError
 from r2f.gradients.probe import LossFn, ProbeConfig, Sketches, probe_gradients
 from r2f.gradients.stats import collect_input_stats
 from r2f.progress import progress
-from r2f.threads import small_model_threads
+from r2f.threads import model_threads, threads_record
 
 # --- data helpers --------------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ def generate_pairs(
     return dist.gather_in_order(out, len(all_jobs)) if parallel else out
 
 
-@small_model_threads("proxy")
+@model_threads("proxy")
 def train_decoder(
     proxy,
     data_dir: str | os.PathLike,
@@ -335,6 +335,7 @@ def train_decoder(
         "fidelity_heldout": fid_held,
         "loss": "1 - cos per module",
         "distributed": dist.describe(),
+        "threads": threads_record(),
     }
     dec = LearnedDecoder(net, meta)
     if out is not None:

@@ -18,7 +18,7 @@ from r2f.errors import R2FInputError
 from r2f.io import atomic_dir, check_out_dir, is_within, write_json_atomic
 from r2f.methods.cost import CostMeter
 from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
-from r2f.threads import small_model_threads
+from r2f.threads import check_threads, model_threads_for, requested_threads
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
@@ -95,7 +95,6 @@ def progress_label(out: Path, method: str) -> str:
     return f"unlearn[{name}]" if name == method else f"unlearn[{name}: {method}]"
 
 
-@small_model_threads("model")
 def _check_trainable(items: Sequence[QAItem], info: dict, tok, meth, max_length: int | None) -> None:
     """Refuse forget items with no answer token to unlearn (exit 2, naming the record), before any work."""
     from r2f.data.loader import item_locations
@@ -132,6 +131,7 @@ def unlearn(
     max_failures: int = 3,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    threads: int | None = None,
     **options: Any,
 ) -> Path:
     """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
@@ -143,8 +143,9 @@ def unlearn(
     options (``--option key=value``; see ``r2f.methods.METHODS[name].defaults``). ``save_every=N`` writes a
     checkpoint every N steps to ``out/checkpoints`` and ``resume=True`` continues from the last one
     (bit-identical on CPU). ``allow_pickle`` / ``trust_remote_code`` let the model load from pickle weights / run
-    the code shipped in its directory. Returns ``out``, which holds the weights (safetensors), the tokenizer and
-    ``manifest.json``.
+    the code shipped in its directory. ``threads`` sets torch's intra-op threads (default: r2f.threads' policy,
+    from the model's size and the free cores; recorded in the manifest). Returns ``out``, which holds the weights
+    (safetensors), the tokenizer and ``manifest.json``.
     """
     # ---- validation: everything that can be wrong is reported before any work -------------------
     if out is None:
@@ -169,6 +170,7 @@ def unlearn(
         raise R2FInputError("must be an integer >= 1", source="--max-failures")
     if lr is not None and not (lr > 0 and lr == lr):
         raise R2FInputError("must be positive", source="--lr")
+    check_threads(threads)
     if method in ("r2f", "exact") and decoder is not None:
         options["decoder"] = str(decoder)
     meth = get_method(method, **options)  # unknown options -> R2FInputError
@@ -206,16 +208,20 @@ def unlearn(
     dist.barrier()  # every rank has validated before rank 0 may write anything
     from r2f.models.loading import model_policy
 
-    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):  # _run loads the model
+    # threads from the model's size and the free cores (r2f.threads): on a busy CPU, OpenMP threads waiting for a
+    # core slow a small model's run many times over
+    with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads), \
+            model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
         path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
-                    out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures)
+                    out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures,
+                    chosen.to_dict())
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
-@small_model_threads("model")  # one thread for small models, as eval does: many times faster on a busy CPU
 def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
-         seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3) -> Path:
+         seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3,
+         threads: dict | None = None) -> Path:
     from r2f import distributed as dist
 
     ckpt_root = out / CHECKPOINTS
@@ -283,6 +289,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                     "log": result.log,
                     "run_key": run_key,
                     "distributed": dist.describe(),  # how many processes ran (data-parallel)
+                    "threads": threads,  # torch intra-op threads and the rule that chose them (r2f.threads)
                 }
                 if ckpt_root.is_dir():
                     os.replace(ckpt_root, tmp / CHECKPOINTS)

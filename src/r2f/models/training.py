@@ -27,7 +27,7 @@ from r2f.models.cache import cache_dir, hash_config, hash_files
 from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
 from r2f.models.tokenizer import train_tokenizer
 from r2f.progress import progress, quiet_hf_progress
-from r2f.threads import threads_for, torch_threads
+from r2f.threads import model_threads_for
 
 TRAINING_VERSION = "1"
 TOKENIZER_VOCAB = 1024
@@ -97,7 +97,7 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     model.train()
     start, losses = time.perf_counter(), []
     bar = progress(batches, desc=f"train {size}/{split}")
-    with torch_threads(threads_for(model)):
+    with model_threads_for(model) as threads:
         for batch in bar:
             loss = token_mean_answer_nll(model, batch)
             loss.backward()
@@ -114,7 +114,7 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
                           "seed": seed, "cache_key": key, "data_dir": str(data_dir), "n_items": len(items),
                           "recipe": recipe_dict(size), "train_s": round(time.perf_counter() - start, 2),
                           "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "template": template.kind,
-                          "n_params": sum(p.numel() for p in model.parameters())}}
+                          "n_params": sum(p.numel() for p in model.parameters()), "threads": threads.to_dict()}}
     (target / "r2f_model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
