@@ -213,3 +213,68 @@ def test_cli_prints_the_summary_table(monkeypatch, tmp_path):
     result = json.loads((out / "bench.json").read_text())
     assert result["protocol"]["report_seeds"] == [4, 5, 6] and result["protocol"]["tune_seeds"] == [10]
     assert list(result["methods"]) == ["r2f", "npo"]
+
+
+# ----------------------------------------------------------------------------- the shipped choice
+def _script(*args):
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "bench_chosen.py"), *args],
+                          capture_output=True, text=True)
+
+
+def test_bench_runs_around_the_demo_options_not_a_previous_choice():
+    assert BenchConfig().demo_config(1).bench_chosen is False and bench.DemoConfig().bench_chosen is True
+
+
+def test_chosen_file_from_a_bench_json_round_trips_and_leaves_r2f_rows_out(monkeypatch, tmp_path):
+    _stub_pipeline(monkeypatch, tmp_path)
+    result = bench.run_bench(tmp_path / "b", BenchConfig(quick=True, methods=("r2f", "grad_ascent", "npo"), steps=3),
+                             log=lambda m: None)
+    assert result["protocol"]["world_facts_halves"] == {"retain_data": "world_facts_retain",
+                                                        "model_utility": "world_facts_eval"}
+    out = tmp_path / "chosen.json"
+    r = _script(str(tmp_path / "b" / "bench.json"), "--command", "r2f bench --quick", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert record["produced_by"]["command"] == "r2f bench --quick" and record["produced_by"]["target"] == "tiny"
+    assert record["produced_by"]["date"] == result["created"][:10]
+    assert set(record["baselines"]) == {"grad_ascent", "npo"}  # r2f's choice is not the demo's business
+    chosen = bench.load_chosen(out)
+    assert chosen.configs["grad_ascent"] == Config(lr_scale=0.5) and chosen.configs["npo"] == Config()
+    # on its target the choice becomes run_method overrides; elsewhere, for R2F rows and unlisted methods, none
+    assert bench.chosen_overrides("grad_ascent", "tiny", chosen) == {"lr": pytest.approx(5e-4)}
+    assert bench.chosen_overrides("grad_ascent", "small", chosen) == {}
+    assert bench.chosen_overrides("r2f", "tiny", chosen) == bench.chosen_overrides("simnpo", "tiny", chosen) == {}
+
+
+def test_shipped_chosen_file_names_its_source():
+    chosen = bench.load_chosen()
+    assert chosen.produced_by["command"].startswith("r2f bench") and chosen.produced_by["date"]
+    assert chosen.target == "small" and set(chosen.configs) <= set(bench.BASELINES)
+    assert not set(chosen.configs) & set(bench.R2F_ROWS)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda r: r.update(format=9), "'format'"),
+    (lambda r: r["produced_by"].pop("target"), "'produced_by.target'"),
+    (lambda r: r["baselines"].update(r2f={"lr_scale": 1.0, "options": {}}), "'baselines.r2f'"),
+    (lambda r: r["baselines"]["npo"].update(lr_scale=-1), "'baselines.npo.lr_scale'"),
+    (lambda r: r["baselines"]["npo"].update(options={"beta": "x"}), "'baselines.npo.options'"),
+])
+def test_bad_chosen_file_names_the_field(tmp_path, edit, field):
+    record = {"format": 1, "produced_by": {"target": "small"}, "baselines": {"npo": {"lr_scale": 1.0, "options": {}}}}
+    edit(record)
+    path = tmp_path / "chosen.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(R2FInputError) as err:
+        bench.load_chosen(path)
+    assert str(path) in str(err.value) and field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_chosen_script_refuses_a_file_that_is_not_a_bench_json(tmp_path):
+    bad = tmp_path / "bench.json"
+    bad.write_text(json.dumps({"protocol": {}}))
+    out = tmp_path / "chosen.json"
+    r = _script(str(bad), "--command", "x", "--out", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+    assert not out.exists()

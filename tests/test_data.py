@@ -104,6 +104,53 @@ def test_loader_reads_tofu_json_and_string_paraphrase(tmp_path):
     assert len(load_split(tmp_path, "forget10")) == 2
 
 
+# ----------------------------------------------------------------------------- world-facts halves
+def _kind(item: QAItem):
+    return (item.model_extra or {}).get("kind")
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_world_facts_halves_partition_the_file_and_cover_every_kind(tmp_path, seed):
+    from r2f.data.loader import load_split_positions
+
+    world = write_world(tmp_path / "w", WorldConfig(seed=seed))
+    facts = load_split(world, "world_facts")
+    pos_r, retain = load_split_positions(world, "world_facts_retain")
+    pos_e, evaluation = load_split_positions(world, "world_facts_eval")
+    assert not set(pos_r) & set(pos_e) and sorted(pos_r + pos_e) == list(range(len(facts)))
+    assert [facts[i] for i in pos_r] == retain and [facts[i] for i in pos_e] == evaluation
+    assert not {it.question for it in retain} & {it.question for it in evaluation}
+    kinds = {_kind(it) for it in facts}
+    assert len(kinds) >= 3 and {_kind(it) for it in retain} == {_kind(it) for it in evaluation} == kinds
+    for kind in kinds:  # alternating within a kind: the halves differ in size by at most one per kind
+        n_r, n_e = (sum(_kind(it) == kind for it in half) for half in (retain, evaluation))
+        assert n_e - n_r in (0, 1), kind
+    # deterministic: a second world of the same seed gives the same halves
+    again = write_world(tmp_path / "again", WorldConfig(seed=seed))
+    assert load_split(again, "world_facts_eval") == evaluation
+
+
+def test_halves_rule_on_files_without_kind_and_mixed_order(tmp_path):
+    """The rule reads the records only: TOFU's world_facts (no kind) alternate in file order; interleaved kinds
+    alternate within each kind; a kind with one record goes to the evaluation half."""
+    from r2f.data.loader import half_positions
+
+    plain = [QAItem(question=f"Q{i}?", answer="A.") for i in range(117)]  # TOFU's world_facts.json has 117
+    assert half_positions(plain, "eval") == list(range(0, 117, 2))
+    assert half_positions(plain, "retain") == list(range(1, 117, 2))
+    kinds = ["a", "b", "a", "a", "b", "c", "a"]
+    mixed = [QAItem(question=f"Q{i}?", answer="A.", kind=k) for i, k in enumerate(kinds)]
+    assert half_positions(mixed, "eval") == [0, 1, 3, 5]   # a: 0, 3; b: 1; c: 5
+    assert half_positions(mixed, "retain") == [2, 4, 6]    # a: 2, 6; b: 4
+    with pytest.raises(ValueError):
+        half_positions(mixed, "train")
+    (tmp_path / "world_facts.json").write_text(json.dumps([it.model_dump() for it in plain]))
+    assert len(load_split(tmp_path, "world_facts_eval")) == 59 and len(load_split(tmp_path, "world_facts_retain")) == 58
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(R2FInputError, match="expected world_facts.jsonl"):
+        load_split(tmp_path / "empty", "world_facts_eval")
+
+
 @pytest.mark.parametrize("content,where", [
     ('{"question": "Q?", "answer": "A."}\n{"question": "Q?", "answer": \n', ":2: malformed JSON"),
     ('{"question": "Q?", "answer": "A."}\n{"question": "Q?"}\n', ":2: field 'answer': missing"),

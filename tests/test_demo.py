@@ -1,8 +1,11 @@
-"""``r2f demo --quick``: the whole pipeline end to end (tiny target; models shared with the fixtures' cache)."""
+"""``r2f demo``: the quick pipeline end to end (tiny target; models shared with the fixtures' cache), its retain data
+and the configuration each row runs (no training)."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from r2f.demo import DEMO_METHODS, DemoConfig, console_table, run_demo
 
@@ -33,6 +36,9 @@ def test_quick_demo_end_to_end(tmp_path, tiny_models):
     assert html.count("data:image/png;base64,") >= 3
     assert (out / "report.md").is_file() and (out / "fidelity.json").is_file()
     assert console_table(report).row_count == len(DEMO_METHODS) + 2
+    # the report says which configuration the rows ran (tiny: no bench choice for that target)
+    assert on_disk["notes"] and "demo options" in on_disk["notes"][0]
+    assert on_disk["notes"][0] in (out / "report.md").read_text()
 
 
 def test_console_table_formats_each_column_one_way():
@@ -60,3 +66,93 @@ def test_console_table_formats_each_column_one_way():
         cells = [r[col] for r in rows if r[col] != "—"]
         shapes = {re.sub(r"[+-]?\d+", "9", c) for c in cells}
         assert len(shapes) == 1, (col, cells)
+
+
+# ----------------------------------------------------------------------------- retain data and bench choices
+def test_prepare_retain_file_holds_the_retain_half_of_the_world_facts_only(monkeypatch, tmp_path):
+    """prepare()'s retain file (every method's retain data, in the demo and in r2f bench): the retain split and the
+    world facts' retain half; no question that model utility scores (the evaluation half) and none to forget."""
+    import r2f.demo
+    import r2f.models.training
+    from r2f.data import load_items, load_split
+
+    # models and decoder are the cache's business; here only the files prepare() writes matter
+    monkeypatch.setattr(r2f.models.training, "train_model", lambda world, **kw: tmp_path / kw.get("split", "proxy"))
+    monkeypatch.setattr(r2f.demo, "_cached_decoder", lambda proxy, world, cfg, access: tmp_path / f"dec-{access}")
+    prep = r2f.demo.prepare(tmp_path / "out", DemoConfig(), lambda m: None, {})
+    held = {it.question for it in load_items(prep.retain_file)}
+    world = prep.world
+    assert {it.question for it in load_split(world, "world_facts_retain")} <= held
+    assert not held & {it.question for it in load_split(world, "world_facts_eval")}
+    assert not held & {it.question for it in load_split(world, "forget10")}
+    assert held == {it.question for it in load_split(world, "retain90") + load_split(world, "world_facts_retain")}
+    # the retain half's records are the world file's own lines, byte for byte
+    wf_lines = (world / "world_facts.jsonl").read_text(encoding="utf-8").splitlines()
+    assert set(prep.retain_file.read_text(encoding="utf-8").splitlines()) >= set(wf_lines[1::2])
+
+
+def _captured_options(monkeypatch, tmp_path, cfg: DemoConfig) -> dict[str, dict]:
+    """run_method's options per demo method, with r2f.methods.unlearn replaced by a recorder (no training)."""
+    import r2f.methods
+    from r2f.demo import Prepared, run_method
+
+    seen: dict[str, dict] = {}
+
+    def unlearn(model, forget, retain, *, method, out, steps, seed, overwrite, **options):
+        seen[out.name] = {"method": method, **options}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(r2f.methods, "unlearn", unlearn)
+    prep = Prepared(world=tmp_path, forget_file=tmp_path / "f", retain_file=tmp_path / "r", proxy=tmp_path / "p",
+                    full=tmp_path / "full", retain=tmp_path / "oracle", decoder=tmp_path / "dec",
+                    decoder_lora=tmp_path / "dec_lora")
+    for name in DEMO_METHODS:
+        run = run_method(prep, cfg, name, tmp_path / "runs" / name)
+        assert {"method": run["method"], **run["options"]} == seen[name]
+    return seen
+
+
+def test_demo_baselines_run_the_shipped_bench_choice(monkeypatch, tmp_path):
+    """On the bench's target every baseline with a bench entry runs its chosen lr_scale and options (read here
+    from the shipped file itself); the R2F rows and lora_npo (no entry) run their demo options."""
+    from importlib import resources
+
+    from r2f.demo import BASELINES, R2F_ROWS
+    from r2f.methods import METHODS
+
+    shipped = json.loads(resources.files("r2f").joinpath("bench_chosen.json").read_text(encoding="utf-8"))
+    target, chosen = shipped["produced_by"]["target"], shipped["baselines"]
+    assert any(c["lr_scale"] != 1.0 or c["options"] for c in chosen.values())  # a choice the test can see
+    seen = _captured_options(monkeypatch, tmp_path, DemoConfig(target=target))
+    for name in DEMO_METHODS:
+        method, demo_options = DEMO_METHODS[name]
+        got = {k: v for k, v in seen[name].items() if k not in ("method", "decoder", "views")}
+        if name in chosen:
+            want = dict(demo_options, **chosen[name]["options"])
+            if chosen[name]["lr_scale"] != 1.0:
+                want["lr"] = pytest.approx(chosen[name]["lr_scale"] * METHODS[method].default_lr)
+            assert got == want, name
+        else:  # R2F rows and baselines without a bench entry
+            assert name in R2F_ROWS or name == "lora_npo"
+            assert got == {k: v for k, v in demo_options.items() if k not in ("decoder", "views")}, name
+    assert seen["grad_ascent"]["lr"] == pytest.approx(5e-4) and seen["simnpo"]["lr"] == pytest.approx(2e-3)
+    assert set(chosen) <= set(BASELINES)
+    # the R2F rows get nothing from the bench, even though it preferred guard_budget=0.08 for r2f
+    assert all("guard_budget" not in seen[n] and "lr" not in seen[n] for n in R2F_ROWS)
+
+
+def test_demo_baselines_keep_demo_options_off_the_bench_target_or_when_turned_off(monkeypatch, tmp_path):
+    for cfg in (DemoConfig(bench_chosen=False), DemoConfig(quick=True)):  # off; the quick demo's target tiny
+        seen = _captured_options(monkeypatch, tmp_path / cfg.target / str(cfg.bench_chosen), cfg)
+        assert "lr" not in seen["grad_ascent"] and "lr" not in seen["simnpo"]
+
+
+def test_demo_report_says_which_configuration_each_row_ran():
+    from r2f.demo import bench_chosen_note
+
+    note = bench_chosen_note(DemoConfig())
+    assert "grad_ascent lr×0.5" in note and "simnpo lr×2" in note and "bench_chosen.json" in note
+    assert "lora_npo (no bench entry)" in note and "R2F rows (r2f, r2f_lora, r2f_sketch, r2f_exact)" in note
+    assert "demo options" in bench_chosen_note(DemoConfig(quick=True))

@@ -93,7 +93,10 @@ def test_evaluate_schema_and_ranges(setup):
     for key in ALL_KEYS:
         assert key in res and "agg_value" in res[key], key
     assert res["meta"]["template"] == "qa" and res["meta"]["forget_split"] == "forget10"
-    assert res["meta"]["sizes"] == {"forget": 6, "retain": 8, "holdout": 6, "world_facts": 5}
+    # world facts: the evaluation half (records 0, 2, 4 of the 5, which have no kind: one group)
+    assert res["meta"]["sizes"] == {"forget": 6, "retain": 8, "holdout": 6, "world_facts": 3}
+    assert set(res["wf_Q_A_Prob"]["value_by_index"]) == {"0", "2", "4"}
+    assert res["meta"]["splits"]["world_facts"] == res["meta"]["world_facts_half"]["split"] == "world_facts_eval"
     assert set(res["forget_Q_A_Prob"]["value_by_index"]) == {str(i) for i in range(6)}
     assert set(res["forget_Q_A_Prob"]["value_by_index"]["0"]) == {"prob", "avg_loss"}
     assert set(res["forget_Truth_Ratio"]["value_by_index"]["0"]) == {"score"}
@@ -111,6 +114,42 @@ def test_evaluate_schema_and_ranges(setup):
     tr = math.exp(-sum(pert) / len(pert)) / math.exp(-para)
     assert math.isclose(res["forget_Truth_Ratio"]["value_by_index"]["2"]["score"], tr, rel_tol=1e-9)
     json.dumps(res, allow_nan=False)  # strictly valid JSON
+
+
+WF_METRICS = ("wf_Q_A_Prob", "wf_Q_A_Prob_normalised", "wf_Truth_Ratio", "wf_Q_A_ROUGE", "model_utility")
+
+
+def test_wf_metrics_and_model_utility_read_only_the_eval_half(setup, tmp_path):
+    """Editing a world fact of the retain half (which retain data may hold) leaves every wf metric and model
+    utility as they were; editing one of the evaluation half moves them."""
+    import shutil
+
+    from r2f.data.loader import half_positions, load_split
+    from r2f.eval import evaluate
+
+    d, tok, m, _ = setup
+    eval_half = half_positions(load_split(d, "world_facts"), "eval")
+    retain_half = half_positions(load_split(d, "world_facts"), "retain")
+
+    def aggs(world) -> dict:
+        res = evaluate(m, world, tokenizer=tok, metrics=list(WF_METRICS), max_new_tokens=8)
+        assert set(res["wf_Q_A_Prob"]["value_by_index"]) == {str(i) for i in eval_half}
+        return {n: res[n]["agg_value"] for n in WF_METRICS}
+
+    def edited(pos: int):
+        world = tmp_path / f"edit{pos}"
+        shutil.copytree(d, world)
+        rows = [json.loads(line) for line in (world / "world_facts.jsonl").read_text().splitlines()]
+        rows[pos].update(question="Which animal is the largest of all?", answer="The blue whale is.",
+                         perturbed_answer=["The house cat is.", "The brown ant is."])
+        (world / "world_facts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return world
+
+    base = aggs(d)
+    assert aggs(edited(retain_half[0])) == base
+    moved = aggs(edited(eval_half[0]))
+    for name in ("wf_Q_A_Prob", "wf_Q_A_Prob_normalised", "wf_Truth_Ratio"):
+        assert moved[name] != pytest.approx(base[name], rel=1e-6), name
 
 
 def test_forget_quality_of_retain_against_itself_is_one(setup):

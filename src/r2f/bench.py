@@ -18,18 +18,23 @@ each method runs and is evaluated exactly as in the demo (:func:`r2f.demo.run_me
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import math
+import os
 import shutil
 import statistics
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from r2f.demo import DEMO_METHODS, TARGET_LR, DemoConfig, Prepared, prepare, run_method
+from r2f.data.loader import WORLD_FACTS_EVAL, WORLD_FACTS_RETAIN
+from r2f.demo import BASELINES, DEMO_METHODS, R2F_ROWS, TARGET_LR, DemoConfig, Prepared, prepare, run_method
 from r2f.errors import R2FInputError, R2FNumericalError
-from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
+from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.report.build import FQ_MIN, MU_RATIO
 
 # A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
@@ -73,8 +78,6 @@ class Config:
         return out
 
 
-_R2F_ROWS = tuple(n for n, (method, _) in DEMO_METHODS.items() if method in ("r2f", "exact"))
-_BASELINES = tuple(n for n in DEMO_METHODS if n not in _R2F_ROWS)
 # R2F sets its own step size by line search, so its grid varies what bounds that search (guard_budget, default
 # 0.12) and how many question views it averages (views, default 4); baselines' one knob is the learning rate.
 _R2F_GRID = (Config(), Config(options=(("guard_budget", 0.08),)), Config(options=(("guard_budget", 0.16),)),
@@ -82,11 +85,11 @@ _R2F_GRID = (Config(), Config(options=(("guard_budget", 0.08),)), Config(options
 _LR_GRID = tuple(Config(lr_scale=s) for s in (1.0, 0.5, 2.0, 4.0))
 #: method -> its configurations (defaults first). Every method has the same number: the same tuning budget.
 GRIDS: Mapping[str, tuple[Config, ...]] = MappingProxyType(
-    {n: _R2F_GRID if n in _R2F_ROWS else _LR_GRID for n in DEMO_METHODS})
+    {n: _R2F_GRID if n in R2F_ROWS else _LR_GRID for n in DEMO_METHODS})
 #: ``--quick``: two configurations per method, the defaults and one step towards utility (guard_budget 0.08, lr×0.5):
 #: the selection rule's constraint is utility, which the quick demo's defaults often miss on ``tiny``.
 QUICK_GRIDS: Mapping[str, tuple[Config, ...]] = MappingProxyType(
-    {n: (_R2F_GRID[0], _R2F_GRID[1]) if n in _R2F_ROWS else (_LR_GRID[0], _LR_GRID[1]) for n in DEMO_METHODS})
+    {n: (_R2F_GRID[0], _R2F_GRID[1]) if n in R2F_ROWS else (_LR_GRID[0], _LR_GRID[1]) for n in DEMO_METHODS})
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,10 @@ class BenchConfig:
         return QUICK_GRIDS if self.quick else GRIDS
 
     def demo_config(self, seed: int) -> DemoConfig:
-        """The demo's settings for one world: target, step budget, decoder budget, eval settings."""
-        return DemoConfig(quick=self.quick, seed=seed, steps=self.steps, methods=list(self.methods))
+        """The demo's settings for one world: target, step budget, decoder budget, eval settings. The grid is
+        around the demo's own options, not around a previous bench's choice (``bench_chosen`` off)."""
+        return DemoConfig(quick=self.quick, seed=seed, steps=self.steps, methods=list(self.methods),
+                          bench_chosen=False)
 
 
 def parse_seeds(text: str, flag: str) -> tuple[int, ...]:
@@ -313,10 +318,13 @@ def run_bench(out: str | Path, bench: BenchConfig | None = None, log: Callable[[
         }
     result = {
         "format": BENCH_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "protocol": {"target": cfg0.target, "forget": cfg0.forget, "steps": cfg0.steps, "quick": bench.quick,
                      "eval_retain_items": cfg0.eval_retain_items, "tune_seeds": list(bench.tune_seeds),
                      "report_seeds": list(bench.report_seeds), "methods": list(bench.methods),
                      "selection_rule": SELECTION_RULE,
+                     # what the runs' retain data held and model utility scored (r2f.data.loader.HALF_SPLITS)
+                     "world_facts_halves": {"retain_data": WORLD_FACTS_RETAIN, "model_utility": WORLD_FACTS_EVAL},
                      "pass": {"forget_quality_min": FQ_MIN, "mu_ratio_min": MU_RATIO}},
         "original": {"model_utility": {str(s): reported[s][0].original_utility for s in bench.report_seeds},
                      "tune_model_utility": {str(s): tuned[s][0].original_utility for s in bench.tune_seeds}},
@@ -387,3 +395,108 @@ def bench_markdown(result: dict) -> str:
                    f"MU ≥ {p['pass']['mu_ratio_min']:g}× on every seed", ""], tuning),
     ]) + "\n"
 
+
+
+# ----------------------------------------------------------------------------- the shipped choice (r2f demo)
+#: The baselines' configurations the last full bench chose, a data file of the package that ``r2f demo`` runs
+#: (:func:`chosen_overrides`); ``benchmarks/bench_chosen.py`` regenerates it from a bench.json.
+CHOSEN_FILE = "bench_chosen.json"
+CHOSEN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A validated bench_chosen.json: the target the bench chose on and each listed baseline's configuration."""
+
+    target: str
+    configs: Mapping[str, Config]
+    produced_by: Mapping[str, Any]
+    source: str
+
+
+def chosen_record(result: dict, *, command: str, bench_json: str, date: str | None = None,
+                  note: str | None = None) -> dict:
+    """The content of bench_chosen.json from a bench.json ``result``: which run produced it (``command``, the
+    ``bench_json`` path, ``date``: the run's ``created`` day unless given; its protocol; ``note``, e.g. how that
+    run differs from the current protocol) and every baseline's chosen configuration. The R2F rows are left out:
+    the demo runs the method's defaults, and a configuration the bench prefers becomes R2F's default rather than
+    a demo-only setting."""
+    try:
+        p = result["protocol"]
+        methods = result["methods"]
+        baselines = {name: {k: methods[name]["chosen"][k] for k in ("label", "lr_scale", "options", "why")}
+                     for name in methods if name in BASELINES}
+        produced_by = {"command": command, "bench_json": bench_json,
+                       "date": date or str(result.get("created", ""))[:10] or None,
+                       **{k: p[k] for k in ("target", "forget", "steps", "quick", "tune_seeds", "report_seeds",
+                                            "selection_rule")},
+                       # absent from runs before the world-facts halves: their retain data held every world fact
+                       "world_facts_halves": p.get("world_facts_halves"), **({"note": note} if note else {})}
+    except (KeyError, TypeError) as exc:  # not a bench.json: name what is missing
+        raise R2FInputError(f"not a bench.json (field {exc} missing or malformed)", source=bench_json) from None
+    unlisted = [n for n in BASELINES if n not in baselines]
+    record = {
+        "format": CHOSEN_FORMAT,
+        "produced_by": produced_by,
+        "scope": (f"r2f demo on target {produced_by['target']} runs every baseline listed under 'baselines' with its "
+                  f"chosen lr_scale (a factor on the demo's learning rate for that method) and options. The R2F "
+                  f"rows ({', '.join(R2F_ROWS)}) run the method's defaults. Demo baselines without a bench entry "
+                  f"({', '.join(unlisted) or 'none'}) keep their demo options, as does every baseline on other "
+                  f"targets."),
+        "baselines": baselines,
+    }
+    _parse_chosen(record, bench_json)  # the file must load back
+    return record
+
+
+def load_chosen(path: str | os.PathLike | None = None) -> Chosen:
+    """Read and validate bench_chosen.json (the package's own by default); bad content is R2FInputError."""
+    if path is None:
+        with resources.as_file(resources.files("r2f").joinpath(CHOSEN_FILE)) as shipped:
+            return load_chosen(shipped)
+    try:
+        record = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
+    return _parse_chosen(record, str(path))
+
+
+def _parse_chosen(record: Any, source: str) -> Chosen:
+    def bad(field: str, why: str) -> R2FInputError:
+        return R2FInputError(f"field '{field}': {why}", source=source)
+
+    if not isinstance(record, dict):
+        raise R2FInputError("expected a JSON object", source=source)
+    if record.get("format") != CHOSEN_FORMAT:
+        raise bad("format", f"expected {CHOSEN_FORMAT}, got {record.get('format')!r}")
+    produced_by = record.get("produced_by")
+    if not isinstance(produced_by, dict) or not isinstance(produced_by.get("target"), str):
+        raise bad("produced_by.target", "missing (the target the bench chose on)")
+    baselines = record.get("baselines")
+    if not isinstance(baselines, dict):
+        raise bad("baselines", "expected an object {method: configuration}")
+    configs = {}
+    for name, entry in baselines.items():
+        if name not in BASELINES:
+            raise bad(f"baselines.{name}", f"not a demo baseline (choose from {', '.join(BASELINES)})")
+        scale = entry.get("lr_scale") if isinstance(entry, dict) else None
+        if not _is_number(scale) or not (math.isfinite(scale) and scale > 0):
+            raise bad(f"baselines.{name}.lr_scale", "expected a positive number")
+        options = entry.get("options", {})
+        if not isinstance(options, dict) or not all(_is_number(v) for v in options.values()):
+            raise bad(f"baselines.{name}.options", "expected an object of numbers")
+        configs[name] = Config(lr_scale=float(scale), options=tuple(options.items()))
+    return Chosen(produced_by["target"], MappingProxyType(configs), MappingProxyType(produced_by), source)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def chosen_overrides(name: str, target: str, chosen: Chosen | None = None) -> dict:
+    """The ``run_method`` overrides of the shipped choice for demo method ``name`` on ``target``: empty for the
+    R2F rows, for a baseline without a bench entry and on a target the bench did not choose on."""
+    chosen = chosen or load_chosen()
+    if name in R2F_ROWS or target != chosen.target or name not in chosen.configs:
+        return {}
+    return chosen.configs[name].overrides(name, target)

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from r2f.data.loader import RETAIN_OF, SPLIT_FILES
-from r2f.data.world import WorldConfig, write_world
+from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
+from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.errors import R2FInputError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
@@ -35,6 +35,10 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
 }
+#: The R2F rows (they run the method's defaults) and the baselines (they run the configuration ``r2f bench``
+#: chose, shipped in ``r2f/bench_chosen.json``, where it has one: :func:`r2f.bench.chosen_overrides`).
+R2F_ROWS = tuple(n for n, (method, _) in DEMO_METHODS.items() if method in ("r2f", "exact"))
+BASELINES = tuple(n for n in DEMO_METHODS if n not in R2F_ROWS)
 #: Baseline learning rates per target (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained,
 #: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
 #: entry: its line search sets its own step size on every target.
@@ -59,6 +63,7 @@ class DemoConfig:
     steps: int | None = None       # unlearning step budget (same for every method)
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
+    bench_chosen: bool = True      # baselines run the shipped r2f bench choice (r2f bench itself turns it off)
 
     def __post_init__(self) -> None:
         if self.target not in ("small", "smollm2", "tiny"):
@@ -119,11 +124,7 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
     world = out / "world"
     with _stage(log, timings, "world"):
         write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
-    # Every method gets the same retain data: the retain split plus the general world facts (the utility
-    # sets), which is what a deployment has at hand when it must forget.
-    retain_file = out / "retain_set.jsonl"
-    write_text_atomic(retain_file, "".join(
-        (world / SPLIT_FILES[name]).read_text(encoding="utf-8") for name in (RETAIN_OF[cfg.forget], "world_facts")))
+    retain_file = write_retain_file(world, cfg.forget, out / "retain_set.jsonl")
 
     with _stage(log, timings, "models"):
         proxy = train_model(world, size="proxy", seed=cfg.seed)
@@ -136,6 +137,15 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
             DEMO_METHODS[m][1].get("decoder") == "@learned_lora" for m in cfg.methods) else None
     return Prepared(world=world, forget_file=world / SPLIT_FILES[cfg.forget], retain_file=retain_file,
                     proxy=proxy, full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora)
+
+
+def write_retain_file(world: Path, forget: str, out: Path) -> Path:
+    """The retain data every method gets: the retain split of ``forget`` plus the retain half of the world facts
+    (``world_facts_retain``), which is what a deployment has at hand when it must forget. The other half
+    (``world_facts_eval``) is what model utility scores, so no method is shown the facts it is measured on."""
+    facts = load_split(world, WORLD_FACTS_RETAIN)
+    return write_text_atomic(out, (world / SPLIT_FILES[RETAIN_OF[forget]]).read_text(encoding="utf-8")
+                             + jsonl_text([it.model_dump() for it in facts]))
 
 
 def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> Path:
@@ -159,8 +169,9 @@ def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> P
 
 
 def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides: dict | None = None) -> dict:
-    """Unlearn ``cfg.forget`` from ``prep.full`` with the demo method ``name`` into ``out``; ``overrides`` (e.g. a
-    bench configuration's ``lr`` or ``guard_budget``) replace the method's demo options.
+    """Unlearn ``cfg.forget`` from ``prep.full`` with the demo method ``name`` into ``out``. A baseline runs the
+    configuration ``r2f bench`` chose (``cfg.bench_chosen``, :func:`r2f.bench.chosen_overrides`); ``overrides``
+    (e.g. a bench grid entry's ``lr`` or ``guard_budget``) replace the resulting options.
 
     Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
     the options it ran with (``@learned`` resolved to the decoder file; ``views`` included for r2f and exact).
@@ -172,6 +183,10 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     options = {k: (str(learned[v]) if v in learned else v) for k, v in options.items()}
     if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
         options["lr"] = TARGET_LR[cfg.target][name]
+    if cfg.bench_chosen:
+        from r2f.bench import chosen_overrides
+
+        options.update(chosen_overrides(name, cfg.target))
     options.update(overrides or {})
     if method in ("r2f", "exact"):
         options.setdefault("views", cfg.views)
@@ -229,10 +244,36 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         report_runs = {name: {k: v for k, v in run.items() if k in ("eval", "manifest", "decoder_cos")}
                        for name, run in runs.items()}
         report_runs["r2f"]["fidelity"] = fidelity
-        report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})")
+        report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})",
+                              notes=[bench_chosen_note(cfg)])
     report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder)}
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def bench_chosen_note(cfg: DemoConfig) -> str:
+    """One sentence for the report: which configuration each row ran and where it came from."""
+    from r2f.bench import load_chosen
+
+    chosen = load_chosen()
+    listed = [n for n in cfg.methods if n in chosen.configs]
+    others = [n for n in cfg.methods if n in BASELINES and n not in listed]
+    r2f_rows = [n for n in cfg.methods if n in R2F_ROWS]
+    if not cfg.bench_chosen or cfg.target != chosen.target or not listed:
+        why = "the shipped bench choice is turned off" if not cfg.bench_chosen else \
+            f"r2f bench chose on target {chosen.target}, not {cfg.target}"
+        parts = [f"Every baseline runs its demo options ({why})"]
+    else:
+        parts = [f"Baselines run the configuration r2f bench chose ("
+                 + ", ".join(f"{n} {chosen.configs[n].label}" for n in listed)
+                 + f"; from {chosen.produced_by.get('command')}, {chosen.produced_by.get('date')}, shipped as "
+                 f"r2f/bench_chosen.json)"]
+        if others:
+            parts.append(f"{', '.join(others)} (no bench entry) "
+                         + ("keeps its" if len(others) == 1 else "keep their") + " demo options")
+    if r2f_rows:
+        parts.append(f"the R2F rows ({', '.join(r2f_rows)}) run the method's defaults")
+    return "; ".join(parts) + "."
 
 
 def console_table(report: dict) -> "rich.table.Table":  # noqa: F821

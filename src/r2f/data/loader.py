@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping, Sequence
 
 from pydantic import ValidationError
 
@@ -31,6 +33,20 @@ SPLIT_FILES: dict[str, str] = {
 
 #: The retain split that complements each forget split.
 RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+#: Logical splits that are one half of a file split's records and have no file of their own:
+#: name -> (file split, half). The world facts' retain half may go into retain (guard) data; the evaluation
+#: half is what the ``wf_*`` metrics and model utility score, so utility is never measured on data a method was
+#: shown while unlearning. Models still train on the whole file (general knowledge every model has).
+WORLD_FACTS_RETAIN, WORLD_FACTS_EVAL = "world_facts_retain", "world_facts_eval"
+HALF_SPLITS: Mapping[str, tuple[str, str]] = MappingProxyType({
+    WORLD_FACTS_RETAIN: ("world_facts", "retain"),
+    WORLD_FACTS_EVAL: ("world_facts", "eval"),
+})
+#: The rule of :func:`half_positions`, in words (eval.json and the docs state it).
+HALVES_RULE = ("records grouped by their 'kind' field (records without one form one group), in file order; "
+               "within each group the 1st, 3rd, 5th ... record is in the eval half, the 2nd, 4th ... in the "
+               "retain half")
 
 
 def _validate(record: object, where: str) -> QAItem:
@@ -115,18 +131,68 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else exc.__class__.__name__
 
 
+def half_positions(items: Sequence[QAItem], half: str) -> list[int]:
+    """Positions in ``items`` of the records in ``half`` (``"retain"`` or ``"eval"``), by :data:`HALVES_RULE`.
+
+    Alternating within each kind (rather than cutting the file in two) gives both halves every kind of fact
+    that has at least two records, in the file's own proportions; the eval half gets the odd one of a kind, so
+    evaluation covers every kind. The rule reads only the records, so it applies to any world-facts file
+    (TOFU's has no ``kind``: its records alternate in file order).
+    """
+    if half not in ("retain", "eval"):
+        raise ValueError(f"half must be 'retain' or 'eval', got {half!r}")
+    seen: dict[str, int] = {}
+    positions = []
+    for i, item in enumerate(items):
+        # kind is an extra field of any JSON type: its canonical JSON text is a hashable group key
+        key = json.dumps((item.model_extra or {}).get("kind"), sort_keys=True, default=str)
+        rank = seen.get(key, 0)
+        seen[key] = rank + 1
+        if (rank % 2 == 0) == (half == "eval"):
+            positions.append(i)
+    return positions
+
+
+def split_exists(data_dir: str | os.PathLike, split: str) -> bool:
+    """Whether the named split (a file split or a half of one) has its file in ``data_dir``."""
+    file_split = HALF_SPLITS[split][0] if split in HALF_SPLITS else split
+    return any(c.is_file() for c in _candidates(Path(data_dir), file_split))
+
+
+def _candidates(data_dir: Path, split: str) -> tuple[Path, Path]:
+    """The files a file split may live in: its JSONL name, then TOFU's ``.json`` of the same stem."""
+    name = SPLIT_FILES.get(split, f"{split}.jsonl")
+    return data_dir / name, data_dir / f"{Path(name).stem}.json"
+
+
+def load_split_positions(data_dir: str | os.PathLike, split: str) -> tuple[list[int], list[QAItem]]:
+    """:func:`load_split` with each record's position in its file (the index eval.json reports it under)."""
+    if split in HALF_SPLITS:
+        file_split, half = HALF_SPLITS[split]
+        items = _load_file_split(data_dir, file_split)
+        positions = half_positions(items, half)
+        return positions, [items[i] for i in positions]
+    items = _load_file_split(data_dir, split)
+    return list(range(len(items))), items
+
+
 def load_split(data_dir: str | os.PathLike, split: str) -> list[QAItem]:
     """Load a named split (``forget10``, ``retain90``, ``world_facts`` …) from a world/TOFU directory.
 
-    Also accepts TOFU's ``.json`` files and a ``split`` that is itself a file path.
+    Also accepts TOFU's ``.json`` files, a ``split`` that is itself a file path, and the halves of
+    :data:`HALF_SPLITS` (``world_facts_retain``, ``world_facts_eval``), read from their file split.
     """
+    return load_split_positions(data_dir, split)[1]
+
+
+def _load_file_split(data_dir: str | os.PathLike, split: str) -> list[QAItem]:
     data_dir = Path(data_dir)
     if Path(split).suffix in (".json", ".jsonl") and Path(split).is_file():
         return load_items(split)
     if not data_dir.is_dir():
         raise R2FInputError("data directory not found", source=str(data_dir))
-    name = SPLIT_FILES.get(split, f"{split}.jsonl")
-    for candidate in (data_dir / name, data_dir / f"{Path(name).stem}.json"):
+    candidates = _candidates(data_dir, split)
+    for candidate in candidates:
         if candidate.is_file():
             return load_items(candidate)
-    raise R2FInputError(f"split '{split}' not found (expected {name})", source=str(data_dir))
+    raise R2FInputError(f"split '{split}' not found (expected {candidates[0].name})", source=str(data_dir))

@@ -356,7 +356,8 @@ def _author_splits(per_author: list[list[dict]], cfg: WorldConfig) -> dict[str, 
     return splits
 
 
-def _jsonl(records: list[dict]) -> str:
+def jsonl_text(records: list[dict]) -> str:
+    """The world's JSONL form: one object per line, keys sorted, non-ASCII kept (its files' bytes depend on it)."""
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
 
 
@@ -369,11 +370,11 @@ def write_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), *, ove
     meta["documents"] = {"dir": DOCUMENTS_DIR, "sizes": {name: len(recs) for name, recs in documents.items()}}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for name, records in splits.items():
-            (tmp / f"{name}.jsonl").write_text(_jsonl(records), encoding="utf-8")
+            (tmp / f"{name}.jsonl").write_text(jsonl_text(records), encoding="utf-8")
         # a subdirectory: the QA splits, the tokenizer corpus and the models' cache keys stay as they were
         (tmp / DOCUMENTS_DIR).mkdir()
         for name, records in documents.items():
-            (tmp / DOCUMENTS_DIR / f"{name}.jsonl").write_text(_jsonl(records), encoding="utf-8")
+            (tmp / DOCUMENTS_DIR / f"{name}.jsonl").write_text(jsonl_text(records), encoding="utf-8")
         (tmp / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out)
 
@@ -389,4 +390,4 @@ def world_corpus(data_dir: str | os.PathLike) -> list[str]:
     return [t for t in texts if t]
 
 
-__all__ = ["WorldConfig", "generate_world", "generate_documents", "DOCUMENTS_DIR", "write_world", "world_corpus", "GENERATOR_VERSION", "write_text_atomic"]
+__all__ = ["WorldConfig", "generate_world", "generate_documents", "DOCUMENTS_DIR", "write_world", "jsonl_text", "world_corpus", "GENERATOR_VERSION", "write_text_atomic"]

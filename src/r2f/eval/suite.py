@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_split
+from r2f.data.loader import HALF_SPLITS, HALVES_RULE, RETAIN_OF, WORLD_FACTS_EVAL, load_split_positions, split_exists
 from r2f.data.schema import QAItem
 from r2f.data.templates import PromptTemplate, template_for
 from r2f.errors import R2FInputError
@@ -180,24 +180,21 @@ def _load_splits(data_dir, forget_split: str, retain_split: str | None, max_item
     retain_split = retain_split or RETAIN_OF.get(forget_split)
     if retain_split is None:
         raise R2FInputError(f"no retain split known for '{forget_split}'; pass --retain-split", source="--forget")
-    names = {"forget": forget_split, "retain": retain_split, "holdout": "holdout", "world_facts": "world_facts"}
+    # world facts: the evaluation half, never the half that retain data may hold (r2f.data.loader.HALF_SPLITS),
+    # so that utility is not measured on what an unlearning method was shown
+    names = {"forget": forget_split, "retain": retain_split, "holdout": "holdout", "world_facts": WORLD_FACTS_EVAL}
     splits, skipped = {}, {}
     for logical, name in names.items():
         optional = logical in ("holdout", "world_facts")
-        if optional and not _split_exists(data_dir, name):
+        if optional and not split_exists(data_dir, name):
             skipped[logical] = f"split '{name}' not found in {data_dir}"
             continue
-        items = load_split(data_dir, name)
+        # indices are positions in the split's file: a half's items keep the index they have in the whole file
+        positions, items = load_split_positions(data_dir, name)
         if max_items is not None:
-            items = items[:max_items]
-        splits[logical] = ([str(i) for i in range(len(items))], items)
+            positions, items = positions[:max_items], items[:max_items]
+        splits[logical] = ([str(i) for i in positions], items)
     return splits, {"names": names, "skipped": skipped}
-
-
-def _split_exists(data_dir, name: str) -> bool:
-    d = Path(data_dir)
-    fname = SPLIT_FILES.get(name, f"{name}.jsonl")
-    return (d / fname).is_file() or (d / f"{Path(fname).stem}.json").is_file()
 
 
 def _read_retain_log(retain_log, *, forget_split: str, n_forget: int, tok_sha: str) -> dict:
@@ -362,6 +359,8 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         "data_dir": str(data_dir),
         "forget_split": forget_split,
         "splits": split_info["names"],
+        "world_facts_half": {"split": WORLD_FACTS_EVAL, "of": HALF_SPLITS[WORLD_FACTS_EVAL][0], "rule": HALVES_RULE,
+                             "indices": splits["world_facts"][0] if "world_facts" in splits else []},
         "sizes": {s: len(v[1]) for s, v in splits.items()},
         "skipped_splits": split_info["skipped"],
         "skipped_metrics": skipped_metrics,

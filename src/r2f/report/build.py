@@ -9,7 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from r2f.errors import R2FInputError
 from r2f.io import read_text, write_bytes_atomic, write_json_atomic, write_text_atomic
@@ -265,7 +265,8 @@ dl.defs dt{font-weight:600} dl.defs dd{margin:0}
 
 
 # ----------------------------------------------------------------------------- the report
-def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: str = "r2f unlearning report") -> dict:
+def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: str = "r2f unlearning report",
+                 notes: Sequence[str] = ()) -> dict:
     """Write ``report.json``, ``report.md`` and a self-contained ``report.html`` (+ ``figures/*.png``) to ``out_dir``.
 
     ``runs``: ``{name: {"eval": eval.json dict (or a flat {metric: value} dict), "manifest": {"method",
@@ -274,6 +275,7 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
     Returns the report.json dict, whose ``methods`` table is ``{name: {forget_quality, model_utility,
     forget_Q_A_ROUGE, retain_Q_A_ROUGE, privleak, wall_s, peak_mem_mb, decoder_cos, steps_done, steps_budget,
     stop_reason, ...}}`` and whose ``headline`` is :func:`headline` of the runs with a manifest (unlearning runs).
+    ``notes``: sentences shown under the headline (the demo's says which configuration each row ran).
     """
     if not isinstance(runs, dict) or not runs:
         raise R2FInputError("no runs to report", source="runs")
@@ -312,6 +314,7 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
         "title": title,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "headline": headline(methods, unlearned),
+        "notes": list(notes),
         "methods": methods,
         "runs": {
             name: {
@@ -389,6 +392,7 @@ def _sections(report: dict) -> list[tuple[str, list[str], list[list[str]], str, 
 def _markdown(report: dict, figures: dict) -> str:
     lines = [f"# {report['title']}", "", f"_Generated {report['created']} by r2f._", "",
              f"**{report['headline']['text']}**", ""]
+    lines += [line for note in report.get("notes", []) for line in (note, "")]
     for title, header, rows, note, defs in _sections(report):
         lines += [f"## {title}", "", md_table(header, rows), "", note, ""]
         lines += [f"- **{term}**: {meaning}" for term, meaning in defs] + [""]
@@ -406,6 +410,7 @@ def _html(report: dict, figures: dict) -> str:
         f"<h1>{html.escape(report['title'])}</h1><p class='note'>Generated {html.escape(report['created'])} by r2f. "
         "Self-contained: every figure is embedded.</p>",
         f"<p class='headline'>{html.escape(report['headline']['text'])}</p>",
+        *(f"<p>{html.escape(note)}</p>" for note in report.get("notes", [])),
     ]
     for title, header, rows, note, defs in _sections(report):
         terms = "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in defs)
