@@ -113,6 +113,7 @@ def test_eval_two_processes_equals_one(world_dir, tiny_models, tmp_path):
                "--max-new-tokens", "8", "--threads", "1"])
     two = json.loads(out.read_text())
     assert two["meta"]["distributed"]["world_size"] == 2 and one["meta"]["distributed"] == {"world_size": 1}
+    assert two["meta"].pop("threads")["threads"] == 1  # recorded by r2f.evaluate (the command), not the suite
     for d in (one, two):
         d["meta"].pop("wall_s")
         d["meta"].pop("distributed")
