@@ -24,6 +24,11 @@ success, 2 on bad input (one line naming the file, field or line at fault) and 3
 `unlearn`, `train-decoder` and `eval` are also Python functions taking these options as keyword arguments
 ([Python API](api.md)).
 
+**Rows side by side.** `demo` and `bench` run their independent rows (a method's run and its evaluation; a bench
+trial) in worker processes, `--jobs N` at a time (default: the free cores divided by the threads each row uses,
+so two at a time for `small` on an idle 2-core machine and one for a large target; `R2F_JOBS` also sets it).
+Each row is seed-fixed, so the numbers do not depend on it; only the wall time does (`r2f.parallel`).
+
 **Threads.** Every command that runs a model (`train`, `train-decoder`, `fidelity`, `unlearn`, `eval`, `demo`,
 `bench`) picks torch's intra-op thread count for each stage (`r2f.threads.choose_threads`): `--threads N` when
 given; else `OMP_NUM_THREADS` when set; else 1 thread for a model under 50M parameters (its matrices gain nothing

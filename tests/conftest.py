@@ -8,6 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("R2F_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# demo and bench rows one at a time: tests replace stages with in-process stubs that worker processes would not
+# see (r2f.parallel has its own tests, tests/test_parallel.py)
+os.environ.setdefault("R2F_JOBS", "1")
 
 import pytest  # noqa: E402
 

@@ -33,6 +33,13 @@ def threads_option() -> Any:
     return typer.Option(None, "--threads", metavar="N", help=THREADS_HELP)
 
 
+def jobs_option() -> Any:
+    """``--jobs N`` of the commands that run many independent rows (demo, bench; r2f.parallel)."""
+    return typer.Option(None, "--jobs", metavar="N", help="Rows run side by side in worker processes (default: "
+                                                          "the free cores divided by the threads each row uses; "
+                                                          "R2F_JOBS also sets it). Numbers do not depend on it.")
+
+
 def _bare_flag(param: TyperOption | TyperArgument | None) -> TyperOption | TyperArgument | None:
     """Show a boolean flag bare in --help: typer's rich help prints its type, ``<bool>``, as if it took a value."""
     if getattr(param, "is_flag", False) and param.metavar is None:

@@ -18,6 +18,8 @@ from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.errors import R2FInputError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
+from r2f.parallel import run_jobs, worker_count
+from r2f.threads import current_request, requested_threads, thread_choice
 
 #: report name -> (engine method, its options). All run at the same step budget. The R2F rows run the
 #: method's own defaults (update rule, step size, stop rule); only the decoder differs between them.
@@ -64,6 +66,7 @@ class DemoConfig:
     eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
     bench_chosen: bool = True      # baselines run the shipped r2f bench choice (r2f bench itself turns it off)
+    jobs: int | None = None        # rows run side by side (None: the free cores / threads per row; r2f.parallel)
 
     def __post_init__(self) -> None:
         if self.target not in ("small", "smollm2", "tiny"):
@@ -71,6 +74,8 @@ class DemoConfig:
         unknown = [m for m in self.methods if m not in DEMO_METHODS]
         if unknown:
             raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
+        if self.jobs is not None and self.jobs < 1:
+            raise R2FInputError(f"must be at least 1, got {self.jobs}", source="--jobs")
         if self.quick and self.target == "small":
             self.target = "tiny"
         if self.steps is None:
@@ -220,25 +225,20 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
             write_json_atomic(out / "fidelity_lora.json", fid_lora)
             cos_of[str(prep.decoder_lora)] = fid_lora["learned"]["cos_mean"]
 
-    runs: dict[str, dict] = {}
-    with _stage(log, timings, "unlearn"):
-        for name in cfg.methods:
-            run = run_method(prep, cfg, name, out / "runs" / name)
-            runs[name] = {"manifest": run["manifest"], "dir": run["dir"]}
-            if run["method"] in ("r2f", "exact"):
-                dec = run["options"].get("decoder", "exact")
-                runs[name]["decoder_cos"] = 1.0 if dec == "exact" else \
-                    cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
-            log(f"  unlearned with {name}")
-
-    with _stage(log, timings, "evaluate"):
+    with _stage(log, timings, "unlearn+evaluate"):
         retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
-        runs = {"original": {"model_dir": prep.full}, "retrain": {"model_dir": prep.retain}, **runs}
-        runs["retrain"]["eval"] = evaluate(prep.retain, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
-        runs["original"]["eval"] = evaluate(prep.full, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
-        for name in cfg.methods:
-            runs[name]["eval"] = evaluate(runs[name]["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
-            write_json_atomic(Path(runs[name]["dir"]) / "eval.json", runs[name]["eval"])
+        rows = ["original", "retrain", *cfg.methods]
+        threads = current_request()
+        jobs = [(prep, cfg, name, out / "runs" / name, retain_eval, threads) for name in rows]
+        # small targets run on one thread each: the rows go side by side on the cores that are free
+        workers = worker_count(cfg.jobs, threads_per_job=threads or thread_choice(prep.full).threads, jobs=len(jobs))
+        results = run_jobs(demo_row, jobs, workers, on_done=lambda i, _: log(f"  {rows[i]} done"))
+    runs: dict[str, dict] = {}
+    for name, row in zip(rows, results):
+        runs[name] = row
+        if row.get("method") in ("r2f", "exact"):
+            dec = row["options"].get("decoder", "exact")
+            row["decoder_cos"] = 1.0 if dec == "exact" else cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
 
     with _stage(log, timings, "report"):
         report_runs = {name: {k: v for k, v in run.items() if k in ("eval", "manifest", "decoder_cos")}
@@ -246,9 +246,30 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         report_runs["r2f"]["fidelity"] = fidelity
         report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})",
                               notes=[bench_chosen_note(cfg)])
-    report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder)}
+    report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder), "workers": workers}
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict,
+             threads: int | None = None) -> dict:
+    """One row of the demo table: unlearn with demo method ``name`` into ``out`` and evaluate the result (for
+    ``original`` and ``retrain``: evaluate the target and the retain oracle). A module-level function so that
+    :func:`r2f.parallel.run_jobs` workers can run it; ``threads`` re-enters the caller's ``--threads``.
+
+    Returns ``{"eval", "manifest", "dir", "method", "options"}`` (models only: ``{"eval", "model_dir"}``).
+    """
+    from r2f.eval import evaluate
+
+    with requested_threads(threads):
+        if name in ("original", "retrain"):
+            model = prep.full if name == "original" else prep.retain
+            return {"model_dir": model,
+                    "eval": evaluate(model, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)}
+        run = run_method(prep, cfg, name, out)
+        ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    write_json_atomic(Path(run["dir"]) / "eval.json", ev)
+    return {**run, "eval": ev}
 
 
 def bench_chosen_note(cfg: DemoConfig) -> str:

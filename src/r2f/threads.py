@@ -169,6 +169,12 @@ def requested_threads(n: int | None) -> Iterator[None]:
         _REQUESTED.reset(token)
 
 
+def current_request() -> int | None:
+    """The thread count an enclosing :func:`requested_threads` asks for (None: the policy decides). Worker
+    processes do not inherit it: :mod:`r2f.parallel` jobs take it as an argument and re-enter the block."""
+    return _REQUESTED.get()
+
+
 def thread_choice(model: Any, requested: int | None = None) -> ThreadChoice:
     """:func:`choose_threads` for ``model`` (module, pair or directory) on this machine, now."""
     return choose_threads(model_params(model), requested=check_threads(requested) or _REQUESTED.get(),

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.cli import app, jobs_option, threads_option
 
 
 @app.command("bench")
@@ -26,6 +26,7 @@ def bench(
                                                               "(default the demo's: 30, 20 with --quick)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
     threads: Optional[int] = threads_option(),
+    jobs: Optional[int] = jobs_option(),
 ) -> None:
     """Tune every method on validation worlds with the same grid budget and one selection rule, then report the
     chosen configurations over the report worlds (docs/bench.md)."""
@@ -42,6 +43,7 @@ def bench(
         report_seeds=parse_seeds(report_seeds, "--report-seeds"),
         methods=tuple(m.strip() for m in (methods or ",".join(DEMO_METHODS)).split(",") if m.strip()),
         steps=steps,
+        jobs=jobs,
     )
     console = Console(width=max(130, Console().width))
     with requested_threads(threads):  # every stage of every trial uses N threads

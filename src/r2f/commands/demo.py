@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.cli import app, jobs_option, threads_option
 
 
 @app.command("demo")
@@ -20,6 +20,7 @@ def demo(
     steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
     threads: Optional[int] = threads_option(),
+    jobs: Optional[int] = jobs_option(),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     from rich.console import Console
@@ -28,7 +29,7 @@ def demo(
     from r2f.threads import requested_threads
 
     console = Console(width=max(110, Console().width))
-    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps)
+    cfg = DemoConfig(quick=quick, target=target, seed=seed, steps=steps, jobs=jobs)
     with requested_threads(threads):  # every stage (training, decoder, unlearning, evaluation) uses N threads
         report = run_demo(out, cfg, overwrite=overwrite, log=lambda m: console.print(m, highlight=False, markup=False))
     console.print(console_table(report))
