@@ -90,7 +90,7 @@ class R2F(UpdateMethod):
         "step_rule": "search",    # search (guarded line search, η adapts) | schedule (cosine decay from η)
         "guard_tol": 0.02,        # search: largest rise of the guard NLL (nats/token) one step may cause
         "guard_budget": 0.12,     # search: largest rise of the guard NLL over the whole run
-        "backtracks": 4,          # search: halvings of η tried before the run stops
+        "backtracks": 4,          # search: halvings of η tried before the run stops (as many doublings too)
         "guard_items": 32,        # guard items the line search scores (retain file, else self-answered)
         "step_norm": "global",    # module | global
         "precondition": "adam",   # adam (per-coordinate Adam moments of the guarded direction) | none
@@ -397,8 +397,10 @@ class R2F(UpdateMethod):
         """The largest η (from the last accepted η, doubled after a first-try success) whose step raises the
         forget NLL while the guard NLL rises by at most ``guard_tol`` this step and ``guard_budget`` in all.
 
+        A trial within the guard that leaves the forget NLL where it was is too short to show (a very confident
+        model at its first steps, whose forget NLL is ~0.002) and doubles η, never up to an η that broke the guard.
         Forward passes only: a trial costs two small forwards, against a probe backward over K views.
-        No acceptable η after ``backtracks`` halvings: the weights stay and the run stops.
+        No acceptable η after ``backtracks`` halvings (or doublings): the weights stay and the run stops.
         """
         was_training = model.training
         model.eval()
@@ -412,21 +414,33 @@ class R2F(UpdateMethod):
         eta = min(self.next_eta * ctx.engine.step_scale if self.next_eta is not None else ctx.lr, MAX_ETA)
         accepted, why, trials = False, "", 0
         f = g = float("nan")
-        for trials in range(1, int(self.backtracks) + 2):
+        too_big: float | None = None  # the smallest η seen to break the guard this step
+        halvings = 0
+        for trials in range(1, 2 * (int(self.backtracks) + 1) + 1):
             self._apply(params, directions, unit, eta, base=base)
             f, g = self._forget_batch_nll(model, forget), self._guard_nll(model)
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
-            elif f <= f0:
-                why = f"forget NLL did not rise ({f:.4f} <= {f0:.4f})"
             elif g - g0 > float(self.guard_tol):
                 why = f"guard NLL rose {g - g0:.4f} > guard_tol {float(self.guard_tol):g}"
             elif self.guard_start is not None and g - self.guard_start > float(self.guard_budget):
                 why = f"guard NLL rose {g - self.guard_start:.4f} in all > guard_budget {float(self.guard_budget):g}"
+            elif f <= f0:
+                # within the guard but the forget NLL did not move: the step is too short to show (a very
+                # confident model at the first steps), so try a longer one, short of any η that broke the guard
+                why = f"forget NLL did not rise ({f:.4f} <= {f0:.4f})"
+                longer = min(2 * eta, MAX_ETA)
+                if longer <= eta or (too_big is not None and longer >= too_big):
+                    break
+                eta = longer
+                continue
             else:
                 accepted = True
                 break
-            eta *= 0.5
+            too_big = eta if too_big is None else min(too_big, eta)
+            if halvings == int(self.backtracks):
+                break
+            eta, halvings = 0.5 * eta, halvings + 1
         model.train(was_training)
         if not accepted:
             self._apply(params, directions, unit, 0.0, base=base)
