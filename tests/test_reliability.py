@@ -794,18 +794,45 @@ def test_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "model").st_mode) == 0o777 & ~mask
 
 
-def test_a_saved_decoder_file_gets_the_permissions_of_a_plain_write(tmp_path):
-    """safetensors' save_file re-creates its file 0600: a decoder (and its sidecar) must still follow the umask."""
+@pytest.fixture(params=[0o027, 0o002], ids=["umask027", "umask002"])
+def umask(request):
+    """A umask set by the test (not the import-time one), restored afterwards."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_a_saved_decoder_gets_the_permissions_of_a_plain_write_under_the_umask(tmp_path, umask):
+    """safetensors' save_file re-creates its file 0600: a decoder and its sidecar must still follow the umask."""
+    import stat
+
+    from r2f.decoders.learned import CoefNet, LearnedDecoder
+
+    path = LearnedDecoder(CoefNet(), {"access": "batch"}).save(tmp_path / "dec.safetensors")
+    for f in (path, tmp_path / "dec.safetensors.json"):
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~umask, f
+
+
+def test_an_atomic_directory_of_safetensors_gets_the_permissions_of_a_plain_write(tmp_path, umask):
+    """Models and checkpoints are written through safetensors inside atomic_dir; none may stay 0600/0700."""
     import stat
 
     import torch
     from safetensors.torch import save_file
 
-    from r2f.io import FILE_MODE, atomic_file
+    from r2f.io import atomic_dir
 
-    with atomic_file(tmp_path / "dec.safetensors") as tmp:
-        save_file({"w": torch.zeros(2)}, str(tmp))
-    assert stat.S_IMODE(os.stat(tmp_path / "dec.safetensors").st_mode) == FILE_MODE
+    with atomic_dir(tmp_path / "model") as d:
+        save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
+        (d / "checkpoints" / "step-1").mkdir(parents=True)
+        save_file({"w": torch.zeros(2)}, str(d / "checkpoints" / "step-1" / "state.safetensors"))
+    out = tmp_path / "model"
+    for f in (out / "model.safetensors", out / "checkpoints" / "step-1" / "state.safetensors"):
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~umask, f
+    for d in (out, out / "checkpoints", out / "checkpoints" / "step-1"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o777 & ~umask, d
 
 
 def test_quiet_by_default_and_verbose_brings_the_noise_back(tmp_path, src, forget):
@@ -863,3 +890,17 @@ def test_progress_in_a_log_prints_a_few_lines_with_real_progress(capsys, monkeyp
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert lines[-1].startswith("scoring: 10/10 (100 %)") and 2 <= len(lines) <= 5
     assert "\r" not in "".join(lines)
+
+
+@pytest.mark.parametrize("pip_rc", [0, 1])
+def test_setup_fails_when_a_pip_install_fails(tmp_path, pip_rc):
+    """scripts/setup.sh must not hide a failing pip behind its output filter (and must pass when pip passes)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"  # stands in for the venv's python: `-m pip ...` exits pip_rc, the rest 0
+    fake.write_text(f'#!/bin/sh\nif [ "$1 $2" = "-m pip" ]; then echo "pip says no" >&2; exit {pip_rc}; fi\nexit 0\n')
+    fake.chmod(0o755)
+    setup = Path(__file__).resolve().parent.parent / "scripts" / "setup.sh"
+    run = subprocess.run(["bash", str(setup)], env={**os.environ, "R2F_VENV": str(venv)}, capture_output=True,
+                         text=True, timeout=60)
+    assert (run.returncode != 0) == bool(pip_rc), run.stderr

@@ -96,16 +96,43 @@ def clean_stale(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask now (read at every write, so a umask set after import, e.g. by a caller, is honoured).
+
+    Linux reports it in /proc/self/status; elsewhere it is read by setting and restoring it, which leaves a
+    moment in which another thread's new file would get mode 0666, so that path is the fallback only.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-#: Permissions of what r2f writes: those of a plain ``open``/``mkdir`` under the process umask. (``mkstemp`` and
-#: ``mkdtemp`` create 0600/0700 entries, which would leave models and reports unreadable to a shared group.)
-FILE_MODE = 0o666 & ~_umask()
-DIR_MODE = 0o777 & ~_umask()
+def file_mode() -> int:
+    """Mode of a file r2f writes: that of a plain ``open`` under the current umask. (``mkstemp`` creates 0600 and
+    safetensors' ``save_file`` re-creates its file 0600, which would leave models unreadable to a shared group.)"""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """Mode of a directory r2f creates: that of a plain ``mkdir`` under the current umask (``mkdtemp``: 0700)."""
+    return 0o777 & ~current_umask()
+
+
+def _plain_modes(root: Path) -> None:
+    """Give ``root`` and everything below it the modes a plain write would have (before it is renamed into place)."""
+    fmode, dmode = file_mode(), dir_mode()
+    os.chmod(root, dmode)
+    for base, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), dmode)
+        for f in files:
+            os.chmod(os.path.join(base, f), fmode)
 
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
@@ -113,7 +140,7 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     clean_stale(path)
     fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(name, FILE_MODE)
+    os.chmod(name, file_mode())
     return Path(name)
 
 
@@ -125,7 +152,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         # the writer may have re-created the file with its own mode (safetensors' save_file makes it 0600)
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -204,9 +231,10 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, DIR_MODE)
     try:
         yield tmp
+        # what the block wrote through safetensors (model.safetensors, checkpoints) is 0600, mkdtemp's dir 0700
+        _plain_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
