@@ -124,10 +124,27 @@ def test_sequence_nll_matches_answer_token_nll(tiny_setup):
     torch.testing.assert_close(token_mean_nll(s, n), out.loss, rtol=1e-5, atol=1e-6)  # HF's outputs.loss
 
 
-def test_method_registry_and_defaults():
-    from r2f.methods import METHODS, get_method
+def _concrete_methods(cls) -> set:
+    """Every subclass of ``cls`` (recursively) in the r2f package that names itself: a method the engine could run
+    (classes tests define for themselves, e.g. test_reliability's NaN methods, are not the package's)."""
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= ({sub} if sub.name and sub.__module__.startswith("r2f.") else set()) | _concrete_methods(sub)
+    return out
 
-    assert set(METHODS) == set(METHOD_NAMES := ("r2f", "grad_ascent", "grad_diff", "npo", "simnpo", "lora", "exact"))
+
+def test_method_registry_and_defaults():
+    """The registry holds every named method class under its own name (none forgotten, none mis-keyed), with
+    OpenUnlearning's defaults (values from its configs, not read back from our classes)."""
+    from r2f.methods import METHODS, get_method
+    from r2f.methods.engine import Method
+
+    assert {"r2f", "grad_ascent", "grad_diff", "npo", "simnpo", "lora", "exact"} <= set(METHODS)
+    assert {cls.name for cls in _concrete_methods(Method)} == set(METHODS)
+    for name, cls in METHODS.items():
+        assert cls.name == name
+        method = get_method(name)
+        assert type(method) is cls and method.options == {k: v for k, v in cls.defaults.items()}
     assert get_method("grad_diff").options["gamma"] == 1.0 and get_method("grad_diff").options["alpha"] == 1.0
     assert get_method("npo").options["beta"] == 0.1
     s = get_method("simnpo").options
@@ -137,7 +154,6 @@ def test_method_registry_and_defaults():
         get_method("grad_ascent", bogus=1)
     with pytest.raises(R2FInputError):
         get_method("nope")
-    assert METHOD_NAMES
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -179,10 +195,68 @@ def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_
     assert man["cost"]["wall_s"] > 0 and man["cost"]["peak_mem_mb"] > 0
     assert {"load", "setup", "unlearn", "finalize"} <= set(man["cost"]["stages"])
     assert not list(out.parent.glob(".out.*"))  # no temporary leftovers
-    # weights changed
+    # which weights changed: AdamW methods every parameter (weight decay moves even the embedding rows no batch
+    # uses), the LoRA rows exactly the adapted Linear layers (merged), R2F exactly its probed Linear layers
+    from r2f.gradients.probe import target_linears
+
     src = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
-    changed = [n for (n, p), (_, q) in zip(model.named_parameters(), src.named_parameters()) if not torch.equal(p, q)]
-    assert changed
+    params = dict(src.named_parameters())
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, params[n])}
+    linears = {f"{n}.weight" for n, _ in target_linears(src)}
+    expected = {"lora": linears, "r2f": linears, "exact": linears}.get(method, set(params))
+    assert changed == expected
+
+
+def _hand_nll(model, tok, path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per item: summed answer-token NLL and answer length, from the logits (independent of r2f's losses)."""
+    from r2f.data.templates import encode_qa, template_for
+
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    enc = encode_qa(tok, [r["question"] for r in recs], [r["answer"] for r in recs], template_for(tok), 512)
+    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+    labels = enc["labels"][:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return -(logp * mask).sum(1), mask.sum(1)
+
+
+@pytest.mark.parametrize("method", ["grad_ascent", "grad_diff", "npo", "simnpo"])
+def test_one_step_moves_every_weight_by_a_hand_computed_adamw_step(method, tiny_setup, tmp_path):
+    """One engine step equals the loss written out here, back-propagated, clipped at norm 1 and put through
+    AdamW's first step by hand: w ← w(1 − lr·wd) − lr·g/(|g| + ε), wd = 0.01 on matrices only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from r2f.methods import unlearn
+
+    lr = 1e-3
+    # a batch larger than either file: step 0 sees every forget and every retain item
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method=method,
+                  out=tmp_path / "o", steps=1, batch_size=16, lr=lr, seed=0)
+    got = dict(AutoModelForCausalLM.from_pretrained(out).named_parameters())
+    model = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
+    model.train()
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    s, n = _hand_nll(model, tok, tiny_setup["forget"])
+    rs, rn = _hand_nll(model, tok, tiny_setup["retain"])
+    logsig = torch.nn.functional.logsigmoid
+    forget_loss = {  # OpenUnlearning's forget losses; NPO's reference is the initial model, i.e. s itself now
+        "grad_ascent": lambda: -s.sum() / n.sum(),
+        "grad_diff": lambda: -s.sum() / n.sum(),
+        "npo": lambda: -(2 / 0.1) * logsig(0.1 * (s - s.detach())).mean(),
+        "simnpo": lambda: 0.125 * -(2 / 4.5) * logsig(4.5 * (s / n)).mean(),
+    }[method]()
+    loss = forget_loss + (0.0 if method == "grad_ascent" else rs.sum() / rn.sum())
+    names = [k for k, p in model.named_parameters()]
+    grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+    total = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    clip = min(1.0, 1.0 / (float(total) + 1e-6))
+    for name, p, g in zip(names, model.parameters(), grads):
+        g = g * clip
+        wd = 0.01 if p.ndim >= 2 else 0.0
+        want = p.detach() * (1 - lr * wd) - lr * g / (g.abs() + 1e-8)
+        # 1 % of lr: a coordinate whose gradient is near ε moves with the summation order (weight decay's own
+        # 1e-5 relative change is below it; test_every_method_runs_and_output_loads sees every weight move)
+        torch.testing.assert_close(got[name], want, rtol=0, atol=1e-5, msg=lambda m: f"{method}: {name}: {m}")
 
 
 def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
