@@ -13,7 +13,13 @@ import torch
 
 from r2f.errors import R2FInputError
 
-METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "lora", "r2f", "exact"]
+from r2f.methods import METHODS as _REGISTRY
+
+#: every registered method (a new method file is run end to end below without editing this file)
+METHODS = list(_REGISTRY)
+#: options the tiny random model needs: R2F's rules off (see below); RMU's layer 7 does not exist in 2 layers
+TINY_OPTIONS = {"r2f": {"stop": "none", "step_rule": "schedule"}, "exact": {"stop": "none", "step_rule": "schedule"},
+                "rmu": {"module_regex": r"model\.layers\.1"}}
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -152,8 +158,20 @@ def test_method_registry_and_defaults():
     assert get_method("grad_ascent").options["alpha"] == 0.0
     with pytest.raises(R2FInputError):
         get_method("grad_ascent", bogus=1)
-    with pytest.raises(R2FInputError):
+    with pytest.raises(R2FInputError) as exc:
         get_method("nope")
+    assert all(name in str(exc.value) for name in METHODS)  # the refusal lists the registry
+
+
+def test_docs_describe_every_registered_method():
+    """docs/methods.md has a section heading, a table row or a bold paragraph for every name the registry holds."""
+    import re
+
+    from r2f.methods import METHODS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
+    for name in METHODS:
+        assert re.search(rf"^(## `{name}`|\| `{name}` \||\*\*`{name}`\*\*)", doc, re.M), name
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -178,7 +196,7 @@ def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_
     before = dir_digest(tiny_setup["model"])
     # R2F's stop rules are off: this random model already scores its forget answers like wrong answers, and
     # its line search may find no step within the guard; the fixed schedule runs every step (machinery test).
-    extra = {"stop": "none", "step_rule": "schedule"} if method in ("r2f", "exact") else {}
+    extra = TINY_OPTIONS.get(method, {})
     out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method=method,
                   decoder="exact" if method == "r2f" else None, out=tmp_path / "out", steps=3, batch_size=3, seed=1,
                   **extra)
@@ -203,7 +221,9 @@ def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_
     params = dict(src.named_parameters())
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, params[n])}
     linears = {f"{n}.weight" for n, _ in target_linears(src)}
-    expected = {"lora": linears, "r2f": linears, "exact": linears}.get(method, set(params))
+    # RMU's loss is read at the last layer here: the final norm gets no gradient (and, 1-D, no weight decay)
+    expected = {"lora": linears, "r2f": linears, "exact": linears,
+                "rmu": set(params) - {"model.norm.weight"}}.get(method, set(params))
     assert changed == expected
 
 
@@ -268,7 +288,7 @@ def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
     assert s["forget_nll_end"] > s["forget_nll_start"] + 0.05
 
 
-@pytest.mark.parametrize("method", ["grad_diff", "npo", "lora", "r2f"])
+@pytest.mark.parametrize("method", ["grad_diff", "npo", "lora", "r2f", "rmu"])
 def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exact_decoders):
     from safetensors.torch import load_file
 
@@ -278,6 +298,8 @@ def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exac
     if method == "r2f":  # the default rule (line search, Adam moments) with a guard wide enough for every step
         # (on this random model retain and forget text are alike: no retain descent, or forgetting stalls)
         kw.update(decoder="exact", stop="none", guard_tol=10.0, guard_budget=10.0, retain_weight=0.0)
+    if method == "rmu":  # the frozen model and the control vector must come back the same on resume
+        kw.update(TINY_OPTIONS["rmu"])
     full = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "a", **kw)
 
     cls = METHODS[method]

@@ -36,6 +36,10 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "grad_diff": ("grad_diff", {}),
     "npo": ("npo", {}),
     "simnpo": ("simnpo", {}),
+    # OpenUnlearning's RMU steers layer 7 of 32; the ladder targets have 2 (tiny) to 4 (small) layers, and their
+    # layer 1 sits at about the same relative depth in small (every other option: OpenUnlearning's defaults)
+    "rmu": ("rmu", {"module_regex": r"model\.layers\.1"}),
+    "wga": ("wga", {}),
 }
 #: The R2F rows (they run the method's defaults) and the baselines (they run the configuration ``r2f bench``
 #: chose, shipped in ``r2f/bench_chosen.json``, where it has one: :func:`r2f.bench.chosen_overrides`).
@@ -46,7 +50,7 @@ BASELINES = tuple(n for n in DEMO_METHODS if n not in R2F_ROWS)
 #: entry: its line search sets its own step size on every target.
 TARGET_LR: dict[str, dict[str, float]] = {
     "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4,
-                "lora_npo": 5e-4},
+                "lora_npo": 5e-4, "rmu": 5e-5, "wga": 5e-5},
 }
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",

@@ -32,7 +32,8 @@ def unlearn_command(
     forget: Path = typer.Option(..., "--forget", help="Forget split (JSON/JSONL, TOFU-shaped)."),
     retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL). Optional for r2f: without it the guard uses the target's own answers to generic questions."),
     method: str = typer.Option("r2f", "--method",
-                               help="r2f | grad_ascent | grad_diff | npo | simnpo | lora | exact"),
+                               help="Method name (docs/methods.md). The names are those the method registry "
+                                    "holds (r2f.methods.METHODS); an unknown one is refused with the list."),
     decoder: Optional[str] = typer.Option(None, "--decoder",
                                           help="Decoder for --method r2f: a learned decoder file, 'learned' (default: "
                                                "the one r2f train-decoder wrote last) or a built-in name "

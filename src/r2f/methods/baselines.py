@@ -79,12 +79,17 @@ class ObjectiveMethod(LossMethod):
     def forget_name(self) -> str:
         return self.options.get("objective", self.objective)
 
+    def forget_loss(self, model, inputs: dict[str, torch.Tensor], ctx: StepContext, record: bool) -> torch.Tensor:
+        """The forget term on ``inputs`` (γ is applied by :meth:`loss`); a method of this family with another
+        forget loss (e.g. ``r2f.methods.wga``) overrides this alone and keeps the retain term and the views."""
+        return forget_objective(self.forget_name, model, inputs, ctx, beta=self.beta, delta=self.delta, ref=self.ref,
+                                record=record)
+
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         # The logged forget signal is view 0; with views > 1 the loss sees all views stacked and the
         # engine measures view 0 separately.
         inputs = stacked_inputs(forget, self.views)
-        loss = self.gamma * forget_objective(self.forget_name, model, inputs, ctx, beta=self.beta,
-                                             delta=self.delta, ref=self.ref, record=self.views <= 1)
+        loss = self.gamma * self.forget_loss(model, inputs, ctx, record=self.views <= 1)
         if self.alpha and retain is not None:
             rs, rn = sequence_nll(model, retain.inputs)
             ctx.record(retain_nll=(rs / rn.clamp_min(1)).detach())
