@@ -102,6 +102,93 @@ def test_unlearn_two_processes_equals_one(method, extra, world_dir, tiny_models,
     assert not (two / "checkpoints").exists()
 
 
+def _interrupted_run(stop_at: int, out: Path, model, forget, retain, **kw) -> None:
+    """A one-process run that crashes at step index ``stop_at`` (its checkpoints stay, as after a kill)."""
+    from r2f.methods import METHODS, unlearn
+
+    cls = METHODS[kw["method"]]
+    hook = "update" if hasattr(cls, "update") else "loss"
+    original = getattr(cls, hook)
+
+    def crash(self, model, forget, retain, ctx):
+        if ctx.step == stop_at:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, model, forget, retain, ctx)
+
+    setattr(cls, hook, crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            unlearn(model, forget, retain, out=out, **kw)
+    finally:
+        setattr(cls, hook, original)
+
+
+FSDP_CASES = [("r2f", {"decoder": "sigma", "views": 2}),  # sharded directions, guard, Adam moments, line search
+              ("npo", {})]  # FSDP's reduce-scattered gradients, AdamW on sharded parameters
+
+
+@pytest.mark.parametrize("method,extra", FSDP_CASES + [
+    pytest.param("exact", {"views": 2}, marks=pytest.mark.slow),  # exact gradients through FSDP's backward
+    pytest.param("lora", {}, marks=pytest.mark.slow),  # a PEFT adapter on the sharded target, merged at the end
+    pytest.param("grad_diff", {}, marks=pytest.mark.slow),
+    pytest.param("wga", {}, marks=pytest.mark.slow)])
+def test_unlearn_fsdp_resume_equals_one_process(method, extra, world_dir, tiny_models, tmp_path):
+    """``--fsdp --resume`` under torchrun continues a one-process run's checkpoint on the sharded target (model,
+    optimizer and method state split by rows), writes gathered checkpoints, and ends where one process ends."""
+    from safetensors.torch import load_file
+
+    from r2f.methods import unlearn
+    from r2f.threads import torch_threads
+
+    model, forget, retain = str(tiny_models["full"]), world_dir / "forget10.jsonl", world_dir / "retain90.jsonl"
+    common = dict(method=method, steps=3, batch_size=5, seed=0, save_every=1, **extra)
+    with torch_threads(1):
+        one = unlearn(model, forget, retain, out=tmp_path / "one", **common)
+        _interrupted_run(1, tmp_path / "two", model, forget, retain, **common)
+    assert (tmp_path / "two" / "checkpoints" / "step-00000001").is_dir()
+    flags = [x for k, v in extra.items() for x in ((f"--{k}", str(v)) if k in ("decoder", "views") else ("-o", f"{k}={v}"))]
+    _torchrun(["unlearn", "--model", model, "--forget", str(forget), "--retain", str(retain), "--method", method,
+               *flags, "--steps", "3", "--batch-size", "5", "--seed", "0", "--save-every", "1", "--fsdp", "--resume",
+               "--out", str(tmp_path / "two")])
+    two = tmp_path / "two"
+    w1, w2, src = _weights(one), _weights(two), _weights(tiny_models["full"])
+    assert set(w1) == set(w2)
+    for k in w1:
+        rel = float((w2[k].double() - w1[k].double()).norm() / w1[k].double().norm().clamp_min(1e-30))
+        assert rel <= WEIGHT_RTOL, f"{k}: relative difference {rel:.3g}"
+    assert any(not torch.equal(w1[k], src[k]) for k in w1)  # the run really changed weights
+    m1 = json.loads((one / "manifest.json").read_text())
+    m2 = json.loads((two / "manifest.json").read_text())
+    assert m2["distributed"] == {"world_size": 2, "backend": "gloo", "fsdp": True}
+    assert m2["resumed_from_step"] == 1 and m2["steps"]["done"] == 3
+    assert m1["changed_parameters"] == m2["changed_parameters"]
+    strip = lambda log: [{k: v for k, v in e.items() if k != "wall_s"} for e in log]
+    assert not _close(strip(m1["log"]), strip(m2["log"]), 1e-5)
+    # the last checkpoint was written under FSDP (gathered to rank 0): one-process format, the final weights
+    ckpt = load_file(str(two / "checkpoints" / "step-00000003" / "model.safetensors"))
+    for k, v in load_file(str(one / "checkpoints" / "step-00000003" / "model.safetensors")).items():
+        assert torch.allclose(ckpt[k], v, rtol=1e-4, atol=1e-6), k
+    state_one = load_file(str(one / "checkpoints" / "step-00000003" / "state.safetensors"))
+    state_two = load_file(str(two / "checkpoints" / "step-00000003" / "state.safetensors"))
+    assert set(state_one) == set(state_two)
+    for k, v in state_one.items():  # optimizer / Adam moments, gathered from the shards
+        if not k.startswith("rng."):
+            rel = float((state_two[k].double() - v.double()).norm() / v.double().norm().clamp_min(1e-30))
+            assert rel <= 1e-4, f"{k}: relative difference {rel:.3g}"
+
+
+def test_fsdp_refuses_a_method_that_copies_the_model(tmp_path):
+    """RMU deep-copies the target (its frozen model), which FSDP forbids: exit 2 naming --fsdp, before any work
+    (also in one process, so the command line fails the same way on a laptop as under torchrun)."""
+    from r2f.errors import R2FInputError
+    from r2f.methods import unlearn
+
+    with pytest.raises(R2FInputError, match="FSDP") as err:
+        unlearn(str(tmp_path / "no-model"), tmp_path / "f.jsonl", tmp_path / "r.jsonl", method="rmu", fsdp=True,
+                out=tmp_path / "out")
+    assert err.value.source == "--fsdp" and not (tmp_path / "out").exists()
+
+
 def test_eval_two_processes_equals_one(world_dir, tiny_models, tmp_path):
     from r2f.eval import evaluate
 

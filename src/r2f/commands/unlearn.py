@@ -60,6 +60,10 @@ def unlearn_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run Python code shipped inside a model directory (off by default)."),
     threads: Optional[int] = threads_option(),
+    fsdp: bool = typer.Option(False, "--fsdp",
+                              help="Under torchrun: shard the target's weights over the processes with FSDP2 "
+                                   "(each holds 1/N of every layer; same result as one process). One process: "
+                                   "no effect. See docs/distributed.md."),
 ) -> None:
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
     import r2f
@@ -67,7 +71,7 @@ def unlearn_command(
     path = r2f.unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
                        views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, threads=threads, **_parse_options(option))
+                       trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, **_parse_options(option))
     from r2f.distributed import is_main
 
     if not is_main():

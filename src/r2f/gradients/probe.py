@@ -521,15 +521,30 @@ def exact_gradients(
     saved = {id(p): p.requires_grad for p in model.parameters()}
     agg = _Aggregator(aggregate, len(view_batches), beta)
     out: dict[str, torch.Tensor] = {}
+    sharded = False
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         weights = [m.weight for _, m in targets]
         for w in weights:
             w.requires_grad_(True)
+        from r2f.fsdp import is_sharded
+
+        # FSDP: the forward uses unsharded copies of the weights, so autograd.grad w.r.t. the sharded parameters
+        # would find them unused; a backward pass lets FSDP reduce-scatter each gradient into its shard (summed
+        # over ranks: r2f.fsdp.shard_model), so the result is already the global batch's, one DTensor per weight
+        sharded = any(is_sharded(w) for w in weights)
         for v, batch in enumerate(view_batches):
             loss = loss_fn(model, batch)
-            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            if sharded:
+                for w in weights:
+                    w.grad = None
+                loss.backward()
+                grads = tuple(w.grad for w in weights)
+                for w in weights:
+                    w.grad = None
+            else:
+                grads = torch.autograd.grad(loss, weights, allow_unused=True)
             decay, wv = agg.weight(v)
             for (name, mod), g in zip(targets, grads):
                 g = torch.zeros_like(mod.weight) if g is None else g
@@ -539,7 +554,7 @@ def exact_gradients(
     finally:
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
-    if reduce:
+    if reduce and not sharded:
         from r2f.distributed import all_reduce_sum_
 
         all_reduce_sum_(list(out.values()))

@@ -58,9 +58,14 @@ def _state_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _tensor_digests(model: torch.nn.Module) -> dict[str, bytes]:
-    """A 16-byte digest of every parameter's bytes (which ones an unlearning run changed, without a weight copy)."""
-    return {n: hashlib.blake2b(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(),
+def _tensor_digests(model: torch.nn.Module, full: dict[str, torch.Tensor] | None = None) -> dict[str, bytes]:
+    """A 16-byte digest of every parameter's bytes (which ones an unlearning run changed, without a weight copy).
+
+    ``full``: the parameters' unsharded values (an FSDP model's gathered state dict) instead of the model's own."""
+    def value(n: str, p: torch.Tensor) -> torch.Tensor:
+        return full[n] if full is not None else p
+
+    return {n: hashlib.blake2b(value(n, p).detach().cpu().contiguous().view(torch.uint8).numpy().tobytes(),
                                digest_size=16).digest() for n, p in model.named_parameters()}
 
 
@@ -70,9 +75,11 @@ def _module_kind(param_name: str) -> str:
     return parts[-1] if parts else param_name
 
 
-def changed_parameters(before: dict[str, bytes], model: torch.nn.Module) -> dict:
-    """Which parameters the run changed: counts, and the module kinds changed and left as they were."""
-    after = _tensor_digests(model)
+def changed_parameters(before: dict[str, bytes], model: torch.nn.Module,
+                       full: dict[str, torch.Tensor] | None = None) -> dict:
+    """Which parameters the run changed: counts, and the module kinds changed and left as they were
+    (``full``: an FSDP model's gathered state dict)."""
+    after = _tensor_digests(model, full)
     sizes = {n: p.numel() for n, p in model.named_parameters()}
     changed = [n for n in after if before.get(n) != after[n]]
     kinds = {_module_kind(n) for n in after}
@@ -132,6 +139,7 @@ def unlearn(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     threads: int | None = None,
+    fsdp: bool = False,
     **options: Any,
 ) -> Path:
     """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
@@ -144,8 +152,9 @@ def unlearn(
     checkpoint every N steps to ``out/checkpoints`` and ``resume=True`` continues from the last one
     (bit-identical on CPU). ``allow_pickle`` / ``trust_remote_code`` let the model load from pickle weights / run
     the code shipped in its directory. ``threads`` sets torch's intra-op threads (default: r2f.threads' policy,
-    from the model's size and the free cores; recorded in the manifest). Returns ``out``, which holds the weights
-    (safetensors), the tokenizer and ``manifest.json``.
+    from the model's size and the free cores; recorded in the manifest). ``fsdp=True`` under torchrun shards the
+    target with FSDP2 over the processes (docs/distributed.md; one process: nothing to shard, a plain run). Returns
+    ``out``, which holds the weights (safetensors), the tokenizer and ``manifest.json``.
     """
     # ---- validation: everything that can be wrong is reported before any work -------------------
     if out is None:
@@ -174,6 +183,9 @@ def unlearn(
     if method in ("r2f", "exact") and decoder is not None:
         options["decoder"] = str(decoder)
     meth = get_method(method, **options)  # unknown options -> R2FInputError
+    if fsdp and not meth.supports_fsdp:  # refused in one process too: the same command line fails under torchrun
+        raise R2FInputError(f"method '{method}' does not run on an FSDP-sharded target; drop --fsdp (plain data "
+                            "parallelism still applies under torchrun)", source="--fsdp")
     src_dir = _model_dir(model)
     if src_dir is None and not isinstance(model, torch.nn.Module):
         raise R2FInputError(f"expected a model directory, 'smollm2' or a causal LM, got {type(model).__name__}",
@@ -214,15 +226,17 @@ def unlearn(
             model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
         path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
                     out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures,
-                    chosen.to_dict())
+                    chosen.to_dict(), fsdp=bool(fsdp))
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
 def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
          seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3,
-         threads: dict | None = None) -> Path:
+         threads: dict | None = None, fsdp: bool = False) -> Path:
     from r2f import distributed as dist
+
+    fsdp = fsdp and dist.is_distributed()  # one process: nothing to shard
 
     ckpt_root = out / CHECKPOINTS
     # ---- load ------------------------------------------------------------------------------------
@@ -237,13 +251,14 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
             else:
                 net, tok = copy.deepcopy(model), tokenizer
                 source = {"path": None, "fingerprint": _state_fingerprint(net)}
-            if device is not None:
+            if device is not None and not fsdp:  # FSDP moves only each rank's rows there (r2f.fsdp.shard_model)
                 net.to(device)
         _check_trainable(forget_items, forget_info, tok, meth, max_length)
         per_epoch = -(-len(forget_items) // min(batch_size, len(forget_items)))
         n_steps = steps if steps is not None else DEFAULT_EPOCHS * per_epoch
         cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
-                           seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures)
+                           seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures,
+                           fsdp=fsdp)
         config = {"method": method, "options": meth.options, "steps": n_steps, "lr": cfg.lr,
                   "batch_size": batch_size, "seed": seed, "max_length": max_length}
         if isinstance(meth, LossMethod):
@@ -266,11 +281,18 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
         engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
         result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
                             cost=meter, desc=progress_label(out, method))
+        # FSDP: the unsharded weights, gathered one tensor at a time to rank 0 (a collective: every rank takes part)
+        full = None
+        if fsdp:
+            from r2f.fsdp import full_state_dict
+
+            full = full_state_dict(result.model)
         if not dist.is_main():
             return out  # same weights as rank 0, which writes them
         with meter.stage("save"):
             with atomic_dir(out, overwrite=True) as tmp:
-                result.model.save_pretrained(tmp, safe_serialization=True)
+                result.model.save_pretrained(tmp, safe_serialization=True,
+                                             **({"state_dict": full} if full is not None else {}))
                 tok.save_pretrained(tmp)
                 manifest = {
                     "r2f_manifest": 1,
@@ -284,11 +306,12 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},
                     "resumed_from_step": result.resumed_from,
                     "numerics": result.numerics,
-                    "changed_parameters": changed_parameters(before, result.model),
+                    "changed_parameters": changed_parameters(before, result.model, full),
                     "summary": result.summary,
                     "log": result.log,
                     "run_key": run_key,
-                    "distributed": dist.describe(),  # how many processes ran (data-parallel)
+                    # how many processes ran (data-parallel), and whether the target was FSDP-sharded over them
+                    "distributed": {**dist.describe(), **({"fsdp": True} if fsdp else {})},
                     "threads": threads,  # torch intra-op threads and the rule that chose them (r2f.threads)
                 }
                 if ckpt_root.is_dir():

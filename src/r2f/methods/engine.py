@@ -127,6 +127,9 @@ class Method:
     default_lr: ClassVar[float] = 1e-4
     #: Whether the method needs retain data (an error is raised when it is missing).
     needs_retain: ClassVar[bool] = False
+    #: Whether the method runs on an FSDP-sharded target (``--fsdp``); False: refused with exit 2 (e.g. a method
+    #: that deep-copies the model, which FSDP forbids).
+    supports_fsdp: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.defaults))
@@ -213,6 +216,7 @@ class EngineConfig:
     keep_checkpoints: int = 1
     max_failures: int = 3         # numerically failed steps (NaN/Inf) after which the run stops (R2FNumericalError)
     summary_items: int = 64       # retain items in the start/end summary signals
+    fsdp: bool = False            # shard the target with FSDP2 (r2f.fsdp) when more than one process runs
 
 
 @dataclass
@@ -272,6 +276,7 @@ class Engine:
         self.failures: list[dict] = []     # one entry per failed step attempt
         self._retry = False
         self._ckpt_root: Path | None = None
+        self.sharded = False               # the model is FSDP-sharded (config.fsdp under a multi-process run)
 
     # -- data -------------------------------------------------------------------------------------
     def make_batch(self, items: Sequence[QAItem], indices: Sequence[int] | None = None) -> QABatch:
@@ -335,19 +340,35 @@ class Engine:
                     "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]},
             **state,
         }
+        # FSDP: every rank calls this (the gathers are collectives, in the same order everywhere); rank 0 alone
+        # keeps the full tensors and writes, so a checkpoint has the one-process format and resumes either way
+        from r2f.fsdp import full_state_dict, full_tensor
+
+        keep = dist.is_main()
         if self.optimizer is not None:
             sd = self.optimizer.state_dict()
             for pid, pstate in sd["state"].items():
                 for k, v in pstate.items():
                     if not torch.is_tensor(v):
                         raise TypeError(f"non-tensor optimizer state {k}")
-                    tensors[f"optim.{pid}.{k}"] = v.detach().contiguous().cpu()
+                    full = full_tensor(v, keep=keep)
+                    if full is not None:
+                        tensors[f"optim.{pid}.{k}"] = full.contiguous()
             meta["optimizer"] = {"param_groups": sd["param_groups"]}
         m_tensors, m_meta = self.method.state()
-        tensors.update({f"method.{k}": v.detach().contiguous().cpu() for k, v in m_tensors.items()})
+        for k, v in m_tensors.items():
+            full = full_tensor(v, keep=keep)
+            if full is not None:
+                tensors[f"method.{k}"] = full.contiguous()
         meta["method_state"] = m_meta
+        model_sd = full_state_dict(self.model) if self.sharded else None
+        if not keep:
+            return final
         with atomic_dir(final, overwrite=True) as tmp:
-            save_model(self.model, str(tmp / "model.safetensors"))
+            if model_sd is not None:
+                _save_state_dict(model_sd, tmp / "model.safetensors")
+            else:
+                save_model(self.model, str(tmp / "model.safetensors"))
             save_file(tensors, str(tmp / "state.safetensors"))
             write_json_atomic(tmp / "state.json", meta)
         old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and p != final)
@@ -365,21 +386,32 @@ class Engine:
             diff = _first_difference(meta.get("run_key") or {}, _jsonable(run_key))
             raise R2FInputError(f"--resume: the run in this directory used another configuration ({diff})",
                                 source=str(path.parent.parent))
-        missing, unexpected = load_model(self.model, str(path / "model.safetensors"), strict=False,
-                                         device=str(self.device))
+        if self.sharded:  # every rank reads the full checkpoint and keeps its rows
+            from r2f.fsdp import load_full_state_dict
+
+            weights = load_file(str(path / "model.safetensors"))
+            missing, unexpected = load_full_state_dict(self.model, weights), \
+                sorted(set(weights) - set(self.model.state_dict()))
+        else:
+            missing, unexpected = load_model(self.model, str(path / "model.safetensors"), strict=False,
+                                             device=str(self.device))
         if missing or unexpected:
             raise R2FInputError(f"checkpoint does not match the model (missing {list(missing)[:3]}, "
                                 f"unexpected {list(unexpected)[:3]})", source=str(path))
         tensors = load_file(str(path / "state.safetensors"))
         if self.optimizer is not None:
+            from r2f.fsdp import shard_state_tensor
+
+            # optimizer state ids number the parameters in group order; a sharded parameter's state is sharded too
+            flat = [p for g in self.optimizer.param_groups for p in g["params"]]
             state: dict[int, dict[str, torch.Tensor]] = {}
             for k, v in tensors.items():
                 if k.startswith("optim."):
                     _, pid, name = k.split(".", 2)
-                    state.setdefault(int(pid), {})[name] = v
+                    state.setdefault(int(pid), {})[name] = shard_state_tensor(v, flat[int(pid)]) \
+                        if int(pid) < len(flat) else v
             self.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
-        self.method.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")},
-                               meta.get("method_state", {}))
+        self.method.load_state(self._method_tensors(tensors), meta.get("method_state", {}))
         torch.set_rng_state(tensors["rng.torch"])
         if torch.cuda.is_available():
             cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
@@ -389,6 +421,21 @@ class Engine:
         name, pos, has_gauss, cached = meta["rng"]["numpy"]
         np.random.set_state((name, tensors["rng.numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
         return meta
+
+    def _method_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The method's checkpointed tensors; under FSDP, one named ``<prefix>.<parameter name>`` with that
+        parameter's shape (R2F's Adam moments ``m.…``/``v.…``) is laid out like the parameter (this rank's rows)."""
+        out = {k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")}
+        if not self.sharded:
+            return out
+        from r2f.fsdp import shard_state_tensor
+
+        params = dict(self.model.named_parameters())
+        for k, v in out.items():
+            p = params.get(k.split(".", 1)[1]) if "." in k else None
+            if p is not None:
+                out[k] = shard_state_tensor(v, p)
+        return out
 
     # -- the loop ---------------------------------------------------------------------------------
     def _build_optimizer(self) -> None:
@@ -418,6 +465,13 @@ class Engine:
         cfg = self.config
         seed_everything(cfg.seed)
         with meter.stage("setup"):
+            if cfg.fsdp and dist.is_distributed():
+                # before the method's setup, so that its forward passes (reference NLLs, Σ statistics) and a
+                # LoRA adapter see the sharded target; fully_shard moves each rank's rows to self.device
+                from r2f.fsdp import shard_model
+
+                self.model = shard_model(self.model, device=self.device)
+                self.sharded = True
             self.model = self.method.setup(self) or self.model
             if isinstance(self.method, LossMethod):
                 self._build_optimizer()
@@ -466,8 +520,11 @@ class Engine:
                         loss = self.method.loss(self.model, forget, retain, ctx)
                         self._fill_signals(ctx, forget, retain)
                     loss.backward()
-                    if dist.is_distributed():
-                        dist.all_reduce_sum_([p.grad for p in self.params if p.grad is not None])
+                    if dist.is_distributed():  # FSDP's backward already summed its sharded gradients (r2f.fsdp)
+                        from r2f.fsdp import is_sharded
+
+                        dist.all_reduce_sum_([p.grad for p in self.params if p.grad is not None
+                                              and not is_sharded(p.grad)])
                         loss = dist.global_sum(loss.detach())
                     gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm) \
                         if cfg.max_grad_norm else None
@@ -501,13 +558,17 @@ class Engine:
                 if ckpt_root is not None and cfg.save_every > 0 and (
                         done % cfg.save_every == 0 or done == cfg.steps or stop_reason is not None):
                     with meter.stage("checkpoint"):
-                        if dist.is_main():  # every rank holds the same weights and state
-                            self._save_checkpoint(ckpt_root, done, state())
+                        if dist.is_main() or self.sharded:  # every rank holds the same weights and state
+                            self._save_checkpoint(ckpt_root, done, state())  # (FSDP: gathered to rank 0)
                         dist.barrier()
         bar.close()
         steps_done = len(log)
         with meter.stage("finalize"):
             self.model.eval()
+            if self.sharded:  # a LoRA adapter merges into each rank's rows (PEFT's merge needs whole weights)
+                from r2f.fsdp import merge_lora_shards
+
+                merge_lora_shards(self.model)
             model = self.method.finalize(self.model)
             summary["forget_nll_end"] = self.mean_nll(model, self.forget)
             if self.retain:
@@ -594,6 +655,20 @@ class Engine:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def _save_state_dict(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """A gathered state dict written as ``save_model`` writes the model (a tied weight once, under the name
+    ``save_model`` keeps, with the same metadata), so one-process and FSDP checkpoints resume each other."""
+    from safetensors.torch import _remove_duplicate_names
+
+    metadata: dict[str, str] = {}
+    sd = dict(sd)
+    for kept, removed in _remove_duplicate_names(sd).items():
+        for name in removed:
+            metadata[name] = kept
+            del sd[name]
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata=metadata or None)
 
 
 def _order(entry: dict) -> dict:

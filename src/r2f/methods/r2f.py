@@ -31,6 +31,7 @@ import torch
 
 from r2f import distributed as dist
 from r2f.errors import R2FInputError
+from r2f.fsdp import all_finite, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
 from r2f.methods.losses import npo_loss, sequence_nll, token_mean_nll
@@ -293,8 +294,11 @@ class R2F(UpdateMethod):
 
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
         extra = {"reduce": True} if in_data_parallel() else {}
-        return decoders.decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn,
+        dirs = decoders.decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn,
                                           aggregate=self.aggregate, stats=self.stats, **extra)
+        # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
+        # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
+        return shard_like(model, dirs)
 
     # -- the hook ---------------------------------------------------------------------------------
     def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
@@ -304,7 +308,7 @@ class R2F(UpdateMethod):
         params = dict(model.named_parameters())
         directions, out = self._guarded_directions(g_f, g_r, params)
         for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
-            if not bool(torch.isfinite(d).all()):
+            if not all_finite(d):
                 return {"step_size": ctx.lr, "numerical_fault": f"decoded gradient of {name} is not finite"}
         if self.precondition == "adam":
             directions = self._adam(directions)
@@ -325,15 +329,15 @@ class R2F(UpdateMethod):
             d = d.detach().float()
             if g_r is not None and name in g_r:
                 r = g_r[name].detach().float()
-                rr = float((r * r).sum())
-                dot = float((d * r).sum())
+                rr = scalar((r * r).sum())
+                dot = scalar((d * r).sum())
                 if rr > 0:
-                    cos_sum += dot / math.sqrt(rr * max(float((d * d).sum()), 1e-30))
+                    cos_sum += dot / math.sqrt(rr * max(scalar((d * d).sum()), 1e-30))
                     if self.guard == "project" and dot < 0:
                         d = d - (dot / rr) * r
                         n_conflict += 1
                     if self.retain_weight:
-                        d = d + float(self.retain_weight) * (float(d.norm()) / math.sqrt(rr)) * r
+                        d = d + float(self.retain_weight) * (scalar(d.norm()) / math.sqrt(rr)) * r
             directions[name] = d
         out = {}
         if g_r is not None and directions:
@@ -358,19 +362,19 @@ class R2F(UpdateMethod):
             m.mul_(0.9).add_(d, alpha=0.1)
             v.mul_(0.999).addcmul_(d, d, value=0.001)
             vhat = (v / (1 - 0.999 ** t)).sqrt_()
-            out[n] = (m / (1 - 0.9 ** t)).div_(vhat.add_(1e-8 * float(vhat.max().clamp_min(1e-30))))
+            out[n] = (m / (1 - 0.9 ** t)).div_(vhat.add_(1e-8 * scalar(vhat.max().clamp_min(1e-30))))
         return out
 
     def _unit_steps(self, directions, params) -> dict[str, float]:
         """Per module, the multiplier of D that changes the weights by a relative η = 1 (global or per module)."""
         if self.step_norm == "global":
-            w_norm = math.sqrt(sum(float(params[n].detach().float().pow(2).sum()) for n in directions))
-            d_norm = math.sqrt(sum(float(d.pow(2).sum()) for d in directions.values()))
+            w_norm = math.sqrt(sum(scalar(params[n].detach().float().pow(2).sum()) for n in directions))
+            d_norm = math.sqrt(sum(scalar(d.pow(2).sum()) for d in directions.values()))
             return {n: (w_norm / d_norm if d_norm > 0 else 0.0) for n in directions}
         unit = {}
         for n, d in directions.items():
-            dn = float(d.norm())
-            unit[n] = float(params[n].detach().float().norm()) / dn if dn > 0 else 0.0
+            dn = scalar(d.norm())
+            unit[n] = scalar(params[n].detach().float().norm()) / dn if dn > 0 else 0.0
         return unit
 
     @staticmethod

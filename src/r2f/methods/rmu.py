@@ -76,6 +76,7 @@ class RMU(LossMethod):
                 "trainable_params_regex": ".*"}
     default_lr = 1e-3
     needs_retain = True
+    supports_fsdp = False  # setup deep-copies the target (the frozen model), which FSDP forbids
 
     def setup(self, engine: Engine) -> torch.nn.Module:
         model = engine.model

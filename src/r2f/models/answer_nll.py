@@ -24,7 +24,8 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 
 def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(transformer body, output head) when logits = head(body(...).last_hidden_state), else None."""
-    if type(model).__name__.startswith("FSDP") or not hasattr(model, "get_decoder"):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT adapter's target
+    if any(type(m).__name__.startswith("FSDP") for m in (model, base)) or not hasattr(model, "get_decoder"):
         return None  # FSDP2 unshards through the root's forward hooks: never bypass them
     cfg = getattr(model, "config", None)
     if cfg is None or any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
