@@ -183,3 +183,48 @@ def test_activation_backward_floor_touches_no_weight():
     assert len(seen) == 2 and all(g is not None and float(g.abs().sum()) > 0 for g in seen)  # reached layer 0
     assert all(p.grad is None for p in model.parameters())
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
+
+
+def test_projections_reading_one_input_share_one_group_and_unused_outputs_give_zero_sketches():
+    """q/k/v (one normed input) and gate/up (another) each form one input group, whose backward shares the
+    products with the input; a probed module whose output never reaches the loss gets zero sketches."""
+    model = tiny_llama()
+    batch = random_batch()
+    with attach_probe(model, ProbeConfig(rank=4)) as pr:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        sizes = sorted(len(g.members) for g in pr.groups.values())
+        names = sorted(sorted(pm.name.rsplit(".", 1)[1] for pm in g.members) for g in pr.groups.values())
+    assert sizes == [1, 1, 1, 1, 2, 2, 3, 3]  # per layer: q|k|v, gate|up, o, down
+    assert ["k_proj", "q_proj", "v_proj"] in names and ["gate_proj", "up_proj"] in names
+
+    # the loss ignores layer 1's k_proj output (a hook puts a constant in its place): its sketches are exactly
+    # zero, and the other members of its group still get exact sketches of their gradients (v: nonzero)
+    k1 = model.model.layers[1].self_attn.k_proj
+    handle = k1.register_forward_hook(lambda m, i, out: torch.zeros_like(out))
+    try:
+        sks = {s.name: s for s in probe_gradients(model, [batch], ProbeConfig(rank=4), with_exact=True)}
+    finally:
+        handle.remove()
+    sk_k = sks["model.layers.1.self_attn.k_proj"]
+    assert float(sk_k.grad_a.abs().sum()) == 0 and float(sk_k.grad_b.abs().sum()) == 0
+    assert float(sks["model.layers.1.self_attn.v_proj"].exact.abs().sum()) > 0
+    for name in ("model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"):
+        sk = sks[name]
+        g = sk.exact.double()
+        torch.testing.assert_close(sk.grad_a.double(), sk.scale * sk.b.double().t() @ g, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(sk.grad_b.double(), sk.scale * g @ sk.a.double().t(), rtol=1e-5, atol=1e-9)
+
+
+def test_measure_cost_reports_the_floor_next_to_probe_and_exact():
+    """``r2f fidelity``'s cost block: probe_s, exact_s, floor_s (forward + activation backward) and the probe's
+    work above the floor in units of exact gradients, (probe_s - floor_s) / exact_s."""
+    from r2f.decoders.fidelity import measure_cost
+
+    model = tiny_llama(dtype=torch.float32)
+    cost = measure_cost(model, [random_batch(0), random_batch(1)], ProbeConfig(rank=4), None, repeats=1)
+    assert all(cost[k] > 0 for k in ("probe_s", "exact_s", "floor_s", "forward_s"))
+    # (the times are rounded to 10 µs, a visible fraction of this tiny model's milliseconds)
+    tol = 3e-5 / cost["exact_s"] + 1e-4
+    assert cost["probe_extra_over_exact"] == pytest.approx((cost["probe_s"] - cost["floor_s"]) / cost["exact_s"],
+                                                           abs=tol)
+    assert cost["floor_over_exact"] == pytest.approx(cost["floor_s"] / cost["exact_s"], abs=tol)

@@ -106,7 +106,9 @@ def _sync(dev):
 def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | None, stats=None, loss_fn: LossFn | None = None, repeats: int = 3) -> dict:
     """probe_s / exact_s / forward_s / decode_s (medians, interleaved) and peak memory for one batch."""
     dev = next(model.parameters()).device
-    use_stats = decoder is not None and decoder.uses_stats
+    # the per-batch statistic A·Σ_x only where a decoder reads it (access mode "batch"), as decoded_gradients does:
+    # a "stats" decoder reads Σ collected once, so the statistic would be probe work no run pays for
+    use_stats = decoder is not None and getattr(decoder, "access", "lora") == "batch"
     t_probe, t_exact, t_fwd, t_dec, t_floor = [], [], [], [], []
     lf = loss_fn or default_loss
     # warm-up
@@ -158,6 +160,8 @@ def measure_cost(model, view_batches, probe: ProbeConfig, decoder: Decoder | Non
         # forward + activation backward, no weight gradient: no per-layer gradient method can cost less
         "floor_s": round(floor_s, 5),
         "floor_over_exact": round(floor_s / exact_s, 4) if exact_s > 0 else None,
+        # the probe's own work above that floor, in units of exact gradients (issue 17's target: <= 0.06)
+        "probe_extra_over_exact": round((probe_s - floor_s) / exact_s, 4) if exact_s > 0 else None,
         "probe_backward_s": round(max(probe_s - fwd_s, 1e-9), 5),
         "probe_peak_mb": round(pm_p.peak_mb, 2),
         "exact_peak_mb": round(pm_e.peak_mb, 2),

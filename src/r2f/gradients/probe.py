@@ -21,6 +21,10 @@ Design decisions (ours, not the paper's):
 * Factors are Gaussian, ``A ~ N(0, 1/n)``, ``B ~ N(0, 1/m)``, drawn on CPU in float32 from a generator
   seeded by ``sha256(f"{seed}:{module_name}")`` (seed rule ``"sha256-name-gaussian-v1"``): reproducible
   across devices and processes, independent between modules.
+* Cost (issue 17): the probed modules that read one input tensor in a forward (q/k/v, gate/up) share their
+  backward's two products with that input (:class:`_InputGroup`); the factors differ per module, so the
+  multiply-adds are those of separate modules, but the activations are read once per product and group, in
+  wider matrix products. The batch statistic is computed only when asked (``batch_stats``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import contextlib
 import hashlib
 import re
 import types
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -196,60 +201,101 @@ def probe_factors(name: str, m: int, n: int, cfg: ProbeConfig) -> tuple[torch.Te
 
 
 class _ProbeLinear(torch.autograd.Function):
-    """y = x Wᵀ + b; backward returns δW for x, and the two sketches as the grads of two dummy leaves.
+    """y = x Wᵀ + b; the backward returns δW for x and leaves this module's two sketches in its :class:`ProbedModule`.
 
-    With a statistics box, the backward also records the forward statistic A·Σ_x of this call's inputs; it shares
-    one product with the left sketch, [Bᵀδ | (A x)]ᵀ x, so the activations are read once for both.
+    The sketches do not travel as autograd gradients: the modules that read one input tensor in a forward (q, k
+    and v read one normed hidden state; gate and up another) form an :class:`_InputGroup`, and their backward
+    passes share the two products with that input — ``x Aᵀ`` for every member's right factor at once, and one
+    ``[Bᵀδ_1 | … | Bᵀδ_k (| A x)]ᵀ x`` for every member's left sketch (and the batch statistic A·Σ_x when asked) —
+    so the activations are read twice per group instead of twice per module, in wider products. The anchor is a
+    scalar leaf that every probed call takes as input, so that ``autograd.grad(loss, anchor)`` runs the backward.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scale, sink_a, sink_b, stats_box):
-        ctx.save_for_backward(x, weight, a, b)
-        ctx.scale, ctx.stats_box = scale, stats_box
-        ctx.mask = stats_box.mask if stats_box is not None else None
+    def forward(ctx, x, weight, bias, anchor, pm, group, slot):
+        ctx.save_for_backward(x, weight)  # through autograd's saved tensors: activation checkpointing still applies
+        ctx.pm, ctx.group, ctx.slot = pm, group, slot
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, a, b = ctx.saved_tensors
-        s, box = ctx.scale, ctx.stats_box
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ weight
+        x, weight = ctx.saved_tensors
+        pm, group = ctx.pm, ctx.group
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
         d2 = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
-        if ctx.needs_input_grad[1]:  # exact weight gradient also wanted (fidelity / training pairs)
-            grad_w = d2.t() @ x2
-        xa = x2 @ a.t()  # T x r_A
-        gsb = (d2.t() @ xa) * s  # right sketch: s * sum_t delta_t (A x_t)^T   (m x r_A)
-        db = d2 @ b  # T x r_B
-        if box is None:
-            gsa = (db.t() @ x2) * s  # left sketch: s * sum_t (B^T delta_t) x_t^T  (r_B x n)
-        else:
-            gsa = _left_sketch_and_stats(db, xa, x2, ctx.mask, box) * s
-        return grad_x, grad_w, None, None, None, None, gsa, gsb, None
+        grad_w = d2.t() @ x2 if ctx.needs_input_grad[1] else None  # exact weight gradient also wanted (fidelity)
+        xa = group.right(x2, ctx.slot)  # T x r_A: this member's columns of the group's one x [A_1; …; A_k]ᵀ
+        pm.add_b((d2.t() @ xa) * pm.scale)  # right sketch: s · Σ_t δ_t (A x_t)ᵀ   (m x r_A)
+        group.left(ctx.slot, d2 @ pm.b)  # left sketch s · Σ_t (Bᵀδ_t) x_tᵀ once every member's Bᵀδ is in
+        return grad_x, grad_w, None, None, None, None, None  # the anchor needs no gradient: it only drives the pass
 
 
-def _left_sketch_and_stats(db: torch.Tensor, xa: torch.Tensor, x2: torch.Tensor, mask, box) -> torch.Tensor:
-    """Bᵀ G (r_B × n), and A·Σ_t x_t x_tᵀ over the unmasked tokens appended to ``box``, from one product."""
-    r_b = db.shape[1]
-    xs = x2.float()
-    if mask is not None and mask.numel() == x2.shape[0]:
-        # weight the skinny factor, not x: padding tokens drop out without copying the activations
-        w = mask.reshape(-1, 1).to(device=x2.device, dtype=xa.dtype)
-        xa, ntok = xa * w, int(mask.sum())
-        sq = float(((xs * xs).sum(1, keepdim=True) * w.float()).sum())
-    else:
-        ntok, sq = x2.shape[0], float((xs * xs).sum())
-    both = torch.cat([db, xa.to(db.dtype)], 1).t() @ x2  # (r_B + r_A) x n
-    box.items.append((both[r_b:].float(), sq, ntok))
-    return both[:r_b]
+class _InputGroup:
+    """The probed modules that read one input tensor in one forward pass, in call order (``slot``)."""
 
+    def __init__(self, x: torch.Tensor, stats: bool):
+        # which tensor the group's key (its id) stands for; a weak reference, so the group never keeps an activation
+        # alive (activation checkpointing drops them) and a recycled id is seen as a new tensor
+        self.xref = weakref.ref(x)
+        self.stats = stats
+        self.members: list[ProbedModule] = []
+        self.x2: torch.Tensor | None = None
+        self.xa: torch.Tensor | None = None
+        self.offsets: list[int] = [0]
+        self.db: dict[int, torch.Tensor] = {}
+        self.mask: torch.Tensor | None = None
 
-@dataclass
-class _StatsBox:
-    mask: torch.Tensor | None = None
-    items: list = field(default_factory=list)
+    def add(self, pm: "ProbedModule") -> int:
+        self.members.append(pm)
+        self.offsets.append(self.offsets[-1] + pm.a.shape[0])
+        return len(self.members) - 1
+
+    def right(self, x2: torch.Tensor, slot: int) -> torch.Tensor:
+        if self.xa is None:  # first member's backward: one product for every member's A
+            self.x2 = x2
+            a = self.members[0].a if len(self.members) == 1 else torch.cat([pm.a for pm in self.members])
+            self.xa = x2 @ a.t()
+        return self.xa[:, self.offsets[slot]:self.offsets[slot + 1]]
+
+    def left(self, slot: int, db: torch.Tensor) -> None:
+        self.db[slot] = db
+        if len(self.db) == len(self.members):
+            self.flush()
+
+    def flush(self) -> None:
+        """The left sketches (and statistics) of every member whose backward ran; then the group is spent."""
+        if not self.db:
+            return
+        slots = sorted(self.db)
+        x2 = self.x2
+        parts = [self.db[i] for i in slots]
+        ntok = sq = None
+        if self.stats:
+            xa = self.xa
+            # ‖x_t‖² per token by a norm reduction: no T × n temporary (x² was one per group and view)
+            norms2 = torch.linalg.vector_norm(x2, dim=1, dtype=torch.promote_types(x2.dtype, torch.float32)).square()
+            mask = self.mask
+            if mask is not None and mask.numel() == x2.shape[0]:
+                # weight the skinny factor, not x: padding tokens drop out without copying the activations
+                w = mask.reshape(-1, 1).to(device=x2.device, dtype=xa.dtype)
+                xa, ntok = xa * w, int(mask.sum())
+                sq = float((norms2 * w.reshape(-1).float()).sum())
+            else:
+                ntok, sq = x2.shape[0], float(norms2.sum())
+            parts.append(xa.to(parts[0].dtype))
+        both = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).t() @ x2
+        row = 0
+        for i in slots:
+            pm = self.members[i]
+            r_b = pm.b.shape[1]
+            pm.add_a(both[row:row + r_b] * pm.scale)
+            row += r_b
+        if self.stats:
+            for i, pm in enumerate(self.members):  # A·Σ_x (unnormalised) of every member, from the same product
+                lo, hi = self.offsets[i], self.offsets[i + 1]
+                pm.stats_items.append((both[row + lo:row + hi].float(), sq, ntok))
+        self.db, self.xa, self.x2 = {}, None, None
 
 
 @dataclass
@@ -258,31 +304,77 @@ class ProbedModule:
     module: nn.Module  # nn.Linear or Conv1D
     a: torch.Tensor  # r_A x n (device/dtype of the weight)
     b: torch.Tensor  # m x r_B
-    sink_a: torch.Tensor  # r_B x n leaf; its .grad-equivalent is the left sketch ∇A
-    sink_b: torch.Tensor  # m x r_A leaf; the right sketch ∇B
+    scale: float = 1.0
     kind: str = "other"
     depth: float = 0.0
-    stats_box: _StatsBox | None = None
     transposed: bool = False  # Conv1D: the parameter is Wᵀ (in × out)
+    grad_a: torch.Tensor | None = None  # left sketch ∇A of the last backward (r_B x n), summed over calls
+    grad_b: torch.Tensor | None = None  # right sketch ∇B (m x r_A)
+    stats_items: list = field(default_factory=list)  # (A·Σ x xᵀ, Σ‖x‖², tokens) per call, when statistics are on
 
     @property
     def param_name(self) -> str:
         return f"{self.name}.weight"
+
+    def add_a(self, g: torch.Tensor) -> None:
+        self.grad_a = g if self.grad_a is None else self.grad_a + g
+
+    def add_b(self, g: torch.Tensor) -> None:
+        self.grad_b = g if self.grad_b is None else self.grad_b + g
+
+    def take(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        out = (self.grad_a, self.grad_b)
+        self.grad_a = self.grad_b = None
+        return out
 
 
 @dataclass
 class Probe:
     cfg: ProbeConfig
     modules: list[ProbedModule] = field(default_factory=list)
+    anchor: torch.Tensor | None = None  # scalar leaf every probed call takes: autograd.grad(loss, anchor)
+    batch_stats: bool = False
+    mask: torch.Tensor | None = None  # attention mask of the batch in flight (the statistic skips padding)
+    groups: dict[int, _InputGroup] = field(default_factory=dict)  # by id() of the input tensor, this forward
 
     def by_name(self) -> dict[str, ProbedModule]:
         return {p.name: p for p in self.modules}
 
+    def group_for(self, x: torch.Tensor) -> _InputGroup:
+        group = self.groups.get(id(x))
+        if group is None or group.xref() is not x:
+            group = self.groups[id(x)] = _InputGroup(x, self.batch_stats)
+            group.mask = self.mask
+        return group
 
-def _probe_forward(self_mod, x, _pm: ProbedModule, _s: float):
+    def finish_backward(self) -> None:
+        """After a backward: left sketches of groups where some member's output did not reach the loss."""
+        for group in self.groups.values():
+            group.flush()
+        self.groups.clear()
+
+
+def _probe_forward(self_mod, x, _pm: ProbedModule, _probe: Probe):
     # Conv1D computes x W + b with W stored (in × out): its transposed view is the (out × in) matrix of F.linear
-    return _ProbeLinear.apply(x, weight_matrix(self_mod), self_mod.bias, _pm.a, _pm.b, _s, _pm.sink_a, _pm.sink_b,
-                              _pm.stats_box)
+    weight = weight_matrix(self_mod)
+    if not torch.is_grad_enabled():  # no backward will follow (a no_grad forward under the probe)
+        return F.linear(x, weight, self_mod.bias)
+    group = _probe.group_for(x)
+    return _ProbeLinear.apply(x, weight, self_mod.bias, _probe.anchor, _pm, group, group.add(_pm))
+
+
+def _cached_factors(mod: nn.Module, name: str, m: int, n: int, cfg: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's factors on its weight's device and dtype, drawn once per (probe, shape, device, dtype) and kept
+    on the module itself (every unlearning step attaches the probe again; redrawing ~200 Gaussian matrices on
+    SmolLM2 was a fixed cost per step). Not in the state dict: a plain attribute."""
+    dev, dt = mod.weight.device, mod.weight.dtype
+    key = (cfg.seed, cfg.r_a, cfg.r_b, name, m, n, str(dev), dt)
+    cache = mod.__dict__.get("_r2f_probe_factors")
+    if cache is None or cache[0] != key:
+        a, b = probe_factors(name, m, n, cfg)
+        cache = (key, a.to(dev, dt), b.to(dev, dt))
+        mod.__dict__["_r2f_probe_factors"] = cache
+    return cache[1], cache[2]
 
 
 @contextlib.contextmanager
@@ -300,30 +392,20 @@ def attach_probe(
     saved_flags = {id(p): p.requires_grad for p in model.parameters()}
     params = list(model.parameters())
     n_layers = num_layers([n for n, _ in targets])
-    probe = Probe(cfg)
+    dev0 = targets[0][1].weight.device
+    probe = Probe(cfg, anchor=torch.zeros((), device=dev0, requires_grad=True), batch_stats=batch_stats)
     patched = []
     try:
         for p in params:
             p.requires_grad_(False)
         for name, mod in targets:
             m, n = weight_matrix(mod).shape
-            a, b = probe_factors(name, m, n, cfg)
-            dev, dt = mod.weight.device, mod.weight.dtype
-            pm = ProbedModule(
-                name=name,
-                module=mod,
-                a=a.to(dev, dt),
-                b=b.to(dev, dt),
-                sink_a=torch.zeros(cfg.r_b, n, device=dev, dtype=dt, requires_grad=True),
-                sink_b=torch.zeros(m, cfg.r_a, device=dev, dtype=dt, requires_grad=True),
-                kind=module_kind(name),
-                depth=relative_depth(name, n_layers),
-                stats_box=_StatsBox() if batch_stats else None,
-                transposed=is_transposed(mod),
-            )
+            a, b = _cached_factors(mod, name, m, n, cfg)
+            pm = ProbedModule(name=name, module=mod, a=a, b=b, scale=cfg.scale, kind=module_kind(name),
+                              depth=relative_depth(name, n_layers), transposed=is_transposed(mod))
             if exact:
                 mod.weight.requires_grad_(True)
-            mod.forward = types.MethodType(lambda self, x, _pm=pm, _s=cfg.scale: _probe_forward(self, x, _pm, _s), mod)
+            mod.forward = types.MethodType(lambda self, x, _pm=pm, _pr=probe: _probe_forward(self, x, _pm, _pr), mod)
             patched.append(mod)
             probe.modules.append(pm)
         yield probe
@@ -333,6 +415,7 @@ def attach_probe(
                 del mod.forward
         for p in params:
             p.requires_grad_(saved_flags[id(p)])
+        probe.groups.clear()
 
 
 def default_loss(model: nn.Module, batch: dict) -> torch.Tensor:
@@ -423,25 +506,22 @@ def probe_gradients(
         acc_a = [None] * len(pr.modules)
         acc_b = [None] * len(pr.modules)
         acc_g = [None] * len(pr.modules)
-        leaves = [pm.sink_a for pm in pr.modules] + [pm.sink_b for pm in pr.modules]
-        if with_exact:
-            leaves += [pm.module.weight for pm in pr.modules]
+        leaves = [pr.anchor] + ([pm.module.weight for pm in pr.modules] if with_exact else [])
         k = len(pr.modules)
         for v, batch in enumerate(view_batches):
-            if batch_stats:
-                for pm in pr.modules:
-                    pm.stats_box.mask = batch.get("attention_mask")
+            pr.mask = batch.get("attention_mask") if batch_stats else None
             loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            pr.finish_backward()
             decay, w = agg.weight(v)
             for i, pm in enumerate(pr.modules):
-                ga, gb = grads[i], grads[k + i]
-                ga = torch.zeros_like(pm.sink_a) if ga is None else ga
-                gb = torch.zeros_like(pm.sink_b) if gb is None else gb
+                ga, gb = pm.take()  # None: the module's output did not reach the loss
+                ga = torch.zeros(probe.r_b, pm.a.shape[1], device=pm.a.device, dtype=pm.a.dtype) if ga is None else ga
+                gb = torch.zeros(pm.b.shape[0], probe.r_a, device=pm.b.device, dtype=pm.b.dtype) if gb is None else gb
                 acc_a[i] = _accumulate(acc_a[i], ga, decay, w)
                 acc_b[i] = _accumulate(acc_b[i], gb, decay, w)
                 if with_exact:
-                    g = grads[2 * k + i]
+                    g = grads[1 + i]
                     g = torch.zeros_like(pm.module.weight) if g is None else g
                     acc_g[i] = _accumulate(acc_g[i], g.t() if pm.transposed else g, decay, w)  # G is m × n
             del grads, loss
@@ -454,13 +534,13 @@ def probe_gradients(
             if reduce:
                 _reduce_batch_stats(pr.modules)
             for i, pm in enumerate(pr.modules):
-                items = pm.stats_box.items
+                items = pm.stats_items
                 if items:
                     ntok = sum(t for _, _, t in items)
                     a_sig[i] = sum(s_ for s_, _, _ in items) / max(ntok, 1)
                     a_tr[i] = sum(t_ for _, t_, _ in items) / max(ntok, 1)
-                pm.stats_box.items = []
-                pm.stats_box.mask = None
+                pm.stats_items = []
+            pr.mask = None
         return [
             Sketches(
                 name=pm.name,
@@ -488,7 +568,7 @@ def _reduce_batch_stats(modules: list[ProbedModule]) -> None:
         return
     sums, scalars = [], []
     for pm in modules:
-        items = pm.stats_box.items
+        items = pm.stats_items
         n = pm.a.shape[1]
         s_ = sum(x for x, _, _ in items) if items else torch.zeros(pm.a.shape[0], n, device=pm.a.device)
         sums.append(s_.float())
@@ -497,7 +577,7 @@ def _reduce_batch_stats(modules: list[ProbedModule]) -> None:
     all_reduce_sum_(sums)
     all_reduce_sum_(scalars)
     for pm, s_, sc in zip(modules, sums, scalars):
-        pm.stats_box.items = [(s_, float(sc[0]), int(sc[1]))] if sc[1] > 0 else []
+        pm.stats_items = [(s_, float(sc[0]), int(sc[1]))] if sc[1] > 0 else []
 
 
 def exact_gradients(
