@@ -118,7 +118,7 @@ def _captured_options(monkeypatch, tmp_path, cfg: DemoConfig) -> dict[str, dict]
 
 def test_demo_baselines_run_the_shipped_bench_choice(monkeypatch, tmp_path):
     """On the bench's target every baseline with a bench entry runs its chosen lr_scale and options (read here
-    from the shipped file itself); the R2F rows and lora_npo (no entry) run their demo options."""
+    from the shipped file itself); the R2F rows and the baselines without an entry run their demo options."""
     from importlib import resources
 
     from r2f.demo import BASELINES, R2F_ROWS
@@ -132,15 +132,15 @@ def test_demo_baselines_run_the_shipped_bench_choice(monkeypatch, tmp_path):
         method, demo_options = DEMO_METHODS[name]
         got = {k: v for k, v in seen[name].items() if k not in ("method", "decoder", "views")}
         if name in chosen:
-            want = dict(demo_options, **chosen[name]["options"])
+            want = {k: v for k, v in dict(demo_options, **chosen[name]["options"]).items() if k not in ("decoder", "views")}
             if chosen[name]["lr_scale"] != 1.0:
                 want["lr"] = pytest.approx(chosen[name]["lr_scale"] * METHODS[method].default_lr)
             assert got == want, name
         else:  # R2F rows and baselines without a bench entry
-            # lora_npo has none by design; rmu and wga were added after the shipped bench ran
-            assert name in R2F_ROWS or name in ("lora_npo", "rmu", "wga")
+            # rmu and wga were added after the shipped bench ran
+            assert name in R2F_ROWS or name in ("rmu", "wga")
             assert got == {k: v for k, v in demo_options.items() if k not in ("decoder", "views")}, name
-    assert seen["grad_ascent"]["lr"] == pytest.approx(5e-4) and seen["simnpo"]["lr"] == pytest.approx(2e-3)
+    assert seen["grad_ascent"]["lr"] == pytest.approx(5e-4) and seen["lora_npo"]["lr"] == pytest.approx(1e-3)
     assert set(chosen) <= set(BASELINES)
     # the R2F rows get nothing from the bench, even though it preferred guard_budget=0.08 for r2f
     assert all("guard_budget" not in seen[n] and "lr" not in seen[n] for n in R2F_ROWS)
@@ -155,7 +155,14 @@ def test_demo_baselines_keep_demo_options_off_the_bench_target_or_when_turned_of
 def test_demo_report_says_which_configuration_each_row_ran():
     from r2f.demo import bench_chosen_note
 
+    from importlib import resources
+
+    from r2f.demo import BASELINES
+
+    chosen = json.loads(resources.files("r2f").joinpath("bench_chosen.json").read_text(encoding="utf-8"))["baselines"]
     note = bench_chosen_note(DemoConfig())
-    assert "grad_ascent lr×0.5" in note and "simnpo lr×2" in note and "bench_chosen.json" in note
-    assert "lora_npo, rmu, wga (no bench entry)" in note and "R2F rows (r2f, r2f_lora, r2f_sketch, r2f_exact)" in note
+    assert all(f"{name} {c['label']}" in note for name, c in chosen.items()) and "bench_chosen.json" in note
+    missing = [n for n in BASELINES if n not in chosen]
+    assert missing and f"{', '.join(missing)} (no bench entry)" in note
+    assert "R2F rows (r2f, r2f_lora, r2f_sketch, r2f_exact)" in note
     assert "demo options" in bench_chosen_note(DemoConfig(quick=True))

@@ -90,7 +90,7 @@ class R2F(UpdateMethod):
         "retain_weight": 3.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
         "step_rule": "search",    # search (guarded line search, η adapts) | schedule (cosine decay from η)
         "guard_tol": 0.02,        # search: largest rise of the guard NLL (nats/token) one step may cause
-        "guard_budget": 0.12,     # search: largest rise of the guard NLL over the whole run
+        "guard_budget": 0.08,     # search: largest rise of the guard NLL over the whole run (r2f bench's choice)
         "backtracks": 4,          # search: halvings of η tried before the run stops (as many doublings too)
         "guard_items": 32,        # guard items the line search scores (retain file, else self-answered)
         "step_norm": "global",    # module | global
