@@ -611,16 +611,20 @@ class Engine:
 
         Raises :class:`R2FNumericalError` at the ``max_failures``-th failure (weights left at the last good step).
         """
+        # FSDP: a shard's check alone could differ between ranks (one rolls back, the other goes on: a hang);
+        # all_finite agrees over every rank
+        from r2f.fsdp import all_finite
+
         why = reason
         if why is None and loss is not None and not math.isfinite(float(loss.detach())):
             why = f"loss is {float(loss.detach())}"
         if why is None and grads:
             bad = next((i for i, p in enumerate(self.params)
-                        if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+                        if p.grad is not None and not all_finite(p.grad)), None)
             if bad is not None:
                 why = "gradient is not finite"
         if why is None and weights:
-            bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+            bad = next((n for n, p in self.model.named_parameters() if not all_finite(p)), None)
             if bad is not None:
                 why = f"weight {bad} is not finite after the step"
         if why is None:
