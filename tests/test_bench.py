@@ -66,7 +66,7 @@ def test_grids_give_every_method_the_same_budget_and_r2f_its_defaults():
             assert len(set(configs)) == n
     with pytest.raises(TypeError):
         GRIDS["r2f"] = ()  # type: ignore[index]
-    assert GRIDS["npo"][2].label == "lr×2" and GRIDS["r2f"][1].label == "guard_budget=0.08"
+    assert GRIDS["npo"][2].label == "lr×2" and GRIDS["r2f"][1].label == "guard_budget=0.05"
 
 
 # ----------------------------------------------------------------------------- input refusals
@@ -164,14 +164,14 @@ def test_bench_json_and_md_from_a_stubbed_run(monkeypatch, tmp_path):
         assert m["summary"]["seeds"] == 3
 
     r2f_row = on_disk["methods"]["r2f"]
-    # defaults: push 1 -> MU 0.736 (0.92×); guard_budget 0.08: push 2/3, lower FQ. Both qualify; the defaults win.
+    # defaults: push 1 -> MU 0.736 (0.92×); guard_budget 0.05: push 5/12, lower FQ. Both qualify; the defaults win.
     assert r2f_row["chosen"] == {**Config().to_json(), "index": 0, "why": "qualified"}
     fq = [r2f_row["report"][s]["forget_quality"] for s in ("1", "2", "3")]
     assert fq == pytest.approx([0.041, 0.042, 0.043])
     assert r2f_row["summary"]["forget_quality"]["mean"] == pytest.approx(0.042)
     assert r2f_row["summary"]["forget_quality"]["sd"] == pytest.approx(0.001)
     assert r2f_row["summary"]["mu_ratio"]["mean"] == pytest.approx(0.92) and r2f_row["summary"]["passing"] == 0
-    assert r2f_row["grid"][1]["overrides"] == {"guard_budget": 0.08}
+    assert r2f_row["grid"][1]["overrides"] == {"guard_budget": 0.05}
 
     # grad_ascent's defaults diverge (recorded, scored 0); lr×0.5 is chosen and its lr made absolute in the grid
     ga = on_disk["methods"]["grad_ascent"]

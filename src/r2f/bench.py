@@ -81,16 +81,16 @@ class Config:
 
 
 # R2F sets its own step size by line search, so its grid varies what bounds that search (guard_budget, default
-# 0.12) and how many question views it averages (views, default 4), the two levers of utility on the validation
-# worlds (docs/methods.md; guard_budget 0.16 was dropped after it lost utility on both tune seeds of the first
-# full bench); baselines' one knob is the learning rate.
-_R2F_GRID = (Config(), Config(options=(("guard_budget", 0.08),)), Config(options=(("views", 2),)),
-             Config(options=(("guard_budget", 0.08), ("views", 2))))
+# 0.08: one step towards utility, 0.05, and the former default, 0.12) and how many question views it averages
+# (views, default 4), the two levers of utility on the validation worlds (docs/methods.md); baselines' one knob is
+# the learning rate.
+_R2F_GRID = (Config(), Config(options=(("guard_budget", 0.05),)), Config(options=(("guard_budget", 0.12),)),
+             Config(options=(("views", 2),)))
 _LR_GRID = tuple(Config(lr_scale=s) for s in (1.0, 0.5, 2.0, 4.0))
 #: method -> its configurations (defaults first). Every method has the same number: the same tuning budget.
 GRIDS: Mapping[str, tuple[Config, ...]] = MappingProxyType(
     {n: _R2F_GRID if n in R2F_ROWS else _LR_GRID for n in DEMO_METHODS})
-#: ``--quick``: two configurations per method, the defaults and one step towards utility (guard_budget 0.08, lr×0.5):
+#: ``--quick``: two configurations per method, the defaults and one step towards utility (guard_budget 0.05, lr×0.5):
 #: the selection rule's constraint is utility, which the quick demo's defaults often miss on ``tiny``.
 QUICK_GRIDS: Mapping[str, tuple[Config, ...]] = MappingProxyType(
     {n: (_R2F_GRID[0], _R2F_GRID[1]) if n in R2F_ROWS else (_LR_GRID[0], _LR_GRID[1]) for n in DEMO_METHODS})
