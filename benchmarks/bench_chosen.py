@@ -8,6 +8,13 @@ After a full ``r2f bench --out DIR`` (docs/bench.md), ship its choices with the 
 The file records which run produced it (the command, the bench.json path, the run's date and protocol) and, for
 every baseline the bench tuned, the chosen ``label``, ``lr_scale``, ``options`` and which branch of the selection
 rule chose it. The R2F rows are not written: the demo runs R2F's defaults. Bad input exits 2 with one line.
+
+Methods added after the full run are benched on their own with the same protocol and added to the shipped file:
+
+    r2f bench --methods rmu,wga --out DIR2
+    python benchmarks/bench_chosen.py DIR2/bench.json --command "r2f bench --methods rmu,wga --out DIR2" --add
+
+(``--add`` refuses a run whose protocol differs from the shipped one; ``r2f.bench.merge_chosen``.)
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "src" / "r2f" / "bench_chosen
 
 
 def main(argv: list[str] | None = None) -> int:
-    from r2f.bench import chosen_record
+    from r2f.bench import chosen_record, merge_chosen
     from r2f.errors import R2FInputError
     from r2f.io import read_text, write_text_atomic
 
@@ -36,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default=None, help="a sentence recorded with the source, e.g. how that run "
                                                  "differs from the current protocol")
     ap.add_argument("--out", type=Path, default=SHIPPED, help=f"where to write (default {SHIPPED})")
+    ap.add_argument("--add", action="store_true", help="add this run's baselines to the file at --out (same "
+                                                       "protocol required) instead of replacing it")
     args = ap.parse_args(argv)
     try:
         try:
@@ -48,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         date = args.date or (None if result.get("created") else _mtime_day(args.bench_json))
         record = chosen_record(result, command=args.command, bench_json=str(args.bench_json), date=date,
                                note=args.note)
+        if args.add:
+            record = merge_chosen(json.loads(read_text(args.out)), record)
     except R2FInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

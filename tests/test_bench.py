@@ -247,6 +247,28 @@ def test_chosen_file_from_a_bench_json_round_trips_and_leaves_r2f_rows_out(monke
     assert bench.chosen_overrides("r2f", "tiny", chosen) == bench.chosen_overrides("simnpo", "tiny", chosen) == {}
 
 
+def test_chosen_file_adds_a_later_run_of_the_same_protocol_and_refuses_another(monkeypatch, tmp_path):
+    _stub_pipeline(monkeypatch, tmp_path)
+    cfg = dict(quick=True, steps=3)
+    bench.run_bench(tmp_path / "b1", BenchConfig(methods=("r2f", "npo"), **cfg), log=lambda m: None)
+    bench.run_bench(tmp_path / "b2", BenchConfig(methods=("grad_ascent",), **cfg), log=lambda m: None)
+    bench.run_bench(tmp_path / "b3", BenchConfig(methods=("simnpo",), quick=True, steps=4), log=lambda m: None)
+    out = tmp_path / "chosen.json"
+    assert _script(str(tmp_path / "b1" / "bench.json"), "--command", "first", "--out", str(out)).returncode == 0
+    r = _script(str(tmp_path / "b2" / "bench.json"), "--command", "second", "--out", str(out), "--add")
+    assert r.returncode == 0, r.stderr
+    record = json.loads(out.read_text())
+    assert set(record["baselines"]) == {"npo", "grad_ascent"}
+    assert record["produced_by"]["command"] == "first"
+    assert [(a["command"], a["methods"]) for a in record["produced_by"]["additions"]] == [("second", ["grad_ascent"])]
+    assert "grad_ascent" not in record["scope"].split("without a bench entry")[1]
+    assert bench.load_chosen(out).configs["grad_ascent"] == Config(lr_scale=0.5)
+    before = out.read_text()
+    r = _script(str(tmp_path / "b3" / "bench.json"), "--command", "third", "--out", str(out), "--add")
+    assert r.returncode == 2 and "produced_by.steps" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert out.read_text() == before  # nothing written
+
+
 def test_shipped_chosen_file_names_its_source():
     chosen = bench.load_chosen()
     assert chosen.produced_by["command"].startswith("r2f bench") and chosen.produced_by["date"]

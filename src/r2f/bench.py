@@ -455,15 +455,48 @@ def chosen_record(result: dict, *, command: str, bench_json: str, date: str | No
     record = {
         "format": CHOSEN_FORMAT,
         "produced_by": produced_by,
-        "scope": (f"r2f demo on target {produced_by['target']} runs every baseline listed under 'baselines' with its "
-                  f"chosen lr_scale (a factor on the demo's learning rate for that method) and options. The R2F "
-                  f"rows ({', '.join(R2F_ROWS)}) run the method's defaults. Demo baselines without a bench entry "
-                  f"({', '.join(unlisted) or 'none'}) keep their demo options, as does every baseline on other "
-                  f"targets."),
+        "scope": _chosen_scope(produced_by["target"], unlisted),
         "baselines": baselines,
     }
     _parse_chosen(record, bench_json)  # the file must load back
     return record
+
+
+#: produced_by fields that must agree before two runs' choices can be shipped together
+_PROTOCOL_FIELDS = ("target", "forget", "steps", "quick", "tune_seeds", "report_seeds", "selection_rule",
+                    "world_facts_halves")
+
+
+def merge_chosen(shipped: dict, addition: dict) -> dict:
+    """``shipped`` (a bench_chosen.json record) with the baselines of ``addition`` (a :func:`chosen_record` of a
+    later run, e.g. ``r2f bench --methods rmu,wga`` for methods added after the full run) added.
+
+    Both runs must share the protocol (target, forget split, step budget, seeds, selection rule, world-facts
+    halves), so every shipped choice was made by the same rules; otherwise R2FInputError names the field. The
+    later run is listed under ``produced_by.additions`` with the methods it contributed; a method in both takes
+    the later choice."""
+    first, later = shipped["produced_by"], addition["produced_by"]
+    for field in _PROTOCOL_FIELDS:
+        if first.get(field) != later.get(field):
+            raise R2FInputError(f"field 'produced_by.{field}': {later.get(field)!r} differs from the shipped "
+                                f"run's {first.get(field)!r}; choices from different protocols cannot be "
+                                "shipped together", source=str(later.get("bench_json")))
+    baselines = {**shipped["baselines"], **addition["baselines"]}
+    extra = {k: later[k] for k in ("command", "bench_json", "date", "note") if later.get(k)}
+    produced_by = {**first, "additions": [*first.get("additions", []),
+                                          {**extra, "methods": sorted(addition["baselines"])}]}
+    unlisted = [n for n in BASELINES if n not in baselines]
+    record = {**shipped, "produced_by": produced_by, "baselines": baselines,
+              "scope": _chosen_scope(produced_by["target"], unlisted)}
+    _parse_chosen(record, str(later.get("bench_json")))
+    return record
+
+
+def _chosen_scope(target: str, unlisted: list[str]) -> str:
+    return (f"r2f demo on target {target} runs every baseline listed under 'baselines' with its chosen lr_scale (a "
+            f"factor on the demo's learning rate for that method) and options. The R2F rows ({', '.join(R2F_ROWS)}) "
+            f"run the method's defaults. Demo baselines without a bench entry ({', '.join(unlisted) or 'none'}) keep "
+            f"their demo options, as does every baseline on other targets.")
 
 
 def load_chosen(path: str | os.PathLike | None = None) -> Chosen:

@@ -291,8 +291,10 @@ def bench_chosen_note(cfg: DemoConfig) -> str:
     else:
         parts = [f"Baselines run the configuration r2f bench chose ("
                  + ", ".join(f"{n} {chosen.configs[n].label}" for n in listed)
-                 + f"; from {chosen.produced_by.get('command')}, {chosen.produced_by.get('date')}, shipped as "
-                 f"r2f/bench_chosen.json)"]
+                 + f"; from {chosen.produced_by.get('command')}, {chosen.produced_by.get('date')}"
+                 + "".join(f"; {', '.join(a.get('methods', []))} from {a.get('command')}, {a.get('date')}"
+                           for a in chosen.produced_by.get("additions", []))
+                 + ", shipped as r2f/bench_chosen.json)"]
         if others:
             parts.append(f"{', '.join(others)} (no bench entry) "
                          + ("keeps its" if len(others) == 1 else "keep their") + " demo options")
