@@ -37,7 +37,6 @@ from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.parallel import run_jobs, worker_count
 from r2f.report.build import FQ_MIN, MU_RATIO
-from r2f.threads import current_request, requested_threads, thread_choice
 
 # A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
 # world: the report's headline criterion. MU_RATIO is also the tuning constraint of :func:`select_config`.
@@ -220,15 +219,9 @@ def _world(out: Path, bench: BenchConfig, seed: int, log: Callable[[str], None])
     return _World(cfg, prep, retain_eval, float(eval_summary(original)["model_utility"]), timings)
 
 
-def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool,
-           threads: int | None = None) -> dict:
+def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool) -> dict:
     """Run and evaluate one configuration on one world; the record of ``bench.json``. Module-level, positional
-    arguments: :func:`r2f.parallel.run_jobs` workers run it; ``threads`` re-enters the caller's ``--threads``."""
-    with requested_threads(threads):
-        return _run_trial(world, name, config, out, keep_model)
-
-
-def _run_trial(world: _World, name: str, config: Config, out: Path, keep_model: bool) -> dict:
+    arguments: :func:`r2f.parallel.run_jobs` workers run it."""
     from r2f.eval import evaluate
     from r2f.report.build import eval_summary
 
@@ -277,7 +270,6 @@ def run_bench(out: str | Path, bench: BenchConfig | None = None, log: Callable[[
     t_start = time.perf_counter()
     grids = {n: bench.grids[n] for n in bench.methods}
     stage_s: dict[str, dict] = {}
-    threads = current_request()
 
     def phase(kind: str, seeds: Sequence[int], configs: Callable[[str], Sequence[int]]) -> dict:
         """Every method × grid entry ``configs(method)`` on every seed of ``kind``: {seed: (world, {method:
@@ -288,10 +280,9 @@ def run_bench(out: str | Path, bench: BenchConfig | None = None, log: Callable[[
             stage_s[f"{kind} seed {seed}"] = world.timings
             todo = [(name, i) for name in bench.methods for i in configs(name)]
             jobs = [(world, name, grids[name][i], out / kind / f"seed-{seed}" / "runs" / name / str(i),
-                     kind == "report", threads) for name, i in todo]
+                     kind == "report") for name, i in todo]
             # small targets run on one thread each: trials go side by side on the cores that are free
-            workers = worker_count(bench.jobs, threads_per_job=threads or thread_choice(world.prep.full).threads,
-                                   jobs=len(jobs))
+            workers = worker_count(bench.jobs, model=world.prep.full, jobs=len(jobs))
             records = run_jobs(_trial, jobs, workers, on_done=lambda j, rec: log(_fmt_trial(kind, todo[j][0], rec)))
             per_method: dict[str, list[dict]] = {name: [] for name in bench.methods}
             for (name, _), rec in zip(todo, records):

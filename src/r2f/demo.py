@@ -19,7 +19,6 @@ from r2f.errors import R2FInputError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.models.cache import cache_dir, hash_config
 from r2f.parallel import run_jobs, worker_count
-from r2f.threads import current_request, requested_threads, thread_choice
 
 #: report name -> (engine method, its options). All run at the same step budget. The R2F rows run the
 #: method's own defaults (update rule, step size, stop rule); only the decoder differs between them.
@@ -232,10 +231,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "unlearn+evaluate"):
         retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
         rows = ["original", "retrain", *cfg.methods]
-        threads = current_request()
-        jobs = [(prep, cfg, name, out / "runs" / name, retain_eval, threads) for name in rows]
+        jobs = [(prep, cfg, name, out / "runs" / name, retain_eval) for name in rows]
         # small targets run on one thread each: the rows go side by side on the cores that are free
-        workers = worker_count(cfg.jobs, threads_per_job=threads or thread_choice(prep.full).threads, jobs=len(jobs))
+        workers = worker_count(cfg.jobs, model=prep.full, jobs=len(jobs))
         results = run_jobs(demo_row, jobs, workers, on_done=lambda i, _: log(f"  {rows[i]} done"))
     runs: dict[str, dict] = {}
     for name, row in zip(rows, results):
@@ -255,23 +253,20 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     return report
 
 
-def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict,
-             threads: int | None = None) -> dict:
+def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict) -> dict:
     """One row of the demo table: unlearn with demo method ``name`` into ``out`` and evaluate the result (for
     ``original`` and ``retrain``: evaluate the target and the retain oracle). A module-level function so that
-    :func:`r2f.parallel.run_jobs` workers can run it; ``threads`` re-enters the caller's ``--threads``.
+    :func:`r2f.parallel.run_jobs` workers can run it.
 
     Returns ``{"eval", "manifest", "dir", "method", "options"}`` (models only: ``{"eval", "model_dir"}``).
     """
     from r2f.eval import evaluate
 
-    with requested_threads(threads):
-        if name in ("original", "retrain"):
-            model = prep.full if name == "original" else prep.retain
-            return {"model_dir": model,
-                    "eval": evaluate(model, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)}
-        run = run_method(prep, cfg, name, out)
-        ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    if name in ("original", "retrain"):
+        model = prep.full if name == "original" else prep.retain
+        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)}
+    run = run_method(prep, cfg, name, out)
+    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
     write_json_atomic(Path(run["dir"]) / "eval.json", ev)
     return {**run, "eval": ev}
 

@@ -14,17 +14,20 @@ import os
 from typing import Any, Callable, Sequence
 
 from r2f.errors import R2FInputError
-from r2f.threads import available_cores, load_average, own_load
+from r2f.threads import (available_cores, current_request, free_cores, load_average, own_load, requested_threads,
+                         thread_choice)
 
 JOBS_ENV = "R2F_JOBS"
 
 
-def worker_count(requested: int | None = None, *, threads_per_job: int = 1, jobs: int | None = None) -> int:
+def worker_count(requested: int | None = None, *, threads_per_job: int | None = None, model: Any = None,
+                 jobs: int | None = None) -> int:
     """How many runs to keep going at once.
 
     ``requested`` (``--jobs N``) wins, else ``R2F_JOBS``; else the cores free to this process (its CPU affinity
-    less the load other processes put on it, as :func:`r2f.threads.choose_threads` counts them) divided by the
-    threads each job uses. Never more than ``jobs`` (the number of runs), never fewer than 1.
+    less the load other processes put on it, :func:`r2f.threads.free_cores`) divided by the threads each job
+    uses: ``threads_per_job``, else the caller's ``--threads``, else what the thread policy gives ``model`` (1 for
+    a small one). Never more than ``jobs`` (the number of runs), never fewer than 1.
     """
     if requested is None:
         env = os.environ.get(JOBS_ENV, "").strip()
@@ -38,9 +41,8 @@ def worker_count(requested: int | None = None, *, threads_per_job: int = 1, jobs
             raise R2FInputError(f"must be at least 1, got {requested}", source="--jobs")
         n = int(requested)
     else:
-        others = max(0.0, (load_average() or 0.0) - own_load())
-        free = int(available_cores() - others + 0.5)
-        n = max(1, free // max(1, int(threads_per_job)))
+        per_job = threads_per_job or current_request() or (thread_choice(model).threads if model is not None else 1)
+        n = max(1, free_cores(available_cores(), load_average(), own_load()) // max(1, int(per_job)))
     return max(1, min(n, jobs)) if jobs is not None else max(1, n)
 
 
@@ -49,7 +51,8 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int,
     """``[fn(*args) for args in jobs]``, ``workers`` at a time; results in the order of ``jobs``.
 
     ``fn`` must be a module-level function (workers import it). With one worker everything runs here, in this
-    process. ``on_done(i, result)`` is called in this process as each job finishes (for progress lines). The
+    process; a worker runs each job under the caller's ``--threads`` (a context variable, which does not cross
+    into another process by itself). ``on_done(i, result)`` is called in this process as each job finishes (for progress lines). The
     first job that raises cancels the ones not started and its exception is raised here; Ctrl-C stops the workers
     (they receive the same SIGINT) and is re-raised.
     """
@@ -63,7 +66,8 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int,
     results: list[Any] = [None] * len(jobs)
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(jobs)}
+        threads = current_request()
+        futures = {pool.submit(_with_threads, threads, fn, *args): i for i, args in enumerate(jobs)}
         for fut in cf.as_completed(futures):
             i = futures[fut]
             results[i] = fut.result()
@@ -74,3 +78,9 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int,
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def _with_threads(threads: int | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker, under the thread count the caller requested."""
+    with requested_threads(threads):
+        return fn(*args)

@@ -81,9 +81,14 @@ def choose_threads(params: int | None, *, requested: int | None = None, env_thre
         return ThreadChoice(env, OMP_ENV, **facts)
     if params is not None and params < SMALL_MODEL_PARAMS:
         return ThreadChoice(1, "small model", **facts)
-    others = max(0.0, (load or 0.0) - own_load)
-    free = int(math.floor(cores - others + 0.5))
+    free = free_cores(cores, load, own_load)
     return ThreadChoice(max(1, min(free, cores, ceiling or cores)), "free cores", **facts)
+
+
+def free_cores(cores: int, load: float | None, own_load: float = 0.0) -> int:
+    """``cores`` less the load other processes put on them (the 1-minute ``load`` less this process's own share),
+    rounded to the nearest integer; may be 0 or less on an overloaded machine (callers take at least 1)."""
+    return int(math.floor(cores - max(0.0, (load or 0.0) - own_load) + 0.5))
 
 
 def _positive_int(value: str | None) -> int | None:
@@ -171,7 +176,7 @@ def requested_threads(n: int | None) -> Iterator[None]:
 
 def current_request() -> int | None:
     """The thread count an enclosing :func:`requested_threads` asks for (None: the policy decides). Worker
-    processes do not inherit it: :mod:`r2f.parallel` jobs take it as an argument and re-enter the block."""
+    processes do not inherit it: :func:`r2f.parallel.run_jobs` passes it to its workers, which re-enter the block."""
     return _REQUESTED.get()
 
 
