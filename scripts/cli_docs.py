@@ -30,7 +30,7 @@ so two at a time for `small` on an idle 2-core machine and one for a large targe
 Each row is seed-fixed, so the numbers do not depend on it; only the wall time does (`r2f.parallel`).
 
 **Threads.** Every command that runs a model (`train`, `train-decoder`, `fidelity`, `unlearn`, `eval`, `demo`,
-`bench`) picks torch's intra-op thread count for each stage (`r2f.threads.choose_threads`): `--threads N` when
+`bench`, `ledger apply`) picks torch's intra-op thread count for each stage (`r2f.threads.choose_threads`): `--threads N` when
 given; else `OMP_NUM_THREADS` when set; else 1 thread for a model under 50M parameters (its matrices gain nothing
 from threads); else the cores this process may run on (its CPU affinity) minus the load other processes put on
 them (the 1-minute load average less this process's own share), at least 1 and at most torch's default. Why:
@@ -65,8 +65,12 @@ def render() -> str:
     _load_commands()
     group = typer.main.get_command(app)
     parts = [HEADER]
+    named = []  # (name as typed, command); a group's sub-commands follow it (r2f ledger init, ...)
     for name in sorted(group.commands):
         cmd = group.commands[name]
+        subs = getattr(cmd, "commands", None)
+        named += [(f"{name} {sub}", subs[sub]) for sub in sorted(subs)] if subs else [(name, cmd)]
+    for name, cmd in named:
         doc = " ".join((cmd.help or "").split())
         parts.append(f"\n## `r2f {name}`\n\n{doc}\n\n| option | meaning | default |\n|---|---|---|\n")
         ctx = typer.Context(cmd)

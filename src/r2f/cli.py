@@ -115,6 +115,14 @@ app = _R2FTyper(
     pretty_exceptions_enable=False,
 )
 
+
+def command_group(name: str, help: str) -> typer.Typer:
+    """A sub-command group of ``r2f`` (``r2f ledger init``): its commands are :class:`R2FCommand` too."""
+    group = _R2FTyper(name=name, cls=R2FGroup, help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
 def _print_version(value: bool) -> None:
     if value:
         from r2f import __version__
@@ -190,19 +198,36 @@ def _read_config(path: Path) -> dict[str, Any]:
     return {str(k).lstrip("-").replace("-", "_"): v for k, v in data.items()}
 
 
-def _check_config_keys(cmd: TyperCommand, config: dict[str, Any], path: str | None) -> None:
-    """An unknown key in --config is bad input (it used to be ignored silently)."""
+def _check_config_keys(cmd: TyperCommand, config: dict[str, Any], path: str | None, name: str | None = None) -> None:
+    """An unknown key in --config is bad input (it used to be ignored silently). ``name``: the command as typed
+    (``ledger apply``), when it is not ``cmd.name``."""
     known = {p.name for p in cmd.params if p.name}
     unknown = sorted(k for k in config if k not in known)
     if unknown:
-        raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for 'r2f {cmd.name}' "
+        raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for 'r2f {name or cmd.name}' "
                             f"(valid: {', '.join(sorted(known))})", source=path or "--config")
+
+
+def _named_command(argv: list[str]) -> tuple[list[str], Any]:
+    """The command the line names, following groups (``ledger apply``): its names and its click command."""
+    cmd, path = typer.main.get_command(app), []
+    for name in (a for a in argv if not a.startswith("-")):
+        sub = getattr(cmd, "commands", {}).get(name)
+        if sub is None:
+            break
+        cmd, path = sub, [*path, name]
+    return path, cmd
 
 
 def _interrupted(argv: list[str]) -> str:
     """One line for Ctrl-C: what was kept, and the exact command that continues from a checkpoint."""
     import shlex
 
+    from r2f.ledger import interrupted_message
+
+    ledger_line = interrupted_message(argv)  # r2f ledger apply keeps its run inside the ledger, not in an --out
+    if ledger_line is not None:
+        return ledger_line
     out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None) or \
         next((a.split("=", 1)[1] for a in argv if a.startswith("--out=")), None)
     steps = sorted(Path(out, "checkpoints").glob("step-*/state.json")) if out else []
@@ -226,11 +251,14 @@ def main(argv: list[str] | None = None) -> None:
         silence_third_party()
         _load_commands()
         command = next((a for a in argv if not a.startswith("-")), None)
+        default_map = None
         if config is not None:
-            cmd = getattr(typer.main.get_command(app), "commands", {}).get(command)
-            if cmd is not None:  # an unknown command: click reports it
-                _check_config_keys(cmd, config, config_path)
-        default_map = {command: config} if config is not None and command else None
+            path, cmd = _named_command(argv)
+            if path:  # an unknown command: click reports it
+                _check_config_keys(cmd, config, config_path, " ".join(path))
+                for name in reversed(path):  # a group's sub-command (ledger apply) reads {"ledger": {"apply": ...}}
+                    config = {name: config}
+                default_map = config
         from r2f import distributed
 
         if command not in DATA_PARALLEL_COMMANDS and int(os.environ.get("RANK", "0")) != 0:
