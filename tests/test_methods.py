@@ -578,3 +578,44 @@ def test_in_memory_model_and_records_are_not_modified(tiny_setup, tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["source_model"]["path"] is None and len(man["source_model"]["fingerprint"]) == 64
     assert man["data"]["forget"]["items"] == len(records)
+
+
+def test_r2f_wga_objective_weights_tokens_by_their_probability(tiny_setup, tmp_path, exact_decoders):
+    """objective=wga decodes WGA's loss: the step follows −Σ p·∇NLL (tokens already unlikely push less), so it
+    differs from plain ascent's step and still raises the forget NLL."""
+    from safetensors.torch import load_file
+
+    from r2f.methods import unlearn
+
+    outs = {}
+    for obj in ("wga", "ga"):
+        out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="exact",
+                      out=tmp_path / obj, steps=2, batch_size=6, lr=0.05, guard="none", stop="none",
+                      retain_weight=0.0, precondition="none", step_rule="schedule", step_norm="module",
+                      objective=obj)
+        s = json.loads((out / "manifest.json").read_text())["summary"]
+        assert s["forget_nll_end"] > s["forget_nll_start"], obj
+        outs[obj] = load_file(str(out / "model.safetensors"))
+    assert any(not torch.equal(outs["wga"][k], outs["ga"][k]) for k in outs["ga"])
+
+
+def test_r2f_retain_views_feed_the_retain_direction_every_question_view(tiny_setup, tmp_path, exact_decoders,
+                                                                      monkeypatch):
+    """retain_views=K: the retain direction D_r is decoded over K question views of the retain batch (the forget
+    side always uses ``views``); default 1, the original questions only."""
+    import r2f.methods.r2f as r2f_mod
+    from r2f.methods import unlearn
+
+    seen: dict[str, list[int]] = {"forget": [], "retain": []}
+    real = r2f_mod.R2F.decoded
+
+    def spy(self, model, batches, loss_fn):
+        seen["retain" if loss_fn == self.retain_loss else "forget"].append(len(batches))
+        return real(self, model, batches, loss_fn)
+
+    monkeypatch.setattr(r2f_mod.R2F, "decoded", spy)
+    for k in (1, 2):
+        seen = {"forget": [], "retain": []}
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="exact",
+                out=tmp_path / f"k{k}", steps=1, batch_size=6, stop="none", retain_views=k, views=3)
+        assert seen == {"forget": [3], "retain": [k]}, (k, seen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import answer_prob
 
@@ -69,3 +70,27 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
     for name, items in kept.items():
         before, after = answer_prob(tiny_models["full"], items), answer_prob(out, items)
         assert after >= floor * before, (name, before, after, man["steps"])
+
+
+def test_rmu_objective_changes_only_the_layers_below_the_steered_one(world_dir, tiny_models, proxy_decoder, tmp_path):
+    """R2F with RMU's loss, decoded by the learned (batch-mode) decoder: the loss reads layer 0's output of the
+    2-layer target (depth // 4), so layer 1 gets no gradient and must stay bit for bit (its probe records no
+    backward and no batch statistic: it decodes to zero rather than failing), while layer 0 moves and the forget
+    answers' NLL rises."""
+    from safetensors.torch import load_file
+
+    from r2f.data.loader import load_split
+    from r2f.methods import unlearn
+
+    out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", world_dir / "retain90.jsonl", method="r2f",
+                  decoder=proxy_decoder, out=tmp_path / "out", steps=3, seed=0, objective="rmu")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["method_info"]["steering"]["layer"] == 0
+    before = load_file(str(tiny_models["full"] / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    probed = [k for k in before if k.endswith("proj.weight")]
+    moved = {k for k in probed if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("model.layers.0.") for k in moved), sorted(moved)
+    assert all(torch.equal(before[k], after[k]) for k in probed if k.startswith("model.layers.1."))
+    forget = load_split(world_dir, "forget10")
+    assert answer_prob(out, forget) < answer_prob(tiny_models["full"], forget)

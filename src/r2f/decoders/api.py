@@ -100,7 +100,14 @@ def iter_decoded_gradients(
     sketches = probe_gradients(model, view_batches, probe, loss_fn, aggregate=aggregate, batch_stats=decoder.access == "batch",
                                  reduce=reduce)
     modules = dict(target_linears(model, probe.target_modules))
-    for sk, g in decoder.decode_many(sketches, stats):
+    # a module whose output never reaches the loss (layers above RMU's steered layer) has G = 0 exactly: it
+    # decodes to zeros (its batch statistic was never recorded, and a nonlinear decoder need not map 0 to 0)
+    reached = [sk for sk in sketches if bool(sk.grad_a.any() or sk.grad_b.any())]
+    for sk in sketches:
+        if not (sk.grad_a.any() or sk.grad_b.any()):
+            mod = modules[sk.name]
+            yield sk.param_name, torch.zeros_like(mod.weight)
+    for sk, g in decoder.decode_many(reached, stats) if reached else ():
         mod = modules[sk.name]
         yield sk.param_name, to_weight_layout(mod, g.to(mod.weight.dtype))
 

@@ -36,11 +36,14 @@ from r2f.methods.baselines import register_reference
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
 from r2f.methods.losses import npo_loss, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
+from r2f.methods.rmu import activation_distance, control_vector, layer_output
+from r2f.methods.wga import wga_loss
+from r2f.models.answer_nll import answer_token_nll_flat
 
 DEFAULT_DECODER = "learned"
 GUARDS = ("project", "none")
 STOPS = ("shuffled", "perturbed", "none")
-OBJECTIVES = ("ga", "npo")
+OBJECTIVES = ("ga", "npo", "wga", "rmu")
 STEP_NORMS = ("module", "global")
 STEP_RULES = ("search", "schedule")
 PRECONDITIONS = ("adam", "none")
@@ -77,8 +80,10 @@ class R2F(UpdateMethod):
     defaults = {
         "decoder": None,          # decoder name or file (learned by default)
         "access": None,           # what the decoder may read: lora | stats | batch (default: the decoder's mode)
-        "objective": "npo",       # ga | npo
-        "beta": 0.1,              # NPO β
+        "objective": "npo",       # ga | npo | wga (WGA's token weights) | rmu (RMU's activation steering)
+        "beta": None,             # NPO β (default 0.1) or WGA β (default 1)
+        "steer_layer": None,      # rmu: decoder layer whose output is steered (default: depth // 4)
+        "steer_scale": 1.0,       # rmu: norm of the random target ÷ the layer's mean forget-answer activation norm
         "views": 4,               # K question views per forget item
         "rank": None,             # probe r_B (default: the decoder's, else 16)
         "rank_a": None,           # probe r_A (default: the decoder's, else 2·rank)
@@ -93,11 +98,12 @@ class R2F(UpdateMethod):
         "guard_budget": 0.08,     # search: largest rise of the guard NLL over the whole run (r2f bench's choice)
         "backtracks": 4,          # search: halvings of η tried before the run stops (as many doublings too)
         "guard_items": 32,        # guard items the line search scores (retain file, else self-answered)
+        "retain_views": 1,        # question views of each retain item in the retain direction D_r
         "step_norm": "global",    # module | global
         "precondition": "adam",   # adam (per-coordinate Adam moments of the guarded direction) | none
         "min_step_ratio": 0.1,    # schedule: η_T / η of the cosine decay
         "stop": "shuffled",       # stop rule: shuffled | perturbed | none
-        "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides stop=perturbed)
+        "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides every stop rule)
         "stop_window": 1,         # steps whose mean forget NLL is compared with the threshold
         "stats": "retain",        # Σ statistics for decoders that use them: retain (generic text) | batch
         "stats_items": 64,        # retain items the Σ statistics are collected over
@@ -123,6 +129,7 @@ class R2F(UpdateMethod):
         self.guard_source = self._retain_data(engine, model)
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
             if self.objective == "npo" else None
+        self.steer = self._steering(engine, model) if self.objective == "rmu" else None
         self.stats = self._stats(engine, model, gradients)
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.stop_window))
@@ -223,6 +230,8 @@ class R2F(UpdateMethod):
                                           "nll_start": self.guard_start},
                                 "stats": None if self.stats is None else {"source": self.guard_source,
                                                                           "tokens": self.stats.tokens}}
+        if self.steer is not None:
+            info["steering"] = self.steer[2]
         spec = self.options.get("decoder") or DEFAULT_DECODER
         # the file the decoder came from, also when it was named ("learned": the default decoder's file)
         path = Path(str(getattr(self.decoder_obj, "source", None) or spec))
@@ -272,10 +281,35 @@ class R2F(UpdateMethod):
                 vals += (s / n.clamp_min(1)).tolist()
         return sum(vals) / len(vals)
 
+    def _steering(self, engine: Engine, model) -> tuple[torch.nn.Module, torch.Tensor, dict[str, Any]]:
+        """RMU's target: (the steered decoder layer, its fixed random target vector, what was chosen).
+
+        The target's norm is ``steer_scale`` × the layer's mean activation norm on forget answers at the start,
+        so the default needs no per-model coefficient (RMU's ``steering_coeff`` is tuned per model)."""
+        layers = _decoder_layers(model)
+        k = int(self.steer_layer) if self.steer_layer is not None else len(layers) // 4
+        if not 0 <= k < len(layers):
+            raise R2FInputError(f"layer {k} does not exist (the model has {len(layers)})", source="steer_layer")
+        module = layers[k]
+        with torch.no_grad():
+            b = engine.make_batch(engine.forget[:32]).inputs
+            act = layer_output(model, module, b)
+            mask = b["labels"] != -100
+            norm = float(act.float().norm(dim=-1)[mask].mean())
+        target = control_vector(act.shape[-1], float(self.steer_scale) * norm, engine.config.seed)
+        return module, target, {"layer": k, "activation_norm": norm, "target_norm": float(target.norm())}
+
     def forget_loss(self, model, batch: dict) -> torch.Tensor:
+        if self.objective == "rmu":
+            module, target, _ = self.steer
+            act = layer_output(model, module, batch)
+            return activation_distance(act, target.to(act.device).expand_as(act), batch["labels"] != -100).mean()
+        if self.objective == "wga":
+            nll, _, counts = answer_token_nll_flat(model, batch)
+            return wga_loss(nll, counts, 1.0 if self.beta is None else float(self.beta))
         s, n = sequence_nll(model, batch)
         if self.objective == "npo":
-            return npo_loss(s, self.ref.lookup(batch), self.beta)
+            return npo_loss(s, self.ref.lookup(batch), 0.1 if self.beta is None else float(self.beta))
         return -token_mean_nll(s, n)
 
     @staticmethod
@@ -303,7 +337,7 @@ class R2F(UpdateMethod):
     # -- the hook ---------------------------------------------------------------------------------
     def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
         g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
-        g_r = self.decoded(model, [retain.inputs], self.retain_loss) \
+        g_r = self.decoded(model, retain.views(int(self.retain_views)), self.retain_loss) \
             if (self.guard != "none" or self.retain_weight) and retain is not None else None
         params = dict(model.named_parameters())
         directions, out = self._guarded_directions(g_f, g_r, params)
@@ -484,6 +518,14 @@ class Exact(R2F):
             raise R2FInputError("method 'exact' always uses the exact decoder; use --method r2f for others",
                                 source="--decoder")
         super().__init__(**options)
+
+
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers: the longest ModuleList (Llama ``model.layers``, GPT-2 ``h`` ...)."""
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise R2FInputError("the model has no stack of decoder layers to steer", source="objective")
+    return max(lists, key=len)
 
 
 def _shuffled_pairs(items) -> list[tuple[str, str]]:

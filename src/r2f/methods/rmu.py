@@ -58,7 +58,7 @@ def find_module(model: torch.nn.Module, pattern: str) -> torch.nn.Module:
     return found[0][1]
 
 
-def _activations(model: torch.nn.Module, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def layer_output(model: torch.nn.Module, module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The output hidden state of ``module`` in a forward pass of ``model`` (grad as the caller's mode allows)."""
     seen: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out[0] if isinstance(out, tuple) else out))
@@ -97,7 +97,7 @@ class RMU(LossMethod):
 
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         f_in = forget.inputs
-        act = _activations(model, self.module, f_in)
+        act = layer_output(model, self.module, f_in)
         target = control_vector(act.shape[-1], float(self.steering_coeff), self.seed).to(act.device)
         forget_dist = activation_distance(act, target.expand_as(act), f_in["labels"] != -100)
         ctx.record(rmu_forget=forget_dist.detach())  # logged per step, like forget_nll
@@ -105,8 +105,8 @@ class RMU(LossMethod):
         if self.alpha and retain is not None:
             r_in = retain.inputs
             with torch.no_grad():
-                frozen = _activations(self.frozen, self.frozen_module, r_in)
-            retain_dist = activation_distance(_activations(model, self.module, r_in), frozen, r_in["labels"] != -100)
+                frozen = layer_output(self.frozen, self.frozen_module, r_in)
+            retain_dist = activation_distance(layer_output(model, self.module, r_in), frozen, r_in["labels"] != -100)
             ctx.record(rmu_retain=retain_dist.detach())
             loss = loss + self.alpha * seq_mean(retain_dist)
         return loss
