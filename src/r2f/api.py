@@ -72,17 +72,17 @@ def train_decoder(
 
 def evaluate(
     model: str | os.PathLike | tuple | torch.nn.Module,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     *,
     retain_model: str | os.PathLike | tuple | torch.nn.Module | None = None,
     retain_log: str | os.PathLike | dict | None = None,
-    forget: str = "forget10",
+    forget: str | None = None,
     retain_split: str | None = None,
     relearn: int = 0,
     relearn_lr: float = 1e-4,
     batch_size: int = 32,
-    max_new_tokens: int = 200,
+    max_new_tokens: int | None = None,
     max_items: int | None = None,
     threads: int | None = None,
     allow_pickle: bool = False,
@@ -90,15 +90,19 @@ def evaluate(
     tokenizer: Any = None,
     retain_tokenizer: Any = None,
     metrics: Iterable[str] | None = None,
+    bench: str = "world",
 ) -> dict:
     """Evaluate ``model`` on the ``forget`` split of ``data`` (``r2f eval``); returns the eval.json dict.
 
     With ``out`` (a file path) the dict is also written there as JSON. ``model``/``retain_model``: a model
     directory, ``"smollm2"``, a ``(model, tokenizer)`` pair, or a model with ``tokenizer=``/``retain_tokenizer=``.
     Give at most one of ``retain_model`` and ``retain_log`` (its eval.json, or OpenUnlearning's TOFU_EVAL.json);
-    without either, ``forget_quality`` is ``None``. ``retain_split`` defaults to the complement of ``forget``
-    (``forget05`` → ``retain95``). ``metrics`` (Python only) picks names from :data:`r2f.eval.METRICS`.
+    without either, ``forget_quality`` is ``None``. ``forget`` defaults to ``forget10``; ``retain_split`` to its
+    complement (``forget05`` → ``retain95``). ``metrics`` (Python only) picks names from :data:`r2f.eval.METRICS`.
     ``threads``: torch's intra-op threads (default: r2f.threads' policy; recorded in ``meta.threads``).
+    ``bench="realfacts"`` evaluates real-world knowledge instead (docs/realfacts.md): the shipped benchmark, or the
+    directory ``data``; no retain oracle, split options or relearning. ``max_new_tokens`` defaults to 200 on the
+    world and 32 on realfacts.
     Example: ``r2f.evaluate("runs/npo", "world", forget="forget05", out="runs/npo/eval.json")["summary"]``.
     """
     from r2f.distributed import is_main
@@ -107,14 +111,23 @@ def evaluate(
     from r2f.models.loading import model_policy
     from r2f.threads import check_threads, thread_choice
 
+    if bench not in BENCHES:
+        raise R2FInputError(f"unknown bench '{bench}'; choose from {', '.join(BENCHES)}", source="--bench")
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
     if out is not None and Path(out).is_dir():
         raise R2FInputError("--out must be a file path (eval.json), not a directory", source=str(out))
-    if not Path(data).is_dir():
-        raise R2FInputError("data directory not found", source=str(data))
-    if isinstance(retain_log, (str, os.PathLike)) and not Path(retain_log).is_file():
-        raise R2FInputError("retain log not found", source=str(retain_log))
+    if bench == "realfacts":
+        _check_realfacts_options(data, retain_model=retain_model, retain_log=retain_log, forget=forget,
+                                 retain_split=retain_split, relearn=relearn)
+    else:
+        forget = forget or "forget10"
+        if data is None:
+            raise R2FInputError("missing: the world / TOFU data directory", source="--data")
+        if not Path(data).is_dir():
+            raise R2FInputError("data directory not found", source=str(data))
+        if isinstance(retain_log, (str, os.PathLike)) and not Path(retain_log).is_file():
+            raise R2FInputError("retain log not found", source=str(retain_log))
     if max_items is not None and max_items < 1:
         raise R2FInputError("must be >= 1", source="--max-items")
     check_threads(threads)
@@ -122,12 +135,34 @@ def evaluate(
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
         # chosen here (the suite would choose the same) so that eval.json can say which count ran and why
         threads_used = thread_choice(model if tokenizer is None else (model, tokenizer), threads)
-        result = run_suite(model, data, tokenizer=tokenizer, retain_model=retain_model,
-                           retain_tokenizer=retain_tokenizer, retain_log=retain_log, forget_split=forget,
-                           retain_split=retain_split, metrics=metrics, relearn=relearn, relearn_lr=relearn_lr,
-                           batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
-                           num_threads=threads_used.threads)
+        if bench == "realfacts":
+            from r2f.eval.realfacts import DEFAULT_MAX_NEW_TOKENS, evaluate_realfacts
+
+            budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
+            result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, metrics=metrics, batch_size=batch_size,
+                                        max_new_tokens=budget, max_items=max_items, num_threads=threads_used.threads)
+        else:
+            result = run_suite(model, data, tokenizer=tokenizer, retain_model=retain_model,
+                               retain_tokenizer=retain_tokenizer, retain_log=retain_log, forget_split=forget,
+                               retain_split=retain_split, metrics=metrics, relearn=relearn, relearn_lr=relearn_lr,
+                               batch_size=batch_size, max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
+                               max_items=max_items, num_threads=threads_used.threads)
     result.setdefault("meta", {})["threads"] = threads_used.to_dict()
     if out is not None and is_main():
         write_json_atomic(out, result)
     return result
+
+
+#: What ``r2f eval --bench`` can evaluate against.
+BENCHES = ("world", "realfacts")
+
+
+def _check_realfacts_options(data, *, retain_model, retain_log, forget, retain_split, relearn) -> None:
+    """``--bench realfacts`` has fixed splits and no retain oracle: the world-only options are refused."""
+    world_only = {"--retain-model": retain_model is not None, "--retain-log": retain_log is not None,
+                  "--forget": forget is not None, "--retain-split": retain_split is not None, "--relearn": relearn > 0}
+    for flag, given in world_only.items():
+        if given:
+            raise R2FInputError("only for --bench world (realfacts has fixed splits and no retain oracle)", source=flag)
+    if data is not None and not Path(data).is_dir():
+        raise R2FInputError("realfacts directory not found", source=str(data))

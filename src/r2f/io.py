@@ -41,6 +41,14 @@ def read_text(path: str | os.PathLike) -> str:
                             f"(byte offset {at})", source=f"{path}:{line}") from None
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in a UTF-8 file; malformed JSON is bad input naming the file and line."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
+
+
 def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 

@@ -11,23 +11,34 @@ from r2f.cli import app, threads_option
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
+#: Headline numbers of ``--bench realfacts``.
+REALFACTS_HEADLINE = ("forget_known", "neighbour_known", "general_known", "heldout_ppl", "forget_gen_match",
+                      "mia_loss_forget_vs_neighbour")
 
 
 @app.command("eval")
 def eval_command(
     model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to evaluate."),
-    data: Path = typer.Option(..., "--data", help="World / TOFU data directory."),
+    data: Optional[Path] = typer.Option(None, "--data", help="World / TOFU data directory (required for --bench world; "
+                                                             "with --bench realfacts, a realfacts directory instead "
+                                                             "of the shipped one)."),
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
+    bench: str = typer.Option("world", "--bench", help="What to evaluate against: 'world' (TOFU-style metrics on "
+                                                       "--data) or 'realfacts' (real-world knowledge of a "
+                                                       "pre-trained model; docs/realfacts.md)."),
     retain_model: Optional[str] = typer.Option(None, "--retain-model", help="Retain-oracle model directory (for forget_quality / privleak)."),
     retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
-    forget: str = typer.Option("forget10", "--forget", help="Forget split (forget01|forget05|forget10)."),
+    forget: Optional[str] = typer.Option(None, "--forget", help="Forget split (forget01|forget05|forget10; default "
+                                                                "forget10). World only."),
     retain_split: Optional[str] = typer.Option(None, "--retain-split",
                                                help="Retain split scored for utility (default: the complement "
                                                     "of --forget, e.g. retain90 for forget10)."),
     relearn: int = typer.Option(0, "--relearn", help="Relearning attack: N fine-tuning steps on half the forget split (0 = off)."),
     relearn_lr: float = typer.Option(1e-4, "--relearn-lr", help="Learning rate of the relearning attack."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", help="Greedy generation budget for ROUGE."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="Greedy generation budget for ROUGE (default 200) or, with "
+                                                      "--bench realfacts, for the generation match (default 32)."),
     max_items: Optional[int] = typer.Option(None, "--max-items", help="Use only the first N items of each split (quick checks)."),
     threads: Optional[int] = threads_option(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
@@ -35,18 +46,20 @@ def eval_command(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="Run Python code shipped inside a model directory (off by default)."),
 ) -> None:
-    """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES."""
+    """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES; with
+    --bench realfacts, the real-world facts it still knows (forget, neighbours, general) and held-out perplexity."""
     import r2f
     from r2f.distributed import is_main
 
     result = r2f.evaluate(model, data, out, retain_model=retain_model, retain_log=retain_log, forget=forget,
                           retain_split=retain_split, relearn=relearn, relearn_lr=relearn_lr, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, max_items=max_items, threads=threads,
-                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, bench=bench)
     if not is_main():
         return
     s = result["summary"]
-    parts = [f"{k}={s[k]:.4g}" for k in HEADLINE if isinstance(s.get(k), (int, float))]
+    headline = REALFACTS_HEADLINE if bench == "realfacts" else HEADLINE
+    parts = [f"{k}={s[k]:.4g}" for k in headline if isinstance(s.get(k), (int, float))]
     typer.echo(f"wrote {out} ({result['meta']['wall_s']:.1f}s): " + " ".join(parts))
     if result.get("relearn", {}).get("after"):
         b, a = result["relearn"]["before"], result["relearn"]["after"]

@@ -2,10 +2,13 @@
 
 - :func:`evaluate` runs the suite and returns the eval.json dict;
 - :data:`METRICS` is the registry (``name -> MetricSpec``); :func:`register_metric` adds one;
-- :mod:`r2f.eval.functional` holds the pure, unit-tested definitions.
+- :mod:`r2f.eval.functional` holds the pure, unit-tested definitions;
+- :func:`evaluate_realfacts` runs the realfacts metrics (:mod:`r2f.eval.realfacts`, docs/realfacts.md).
 """
 
 from r2f.eval.registry import METRICS, MetricSpec, register_metric
 from r2f.eval.suite import DEFAULT_METRICS, EvalContext, evaluate, tokenizer_fingerprint
+from r2f.eval.realfacts import REALFACTS_METRICS, evaluate_realfacts  # noqa: E402  (registers the realfacts metrics)
 
-__all__ = ["METRICS", "MetricSpec", "register_metric", "DEFAULT_METRICS", "EvalContext", "evaluate", "tokenizer_fingerprint"]
+__all__ = ["METRICS", "MetricSpec", "register_metric", "DEFAULT_METRICS", "EvalContext", "evaluate", "tokenizer_fingerprint",
+           "REALFACTS_METRICS", "evaluate_realfacts"]

@@ -253,6 +253,15 @@ def _sanitize(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- the suite
+def requested_metrics(metrics: Iterable[str] | None, default: Sequence[str]) -> list[str]:
+    """The metric names to compute: ``metrics`` if given (each must be registered), else ``default``."""
+    names = list(metrics) if metrics is not None else list(default)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise R2FInputError(f"unknown metric(s): {', '.join(unknown)}", source="metrics")
+    return names
+
+
 def evaluate(
     model,
     data_dir: str | os.PathLike,
@@ -305,10 +314,7 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
     t0 = time.perf_counter()
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either a retain model or a retain log, not both", source="--retain-log")
-    names = list(metrics) if metrics is not None else list(DEFAULT_METRICS)
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise R2FInputError(f"unknown metric(s): {', '.join(unknown)}", source="metrics")
+    names = requested_metrics(metrics, DEFAULT_METRICS)
     if relearn < 0:
         raise R2FInputError("must be >= 0", source="--relearn")
     if batch_size < 1:
