@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import inspect
 import math
-import types
 from pathlib import Path
 
 import pytest
@@ -25,29 +25,32 @@ TINY_OPTIONS = {"r2f": {"stop": "none", "step_rule": "schedule"}, "exact": {"sto
 # ------------------------------------------------------------------------------------ fixtures
 
 
-def exact_standin():
-    """Stand-in for r2f.decoders: every decoder is the exact gradient (the contract's ``exact``)."""
-    import r2f.gradients as gradients
+def recording_decoder():
+    """A stand-in decoder handed to R2F as its ``decoder`` option (injected, no monkeypatching): the least-squares
+    closed form, recording every call it gets. Its methods override :class:`r2f.decoders.Decoder`'s with the same
+    signatures (``test_an_injected_decoder_is_the_one_r2f_uses`` checks them)."""
+    from r2f.decoders import Decoder, LSDecoder
 
-    def load_decoder(name):
-        if str(name) not in ("exact", "learned", "sketch", "ls", "lora", "sigma"):
-            raise ValueError(f"unknown decoder {name!r}")
-        return str(name)
+    class RecordingLS(Decoder):
+        name = "recording-ls"
 
-    def decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate="mean", stats=None):
-        return gradients.exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules,
-                                         aggregate=aggregate)
+        def __init__(self, dtype=torch.float32):
+            super().__init__(dtype)
+            self.real = LSDecoder(dtype)
+            self.calls: list[str] = []
 
-    return types.SimpleNamespace(load_decoder=load_decoder, decoded_gradients=decoded_gradients), gradients
+        def check_compatible(self, probe, kinds=None):
+            self.calls.append("check_compatible")
 
+        def decode(self, sk, stats=None):
+            return self.real.decode(sk, stats)
 
-@pytest.fixture
-def exact_decoders(monkeypatch):
-    import r2f.methods.r2f as r2f_mod
+        def decode_many(self, sketches, stats=None):
+            self.calls.append("decode_many")
+            for sk in sketches:
+                yield sk, self.decode(sk, stats)
 
-    stand = exact_standin()
-    monkeypatch.setattr(r2f_mod, "_core", lambda: stand)
-    return stand
+    return RecordingLS()
 
 
 def _records(n, prefix):
@@ -188,7 +191,7 @@ def test_batches_are_a_function_of_seed_and_step():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_decoders):
+def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r2f.methods import unlearn
@@ -289,7 +292,7 @@ def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["grad_diff", "npo", "lora", "r2f", "rmu"])
-def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exact_decoders):
+def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from r2f.methods import METHODS, unlearn
@@ -354,7 +357,7 @@ def _cli(argv):
 
 
 @pytest.mark.parametrize("case", ["method", "decoder", "empty", "same_dir", "nonempty", "option", "retain"])
-def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys, exact_decoders):
+def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys):
     m, f, r = str(tiny_setup["model"]), str(tiny_setup["forget"]), str(tiny_setup["retain"])
     out = tmp_path / "out"
     argv = ["unlearn", "--model", m, "--forget", f, "--retain", r, "--out", str(out), "--steps", "1"]
@@ -459,7 +462,7 @@ def test_manifest_records_which_parameters_a_run_changed(tiny_setup, tmp_path):
 # ------------------------------------------------------------------------------------ r2f rule
 
 
-def test_r2f_guard_projects_out_retain_conflict(tiny_setup, exact_decoders):
+def test_r2f_guard_projects_out_retain_conflict(tiny_setup):
     """One r2f step with the guard is first-order neutral on the retain loss; without it, it is not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -507,6 +510,31 @@ def test_r2f_with_real_builtin_decoders(decoder, tiny_setup, tmp_path):
     assert all(e["step_size"] > 0 for e in man["log"])
 
 
+def test_an_injected_decoder_is_the_one_r2f_uses(tiny_setup, tmp_path):
+    """A Decoder object given as ``decoder=`` is what R2F decodes with (two decodes per step: forget and retain
+    directions), and the run equals one with the decoder of the same rule named ("ls"); the stand-in overrides
+    the real interface with the real signatures."""
+    from safetensors.torch import load_file
+
+    from r2f.decoders import Decoder
+    from r2f.methods import unlearn
+
+    stand_in = recording_decoder()
+    for hook in ("check_compatible", "decode", "decode_many"):
+        params = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Decoder, hook)).parameters.values()]
+        assert params == [(p.name, p.kind, p.default)
+                          for p in inspect.signature(getattr(type(stand_in), hook)).parameters.values()], hook
+    kw = dict(method="r2f", steps=2, batch_size=3, stop="none", lr=0.01, step_rule="schedule")
+    injected = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], decoder=stand_in,
+                       out=tmp_path / "injected", **kw)
+    named = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], decoder="ls",
+                    out=tmp_path / "named", **kw)
+    assert stand_in.calls.count("decode_many") == 4
+    a, b = load_file(str(injected / "model.safetensors")), load_file(str(named / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((injected / "manifest.json").read_text())["method_info"]["decoder"]["name"] == "recording-ls"
+
+
 def test_r2f_without_a_trained_decoder_is_refused(tiny_setup, tmp_path, monkeypatch):
     """R2F defaults to the last learned decoder on this machine; with none yet it says how to get one."""
     from r2f.methods import unlearn
@@ -518,7 +546,7 @@ def test_r2f_without_a_trained_decoder_is_refused(tiny_setup, tmp_path, monkeypa
     assert not (tmp_path / "o").exists()
 
 
-def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path, exact_decoders):
+def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path):
     """Exact-decoder r2f raises the forget NLL; the guard keeps the retain change below plain ascent's."""
     from r2f.methods import unlearn
 
