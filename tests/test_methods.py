@@ -166,6 +166,45 @@ def test_method_registry_and_defaults():
     assert all(name in str(exc.value) for name in METHODS)  # the refusal lists the registry
 
 
+def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monkeypatch):
+    """A method the registry gains at run time is treated by its class's capabilities: retain data refused when it
+    needs it, --decoder refused (naming the registry's decoder methods, read from the classes) until it declares
+    ``uses_decoder``, then its decoder is loaded before the model; an optimizer the engine does not run is refused
+    at registration."""
+    from r2f.methods import METHODS, register, unlearn
+    from r2f.methods.base import methods_that
+    from r2f.methods.baselines import GradAscent
+
+    class Declared(GradAscent):
+        name = "declared_for_test"
+        needs_retain = True
+
+    monkeypatch.setitem(METHODS, Declared.name, Declared)
+    args = (str(tiny_setup["model"]), tiny_setup["forget"])
+    with pytest.raises(R2FInputError, match="needs retain data"):
+        unlearn(*args, None, method=Declared.name, out=tmp_path / "a", steps=1)
+    with pytest.raises(R2FInputError) as exc:
+        unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="exact", out=tmp_path / "b", steps=1)
+    users = [n for n, cls in METHODS.items() if cls.uses_decoder]
+    assert users == methods_that("uses_decoder") and {"r2f", "exact"} <= set(users)
+    assert exc.value.source == "--decoder" and all(n in str(exc.value) for n in users)
+    assert str(exc.value).count(Declared.name) == 1  # named as the method given, not among the decoder methods
+    monkeypatch.setattr(Declared, "uses_decoder", True)
+    monkeypatch.setattr(Declared, "defaults", {**GradAscent.defaults, "decoder": None})  # a decoder method's option
+    with pytest.raises(R2FInputError, match="unknown decoder"):  # now loaded, and refused, before the model
+        unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="no-such-decoder", out=tmp_path / "c",
+                steps=1)
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+    class Unrunnable(GradAscent):
+        name = "unrunnable_for_test"
+        optimizer = "sgd"
+
+    with pytest.raises(ValueError, match="sgd"):
+        register(Unrunnable)
+    assert Unrunnable.name not in METHODS
+
+
 def test_docs_describe_every_registered_method():
     """docs/methods.md has a section heading, a table row or a bold paragraph for every name the registry holds."""
     import re

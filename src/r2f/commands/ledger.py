@@ -51,7 +51,8 @@ def apply_command(
     utility: list[Path] = typer.Option([], "--utility", help="File measured before and after (repeatable): "
                                                              "utility (retain authors, world facts) or a "
                                                              "reference such as holdout. Default: --retain."),
-    decoder: Optional[str] = typer.Option(None, "--decoder", help="Decoder for --method r2f (as r2f unlearn)."),
+    decoder: Optional[str] = typer.Option(None, "--decoder", help="Decoder of a method that decodes gradients (as r2f "
+                                                                       "unlearn)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Step budget (default: 10 epochs of the request)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate or R2F's step size (as r2f unlearn)."),
     views: Optional[int] = typer.Option(None, "--views", help="Question views per forget item."),

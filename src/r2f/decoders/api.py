@@ -1,4 +1,4 @@
-"""What the unlearning engine calls: ``load_decoder`` and ``decoded_gradients``."""
+"""What the unlearning engine calls: ``load_decoder`` (``resolve_decoder`` for user input) and ``decoded_gradients``."""
 
 from __future__ import annotations
 
@@ -71,6 +71,22 @@ def load_decoder(name_or_path: str | os.PathLike | Decoder) -> Decoder:
     from r2f.decoders.learned import LearnedDecoder
 
     return LearnedDecoder.load(path)
+
+
+#: The decoder a method that uses one gets when none is named: the last learned decoder of this machine.
+DEFAULT_DECODER = "learned"
+
+
+def resolve_decoder(name_or_path: str | os.PathLike | Decoder | None) -> Decoder:
+    """:func:`load_decoder` for user input: None is :data:`DEFAULT_DECODER`, a ``Decoder`` object is used as it is
+    (injected, e.g. a stand-in in tests); an unknown name or unreadable file is R2FInputError naming it."""
+    spec = name_or_path or DEFAULT_DECODER
+    try:
+        return load_decoder(spec if isinstance(spec, Decoder) else str(spec))
+    except R2FInputError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise R2FInputError(f"cannot load decoder: {exc}", source=str(spec)) from None
 
 
 def iter_decoded_gradients(

@@ -16,14 +16,14 @@ from r2f import distributed as dist
 from r2f.data.loader import item_locations, load_items
 from r2f.data.schema import QAItem
 from r2f.data.templates import template_for, untrainable
-from r2f.decoders import Decoder
+from r2f.decoders import Decoder, resolve_decoder
 from r2f.distributed import DataParallel
 from r2f.errors import R2FInputError
 from r2f.fsdp import full_state_dict
 from r2f.io import atomic_dir, check_out_dir, is_within, write_json_atomic
 from r2f.methods.cost import CostMeter
-from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
-from r2f.methods.r2f import resolve_decoder
+from r2f.methods.base import METHODS, get_method, methods_that
+from r2f.methods.engine import Engine, EngineConfig
 from r2f.models.loading import load_model, model_fingerprint, model_policy, resolve_model_dir
 from r2f.threads import check_threads, model_threads_for, requested_threads
 
@@ -171,8 +171,9 @@ def unlearn(
     if method not in METHODS:
         raise R2FInputError(f"unknown method '{method}' (choose from {', '.join(sorted(METHODS))})",
                             source="--method")
-    if decoder is not None and method not in ("r2f", "exact"):
-        raise R2FInputError(f"--decoder only applies to --method r2f (got --method {method})", source="--decoder")
+    if decoder is not None and not METHODS[method].uses_decoder:
+        raise R2FInputError(f"--decoder only applies to the methods that use a decoder "
+                            f"({', '.join(methods_that('uses_decoder'))}; got --method {method})", source="--decoder")
     if views is not None:
         if views < 1:
             raise R2FInputError("must be at least 1", source="--views")
@@ -188,7 +189,7 @@ def unlearn(
     if lr is not None and not (lr > 0 and lr == lr):
         raise R2FInputError("must be positive", source="--lr")
     check_threads(threads)
-    if method in ("r2f", "exact") and decoder is not None:
+    if decoder is not None:
         options["decoder"] = decoder if isinstance(decoder, Decoder) else str(decoder)  # an object: injected
     meth = get_method(method, **options)  # unknown options -> R2FInputError
     if fsdp and not meth.supports_fsdp:  # refused in one process too: the same command line fails under torchrun
@@ -211,7 +212,7 @@ def unlearn(
     retain_items, retain_info = _data(retain, "retain", required=False)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
-    if method in ("r2f", "exact"):
+    if meth.uses_decoder:
         resolve_decoder(meth.options.get("decoder"))  # unknown decoder -> exit 2 before loading the model
     ckpt_root = out / CHECKPOINTS
     if resume and out.is_dir() and any(out.iterdir()) and not ckpt_root.is_dir() and not (out / MANIFEST).is_file():
@@ -260,8 +261,8 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                            fsdp=fsdp)
         config = {"method": method, "options": recorded_options(meth.options), "steps": n_steps, "lr": cfg.lr,
                   "batch_size": batch_size, "seed": seed, "max_length": max_length}
-        if isinstance(meth, LossMethod):
-            config["optimizer"] = {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8,
+        if meth.optimizer == "adamw":
+            config["optimizer"] = {"name": meth.optimizer, "betas": [0.9, 0.999], "eps": 1e-8,
                                    "weight_decay": cfg.weight_decay, "schedule": "linear",
                                    "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm}
         run_key = {**config, "forget_sha256": forget_info["sha256"],
@@ -293,7 +294,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                     "r2f_manifest": 1,
                     "method": method,
                     "config": config,
-                    "decoder": config["options"].get("decoder") if method in ("r2f", "exact") else None,
+                    "decoder": config["options"].get("decoder") if meth.uses_decoder else None,
                     "method_info": result.method_info,
                     "data": {"forget": forget_info, "retain": retain_info},
                     "source_model": source,

@@ -7,7 +7,10 @@ A method is a small class with one hook, run by the engine (``r2f.methods.engine
 - :class:`UpdateMethod` — ``update(model, forget, retain, ctx) -> dict``; the method changes the
   weights itself (R2F) and returns what it wants logged.
 
-``@register`` puts a class into :data:`METHODS` under its ``name``; nothing else lists methods.
+``@register`` puts a class into :data:`METHODS` under its ``name``; nothing else lists methods. What a method
+needs or offers is declared on its class (:class:`Method`'s capability attributes: ``needs_retain``,
+``uses_decoder``, ``optimizer``, ``supports_fsdp``); the engine, the API, the CLI and the demo read those, never a
+method's name.
 """
 
 from __future__ import annotations
@@ -52,8 +55,18 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     #: Default learning rate (loss methods) or base relative step size (update methods).
     default_lr: ClassVar[float] = 1e-4
+
+    # -- capabilities: what the engine, the API, the CLI and the demo ask a method (never its name) --------------
     #: Whether the method needs retain data (an error is raised when it is missing).
     needs_retain: ClassVar[bool] = False
+    #: Whether the method decodes gradients with a decoder (its ``decoder`` option; ``--decoder``): the API loads the
+    #: decoder before the model (an unknown one is exit 2) and the manifest records it; ``--decoder`` is refused for
+    #: other methods.
+    uses_decoder: ClassVar[bool] = False
+    #: The optimizer the engine runs for the method: ``"adamw"`` (AdamW over :meth:`parameters` with a linear
+    #: warm-up/decay schedule, weight decay on matrices and gradient clipping; recorded in the manifest), or None
+    #: when the method changes the weights itself.
+    optimizer: ClassVar[str | None] = None
     #: Whether the method runs on an FSDP-sharded target (``--fsdp``); False: refused with exit 2 (e.g. a method
     #: that deep-copies the model, which FSDP forbids).
     supports_fsdp: ClassVar[bool] = True
@@ -103,6 +116,8 @@ class Method:
 
 
 class LossMethod(Method):
+    optimizer = "adamw"
+
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
@@ -112,13 +127,23 @@ class UpdateMethod(Method):
         raise NotImplementedError
 
 
+#: The optimizers the engine runs (:attr:`Method.optimizer`).
+OPTIMIZERS = (None, "adamw")
 #: name -> class of every method: the only list of methods (filled by ``@register`` in each method's module).
 METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    if cls.optimizer not in OPTIMIZERS:
+        raise ValueError(f"method {cls.name!r}: optimizer {cls.optimizer!r} is not one the engine runs ({OPTIMIZERS})")
     METHODS[cls.name] = cls
     return cls
+
+
+def methods_that(capability: str) -> list[str]:
+    """The registered names whose class has ``capability`` true (e.g. ``methods_that("uses_decoder")``), for
+    messages that list them."""
+    return [name for name, cls in METHODS.items() if getattr(cls, capability)]
 
 
 def get_method(name: str, **options: Any) -> Method:
@@ -127,4 +152,5 @@ def get_method(name: str, **options: Any) -> Method:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "LossMethod", "Method", "StepContext", "UpdateMethod", "get_method", "register"]
+__all__ = ["METHODS", "OPTIMIZERS", "LossMethod", "Method", "StepContext", "UpdateMethod", "get_method", "methods_that",
+           "register"]

@@ -261,7 +261,7 @@ class Engine:
             self.model = shard_model(self.model, device=self.device)
             self.sharded = True
         self.model = self.method.setup(self) or self.model
-        if isinstance(self.method, LossMethod):
+        if self.method.optimizer == "adamw":  # the method's capability (r2f.methods.base.OPTIMIZERS)
             self.params = self.method.parameters(self.model)
             decay = [p for p in self.params if p.ndim >= 2]
             no_decay = [p for p in self.params if p.ndim < 2]
@@ -280,7 +280,7 @@ class Engine:
         watched = self.params or list(self.model.parameters())
         snap = Rollback.snapshot(watched, self.optimizer, self.method)
         forget, retain = self.forget_batch(step), self.retain_batch(step)
-        if isinstance(self.method, LossMethod):
+        if self.optimizer is not None:  # a loss to back-propagate for the optimizer, else the method's own update
             entry, why = self._loss_step(ctx, forget, retain)
         else:
             entry, why = self._update_step(ctx, forget, retain)

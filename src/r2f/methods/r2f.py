@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from r2f import gradients
-from r2f.decoders import Decoder, decoded_gradients, load_decoder
+from r2f.decoders import DEFAULT_DECODER, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
 from r2f.fsdp import all_finite, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
@@ -38,7 +38,6 @@ from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, regis
 from r2f.methods.losses import npo_loss, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 
-DEFAULT_DECODER = "learned"
 GUARDS = ("project", "none")
 STOPS = ("shuffled", "perturbed", "none")
 OBJECTIVES = ("ga", "npo")
@@ -50,22 +49,11 @@ RETAIN_DATA = ("auto", "file", "generated")
 MAX_ETA = 0.05
 
 
-def resolve_decoder(name_or_path):
-    """Load a decoder by name or file (a ``Decoder`` object is used as it is: the ``decoder`` option may hold one,
-    e.g. a stand-in in tests); R2FInputError when unknown/unavailable."""
-    spec = name_or_path or DEFAULT_DECODER
-    try:
-        return load_decoder(spec if isinstance(spec, Decoder) else str(spec))
-    except R2FInputError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise R2FInputError(f"cannot load decoder: {exc}", source=str(spec)) from None
-
-
 @register
 class R2F(UpdateMethod):
     name = "r2f"
     needs_retain = False
+    uses_decoder = True
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     defaults = {
         "decoder": None,          # decoder name or file (learned by default)
