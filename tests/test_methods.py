@@ -216,6 +216,38 @@ def test_docs_describe_every_registered_method():
         assert re.search(rf"^(## `{name}`|\| `{name}` \||\*\*`{name}`\*\*)", doc, re.M), name
 
 
+def test_the_run_encoder_gives_encode_qa_batches_tokenising_each_text_once(tiny_setup):
+    """QAEncoder (the engine's, shared by every batch of a run) returns encode_qa's tensors, truncation included,
+    and asks the tokenizer once per distinct prompt and answer however often the texts come back."""
+    from transformers import AutoTokenizer
+
+    from r2f.data.batching import QAEncoder
+    from r2f.data.loader import load_items
+    from r2f.data.templates import encode_qa, template_for
+
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    items = load_items(tiny_setup["forget"])
+    qs, ans = [it.question for it in items] * 2, [it.answer for it in items] * 2
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, **kw):
+            calls.append(text)
+            return tok(text, **kw)
+
+    for max_length in (None, 12):
+        encode = QAEncoder(Counting(), template_for(tok), max_length)
+        calls.clear()
+        for _ in range(3):
+            got = encode(qs, ans)
+            want = encode_qa(tok, qs, ans, template_for(tok), max_length)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert len(calls) == len(set(qs)) + len(set(ans))
+
+
 def test_batches_are_a_function_of_seed_and_step():
     from r2f.methods.engine import batch_indices
 
@@ -469,9 +501,13 @@ def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_set
     assert len(err) == 1 and "needs access mode 'stats'" in err[0] and "allows 'lora'" in err[0]
     assert not out.exists() or not any(out.iterdir())
     ok = tmp_path / "allowed"
-    with pytest.raises(SystemExit) as exc:
-        main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
-    assert exc.value.code in (0, None)
+    loads = []
+    real_load = LearnedDecoder.load.__func__
+    with pytest.MonkeyPatch.context() as mp:  # counted, not replaced: the run reads the file once
+        mp.setattr(LearnedDecoder, "load", classmethod(lambda cls, path: loads.append(path) or real_load(cls, path)))
+        with pytest.raises(SystemExit) as exc:
+            main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
+    assert exc.value.code in (0, None) and len(loads) == 1
     dec = json.loads((ok / "manifest.json").read_text())["method_info"]["decoder"]
     assert dec["access"] == "lora"
     assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
@@ -569,6 +605,7 @@ def test_an_injected_decoder_is_the_one_r2f_uses(tiny_setup, tmp_path):
     named = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], decoder="ls",
                     out=tmp_path / "named", **kw)
     assert stand_in.calls.count("decode_many") == 4
+    assert stand_in.calls.count("check_compatible") == 1  # once, at setup: no step checks the decoder again
     a, b = load_file(str(injected / "model.safetensors")), load_file(str(named / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((injected / "manifest.json").read_text())["method_info"]["decoder"]["name"] == "recording-ls"

@@ -6,6 +6,8 @@
   original question, then its paraphrases; an item with fewer views cycles through its own), each paired with
   the item's answer — as K batches (R2F's probe, the decoder's training pairs) or stacked into one (the
   baselines' ``views`` option);
+- :class:`QAEncoder`: :func:`r2f.data.templates.encode_qa` with each question's prompt and each answer tokenised
+  once per run (a run's batches draw the same questions, views and answers again and again);
 - :class:`QABatch`: one step's items with those encodings, made lazily and kept.
 """
 
@@ -18,7 +20,7 @@ from typing import Sequence
 import torch
 
 from r2f.data.schema import QAItem
-from r2f.data.templates import PromptTemplate, encode_qa, template_for
+from r2f.data.templates import PromptTemplate, answer_ids, collate_qa, pad_id, prompt_ids, template_for
 
 
 def batch_indices(n: int, batch_size: int, seed: int, stream: int, step: int) -> list[int]:
@@ -48,10 +50,38 @@ def view_pairs(items: Sequence[QAItem], k: int, *, stacked: bool = False) -> lis
 
 def encode_views(tokenizer, items: Sequence[QAItem], k: int, template: PromptTemplate | None = None,
                  max_length: int | None = 512, *, stacked: bool = False) -> list[dict[str, torch.Tensor]]:
-    """The view batches of :func:`view_pairs`, tokenised (CPU tensors)."""
-    template = template or template_for(tokenizer)
-    return [encode_qa(tokenizer, qs, ans, template, max_length=max_length)
-            for qs, ans in view_pairs(items, k, stacked=stacked)]
+    """The view batches of :func:`view_pairs`, tokenised (CPU tensors; each text once, :class:`QAEncoder`)."""
+    encode = QAEncoder(tokenizer, template, max_length)
+    return [encode(qs, ans) for qs, ans in view_pairs(items, k, stacked=stacked)]
+
+
+class QAEncoder:
+    """``encode_qa(tokenizer, questions, answers, template, max_length)`` (the same tensors) that keeps the token ids
+    of every prompt and answer it has made: one tokenisation per text and run, then only padding."""
+
+    def __init__(self, tokenizer, template: PromptTemplate | None = None, max_length: int | None = 512):
+        self.tokenizer = tokenizer
+        self.template = template or template_for(tokenizer)
+        self.max_length = max_length
+        self.pad = pad_id(tokenizer)
+        self._prompts: dict[str, list[int]] = {}
+        self._answers: dict[str, list[int]] = {}
+
+    def __call__(self, questions: Sequence[str], answers: Sequence[str]) -> dict[str, torch.Tensor]:
+        if len(questions) != len(answers):
+            raise ValueError("questions and answers differ in length")
+        return collate_qa([(self._prompt(q), self._answer(a)) for q, a in zip(questions, answers)], self.pad,
+                          self.max_length)
+
+    def _prompt(self, question: str) -> list[int]:
+        if question not in self._prompts:
+            self._prompts[question] = prompt_ids(self.tokenizer, question, self.template)
+        return self._prompts[question]
+
+    def _answer(self, answer: str) -> list[int]:
+        if answer not in self._answers:
+            self._answers[answer] = answer_ids(self.tokenizer, answer, self.template)
+        return self._answers[answer]
 
 
 class QABatch:
@@ -59,17 +89,19 @@ class QABatch:
 
     ``inputs`` is the original question with its answer (view 0); ``views(k)`` gives ``k`` batches, the
     v-th holding each item's v-th question view (:func:`view_pairs`), always paired with the item's answer;
-    ``stacked(k)`` gives those views as one batch.
+    ``stacked(k)`` gives those views as one batch. ``encoder``: a run's shared :class:`QAEncoder` (default: one
+    of this batch's own).
     """
 
     def __init__(self, items: Sequence[QAItem], indices: Sequence[int], tokenizer, template: PromptTemplate,
-                 max_length: int | None, device: torch.device):
+                 max_length: int | None, device: torch.device, *, encoder: QAEncoder | None = None):
         self.items = list(items)
         self.indices = list(indices)
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = max_length
         self.device = device
+        self.encoder = encoder or QAEncoder(tokenizer, template, max_length)
         self._views: dict[int, list[dict]] = {}
 
     def __len__(self) -> int:
@@ -77,8 +109,7 @@ class QABatch:
 
     def encode(self, questions: Sequence[str], answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         answers = [it.answer for it in self.items] if answers is None else answers
-        enc = encode_qa(self.tokenizer, questions, answers, self.template, max_length=self.max_length)
-        return {k: v.to(self.device) for k, v in enc.items()}
+        return {k: v.to(self.device) for k, v in self.encoder(questions, answers).items()}
 
     @cached_property
     def inputs(self) -> dict[str, torch.Tensor]:
@@ -95,4 +126,4 @@ class QABatch:
         return self.inputs if k <= 1 else self.encode(*view_pairs(self.items, k, stacked=True)[0])
 
 
-__all__ = ["QABatch", "batch_indices", "encode_views", "view_pairs"]
+__all__ = ["QABatch", "QAEncoder", "batch_indices", "encode_views", "view_pairs"]

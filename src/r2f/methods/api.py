@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from r2f import distributed as dist
-from r2f.data.loader import item_locations, load_items
+from r2f.data.loader import item_locations, read_items
 from r2f.data.schema import QAItem
 from r2f.data.templates import template_for, untrainable
 from r2f.decoders import Decoder, resolve_decoder
@@ -40,8 +40,8 @@ def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
         return [], None
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
-        items = load_items(path)
-        return items, {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "items": len(items)}
+        items, digest = read_items(path)  # one read of the file for both
+        return items, {"path": str(path), "sha256": digest, "items": len(items)}
     items = [it if isinstance(it, QAItem) else QAItem.model_validate(it) for it in spec]
     if required and not items:
         raise R2FInputError("no records (empty split)", source=f"--{name}")
@@ -212,8 +212,9 @@ def unlearn(
     retain_items, retain_info = _data(retain, "retain", required=False)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
-    if meth.uses_decoder:
-        resolve_decoder(meth.options.get("decoder"))  # unknown decoder -> exit 2 before loading the model
+    recorded = recorded_options(meth.options)  # the manifest and the run key name the decoder as it was given
+    if meth.uses_decoder:  # loaded once, here (an unknown one: exit 2 before the model loads); the method gets it
+        meth.options["decoder"] = resolve_decoder(meth.options.get("decoder"))
     ckpt_root = out / CHECKPOINTS
     if resume and out.is_dir() and any(out.iterdir()) and not ckpt_root.is_dir() and not (out / MANIFEST).is_file():
         raise R2FInputError("--resume: no r2f run (checkpoints/ or manifest.json) in this directory", source=str(out))
@@ -229,14 +230,14 @@ def unlearn(
             model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
         path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
                     out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures,
-                    chosen.to_dict(), fsdp=bool(fsdp))
+                    chosen.to_dict(), fsdp=bool(fsdp), recorded=recorded)
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
 def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
          seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3,
-         threads: dict | None = None, fsdp: bool = False) -> Path:
+         threads: dict | None = None, fsdp: bool = False, recorded: dict | None = None) -> Path:
     dp = DataParallel.current()  # every rank takes its slice of each global batch (one process: all of it)
     fsdp = fsdp and dp.active  # one process: nothing to shard
 
@@ -259,7 +260,8 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
         cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
                            seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures,
                            fsdp=fsdp)
-        config = {"method": method, "options": recorded_options(meth.options), "steps": n_steps, "lr": cfg.lr,
+        config = {"method": method, "options": recorded if recorded is not None else recorded_options(meth.options),
+                  "steps": n_steps, "lr": cfg.lr,
                   "batch_size": batch_size, "seed": seed, "max_length": max_length}
         if meth.optimizer == "adamw":
             config["optimizer"] = {"name": meth.optimizer, "betas": [0.9, 0.999], "eps": 1e-8,

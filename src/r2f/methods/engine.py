@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from r2f.data.batching import QABatch, batch_indices
+from r2f.data.batching import QABatch, QAEncoder, batch_indices
 from r2f.data.schema import QAItem
 from r2f.data.templates import PromptTemplate, template_for
 from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum, is_main
@@ -122,6 +122,9 @@ class Engine:
         self.config = config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.template = template or template_for(tokenizer)
+        # one tokenisation per question view and answer for the whole run: every step's batches, the line search's
+        # guard and forget-set NLLs and the start/end summaries draw the same texts again
+        self.encoder = QAEncoder(tokenizer, self.template, config.max_length)
         self.optimizer: torch.optim.Optimizer | None = None
         self.params: list[torch.nn.Parameter] = []
         self.rollback = Rollback(config.max_failures)
@@ -140,7 +143,8 @@ class Engine:
 
     # -- data -------------------------------------------------------------------------------------
     def make_batch(self, items: Sequence[QAItem], indices: Sequence[int] | None = None) -> QABatch:
-        return QABatch(items, indices or [], self.tokenizer, self.template, self.config.max_length, self.device)
+        return QABatch(items, indices or [], self.tokenizer, self.template, self.config.max_length, self.device,
+                       encoder=self.encoder)
 
     def forget_batch(self, step: int) -> QABatch:
         idx = self.dp.slice(batch_indices(len(self.forget), self.config.batch_size, self.config.seed, 0, step))

@@ -270,7 +270,7 @@ class R2F(UpdateMethod):
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
         dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.aggregate,
-                                 stats=self.stats, reduce=self.engine.dp.active)
+                                 stats=self.stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
         # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
         # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
         return shard_like(model, dirs)
