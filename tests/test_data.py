@@ -178,6 +178,23 @@ def test_loader_names_line_and_byte_offset_of_non_utf8(tmp_path, bom):
     at = len(bom) + 35 + 17
     assert str(err.value) == (f"{path}:2: not valid UTF-8: byte 0xe9 at line 2, column 18 (byte offset {at})")
 
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_read_items_digests_the_bytes_it_parsed(tmp_path, bom, monkeypatch):
+    """One read of the file gives the records and the sha256 of its bytes (BOM included) that a manifest records."""
+    import hashlib
+
+    import r2f.data.loader as loader
+
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(bom + '{"question": "Q\u2028?", "answer": "Café."}\n'.encode())
+    reads = []
+    monkeypatch.setattr(loader, "read_bytes", lambda p: reads.append(p) or path.read_bytes())
+    items, digest = loader.read_items(path)
+    assert [it.answer for it in items] == ["Café."] and len(reads) == 1
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_cli_bad_data_exit_2_and_nothing_written(tmp_path):
     data = tmp_path / "data"
     write_world(data, WorldConfig(seed=0))

@@ -7,6 +7,7 @@ runs in this process through the library API with the same arguments.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -233,10 +234,12 @@ def _batch():
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def _forget_loss(model, b):
+def _forget_loss(model, b, dp=None):
+    """−token-mean NLL; with ``dp`` (a DataParallel) the mean divides by the global token count."""
+    from r2f.distributed import ONE_PROCESS
     from r2f.methods.losses import sequence_nll, token_mean_nll
 
-    return -token_mean_nll(*sequence_nll(model, b))
+    return -token_mean_nll(*sequence_nll(model, b), dp or ONE_PROCESS)
 
 
 def _fsdp_worker(rank: int, world: int, port: int, queue) -> None:
@@ -259,9 +262,10 @@ def _fsdp_worker(rank: int, world: int, port: int, queue) -> None:
         model = fsdp.shard_model(_tiny_llama())
         assert any(fsdp.is_sharded(p) for p in model.parameters())
         lo, hi = dist.shard_bounds(b["input_ids"].shape[0])
-        with dist.data_parallel():
-            dirs = decoded_gradients(model, [{k: v[lo:hi] for k, v in b.items()}], "sigma", probe, _forget_loss,
-                                     reduce=True)
+        dp = dist.DataParallel.current()
+        assert dp.active
+        dirs = decoded_gradients(model, [{k: v[lo:hi] for k, v in b.items()}], "sigma", probe,
+                                 functools.partial(_forget_loss, dp=dp), reduce=True)
         fsdp.apply_decoded_update(model, dirs, 0.05)
         refp = dict(ref.named_parameters())
         for n, p in model.named_parameters():

@@ -193,7 +193,9 @@ def test_interrupted_apply_leaves_no_entry_and_resumes(copy, setup, capsys, monk
     assert sorted(p.name for p in (copy / "entries").iterdir()) == ["0001", "0002"]
     assert {k: v for k, v in _digest(copy).items() if not k.startswith("pending/")} == before
     assert ledger.verify(copy)["ok"]
-    line = ledger.interrupted_message(argv)
+    from r2f.commands.ledger import interrupted_line
+
+    line = interrupted_line(argv)  # the CLI's Ctrl-C line for this command
     assert "unchanged" in line and line.endswith("--resume") and "pending" in line
     monkeypatch.setattr(ledger, "request_metrics", real)
     code, _, err = _cli(capsys, *argv)

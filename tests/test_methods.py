@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import inspect
 import math
-import types
 from pathlib import Path
 
 import pytest
@@ -25,29 +25,32 @@ TINY_OPTIONS = {"r2f": {"stop": "none", "step_rule": "schedule"}, "exact": {"sto
 # ------------------------------------------------------------------------------------ fixtures
 
 
-def exact_standin():
-    """Stand-in for r2f.decoders: every decoder is the exact gradient (the contract's ``exact``)."""
-    import r2f.gradients as gradients
+def recording_decoder():
+    """A stand-in decoder handed to R2F as its ``decoder`` option (injected, no monkeypatching): the least-squares
+    closed form, recording every call it gets. Its methods override :class:`r2f.decoders.Decoder`'s with the same
+    signatures (``test_an_injected_decoder_is_the_one_r2f_uses`` checks them)."""
+    from r2f.decoders import Decoder, LSDecoder
 
-    def load_decoder(name):
-        if str(name) not in ("exact", "learned", "sketch", "ls", "lora", "sigma"):
-            raise ValueError(f"unknown decoder {name!r}")
-        return str(name)
+    class RecordingLS(Decoder):
+        name = "recording-ls"
 
-    def decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate="mean", stats=None):
-        return gradients.exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules,
-                                         aggregate=aggregate)
+        def __init__(self, dtype=torch.float32):
+            super().__init__(dtype)
+            self.real = LSDecoder(dtype)
+            self.calls: list[str] = []
 
-    return types.SimpleNamespace(load_decoder=load_decoder, decoded_gradients=decoded_gradients), gradients
+        def check_compatible(self, probe, kinds=None):
+            self.calls.append("check_compatible")
 
+        def decode(self, sk, stats=None):
+            return self.real.decode(sk, stats)
 
-@pytest.fixture
-def exact_decoders(monkeypatch):
-    import r2f.methods.r2f as r2f_mod
+        def decode_many(self, sketches, stats=None):
+            self.calls.append("decode_many")
+            for sk in sketches:
+                yield sk, self.decode(sk, stats)
 
-    stand = exact_standin()
-    monkeypatch.setattr(r2f_mod, "_core", lambda: stand)
-    return stand
+    return RecordingLS()
 
 
 def _records(n, prefix):
@@ -163,6 +166,45 @@ def test_method_registry_and_defaults():
     assert all(name in str(exc.value) for name in METHODS)  # the refusal lists the registry
 
 
+def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monkeypatch):
+    """A method the registry gains at run time is treated by its class's capabilities: retain data refused when it
+    needs it, --decoder refused (naming the registry's decoder methods, read from the classes) until it declares
+    ``uses_decoder``, then its decoder is loaded before the model; an optimizer the engine does not run is refused
+    at registration."""
+    from r2f.methods import METHODS, register, unlearn
+    from r2f.methods.base import methods_that
+    from r2f.methods.baselines import GradAscent
+
+    class Declared(GradAscent):
+        name = "declared_for_test"
+        needs_retain = True
+
+    monkeypatch.setitem(METHODS, Declared.name, Declared)
+    args = (str(tiny_setup["model"]), tiny_setup["forget"])
+    with pytest.raises(R2FInputError, match="needs retain data"):
+        unlearn(*args, None, method=Declared.name, out=tmp_path / "a", steps=1)
+    with pytest.raises(R2FInputError) as exc:
+        unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="exact", out=tmp_path / "b", steps=1)
+    users = [n for n, cls in METHODS.items() if cls.uses_decoder]
+    assert users == methods_that("uses_decoder") and {"r2f", "exact"} <= set(users)
+    assert exc.value.source == "--decoder" and all(n in str(exc.value) for n in users)
+    assert str(exc.value).count(Declared.name) == 1  # named as the method given, not among the decoder methods
+    monkeypatch.setattr(Declared, "uses_decoder", True)
+    monkeypatch.setattr(Declared, "defaults", {**GradAscent.defaults, "decoder": None})  # a decoder method's option
+    with pytest.raises(R2FInputError, match="unknown decoder"):  # now loaded, and refused, before the model
+        unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="no-such-decoder", out=tmp_path / "c",
+                steps=1)
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+    class Unrunnable(GradAscent):
+        name = "unrunnable_for_test"
+        optimizer = "sgd"
+
+    with pytest.raises(ValueError, match="sgd"):
+        register(Unrunnable)
+    assert Unrunnable.name not in METHODS
+
+
 def test_docs_describe_every_registered_method():
     """docs/methods.md has a section heading, a table row or a bold paragraph for every name the registry holds."""
     import re
@@ -172,6 +214,38 @@ def test_docs_describe_every_registered_method():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
     for name in METHODS:
         assert re.search(rf"^(## `{name}`|\| `{name}` \||\*\*`{name}`\*\*)", doc, re.M), name
+
+
+def test_the_run_encoder_gives_encode_qa_batches_tokenising_each_text_once(tiny_setup):
+    """QAEncoder (the engine's, shared by every batch of a run) returns encode_qa's tensors, truncation included,
+    and asks the tokenizer once per distinct prompt and answer however often the texts come back."""
+    from transformers import AutoTokenizer
+
+    from r2f.data.batching import QAEncoder
+    from r2f.data.loader import load_items
+    from r2f.data.templates import encode_qa, template_for
+
+    tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
+    items = load_items(tiny_setup["forget"])
+    qs, ans = [it.question for it in items] * 2, [it.answer for it in items] * 2
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+        def __call__(self, text, **kw):
+            calls.append(text)
+            return tok(text, **kw)
+
+    for max_length in (None, 12):
+        encode = QAEncoder(Counting(), template_for(tok), max_length)
+        calls.clear()
+        for _ in range(3):
+            got = encode(qs, ans)
+            want = encode_qa(tok, qs, ans, template_for(tok), max_length)
+            assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        assert len(calls) == len(set(qs)) + len(set(ans))
 
 
 def test_batches_are_a_function_of_seed_and_step():
@@ -188,7 +262,7 @@ def test_batches_are_a_function_of_seed_and_step():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path, exact_decoders):
+def test_every_method_runs_and_output_loads(method, tiny_setup, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r2f.methods import unlearn
@@ -289,7 +363,7 @@ def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["grad_diff", "npo", "lora", "r2f", "rmu"])
-def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch, exact_decoders):
+def test_resume_is_bit_identical(method, tiny_setup, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from r2f.methods import METHODS, unlearn
@@ -354,7 +428,7 @@ def _cli(argv):
 
 
 @pytest.mark.parametrize("case", ["method", "decoder", "empty", "same_dir", "nonempty", "option", "retain"])
-def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys, exact_decoders):
+def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys):
     m, f, r = str(tiny_setup["model"]), str(tiny_setup["forget"]), str(tiny_setup["retain"])
     out = tmp_path / "out"
     argv = ["unlearn", "--model", m, "--forget", f, "--retain", r, "--out", str(out), "--steps", "1"]
@@ -427,9 +501,13 @@ def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_set
     assert len(err) == 1 and "needs access mode 'stats'" in err[0] and "allows 'lora'" in err[0]
     assert not out.exists() or not any(out.iterdir())
     ok = tmp_path / "allowed"
-    with pytest.raises(SystemExit) as exc:
-        main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
-    assert exc.value.code in (0, None)
+    loads = []
+    real_load = LearnedDecoder.load.__func__
+    with pytest.MonkeyPatch.context() as mp:  # counted, not replaced: the run reads the file once
+        mp.setattr(LearnedDecoder, "load", classmethod(lambda cls, path: loads.append(path) or real_load(cls, path)))
+        with pytest.raises(SystemExit) as exc:
+            main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
+    assert exc.value.code in (0, None) and len(loads) == 1
     dec = json.loads((ok / "manifest.json").read_text())["method_info"]["decoder"]
     assert dec["access"] == "lora"
     assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
@@ -459,7 +537,7 @@ def test_manifest_records_which_parameters_a_run_changed(tiny_setup, tmp_path):
 # ------------------------------------------------------------------------------------ r2f rule
 
 
-def test_r2f_guard_projects_out_retain_conflict(tiny_setup, exact_decoders):
+def test_r2f_guard_projects_out_retain_conflict(tiny_setup):
     """One r2f step with the guard is first-order neutral on the retain loss; without it, it is not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -507,6 +585,32 @@ def test_r2f_with_real_builtin_decoders(decoder, tiny_setup, tmp_path):
     assert all(e["step_size"] > 0 for e in man["log"])
 
 
+def test_an_injected_decoder_is_the_one_r2f_uses(tiny_setup, tmp_path):
+    """A Decoder object given as ``decoder=`` is what R2F decodes with (two decodes per step: forget and retain
+    directions), and the run equals one with the decoder of the same rule named ("ls"); the stand-in overrides
+    the real interface with the real signatures."""
+    from safetensors.torch import load_file
+
+    from r2f.decoders import Decoder
+    from r2f.methods import unlearn
+
+    stand_in = recording_decoder()
+    for hook in ("check_compatible", "decode", "decode_many"):
+        params = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Decoder, hook)).parameters.values()]
+        assert params == [(p.name, p.kind, p.default)
+                          for p in inspect.signature(getattr(type(stand_in), hook)).parameters.values()], hook
+    kw = dict(method="r2f", steps=2, batch_size=3, stop="none", lr=0.01, step_rule="schedule")
+    injected = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], decoder=stand_in,
+                       out=tmp_path / "injected", **kw)
+    named = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], decoder="ls",
+                    out=tmp_path / "named", **kw)
+    assert stand_in.calls.count("decode_many") == 4
+    assert stand_in.calls.count("check_compatible") == 1  # once, at setup: no step checks the decoder again
+    a, b = load_file(str(injected / "model.safetensors")), load_file(str(named / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((injected / "manifest.json").read_text())["method_info"]["decoder"]["name"] == "recording-ls"
+
+
 def test_r2f_without_a_trained_decoder_is_refused(tiny_setup, tmp_path, monkeypatch):
     """R2F defaults to the last learned decoder on this machine; with none yet it says how to get one."""
     from r2f.methods import unlearn
@@ -518,7 +622,7 @@ def test_r2f_without_a_trained_decoder_is_refused(tiny_setup, tmp_path, monkeypa
     assert not (tmp_path / "o").exists()
 
 
-def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path, exact_decoders):
+def test_r2f_exact_forgets_and_guard_protects_retain(tiny_setup, tmp_path):
     """Exact-decoder r2f raises the forget NLL; the guard keeps the retain change below plain ascent's."""
     from r2f.methods import unlearn
 
@@ -580,7 +684,7 @@ def test_in_memory_model_and_records_are_not_modified(tiny_setup, tmp_path):
     assert man["data"]["forget"]["items"] == len(records)
 
 
-def test_r2f_wga_objective_weights_tokens_by_their_probability(tiny_setup, tmp_path, exact_decoders):
+def test_r2f_wga_objective_weights_tokens_by_their_probability(tiny_setup, tmp_path):
     """objective=wga decodes WGA's loss: the step follows −Σ p·∇NLL (tokens already unlikely push less), so it
     differs from plain ascent's step and still raises the forget NLL."""
     from safetensors.torch import load_file
@@ -599,7 +703,7 @@ def test_r2f_wga_objective_weights_tokens_by_their_probability(tiny_setup, tmp_p
     assert any(not torch.equal(outs["wga"][k], outs["ga"][k]) for k in outs["ga"])
 
 
-def test_r2f_retain_views_feed_the_retain_direction_every_question_view(tiny_setup, tmp_path, exact_decoders,
+def test_r2f_retain_views_feed_the_retain_direction_every_question_view(tiny_setup, tmp_path,
                                                                       monkeypatch):
     """retain_views=K: the retain direction D_r is decoded over K question views of the retain batch (the forget
     side always uses ``views``); default 1, the original questions only."""

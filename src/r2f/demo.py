@@ -17,6 +17,7 @@ from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_spl
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.errors import R2FInputError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
+from r2f.methods import METHODS
 from r2f.models.cache import cache_dir, hash_config
 from r2f.parallel import run_jobs, worker_count
 
@@ -40,9 +41,10 @@ DEMO_METHODS: dict[str, tuple[str, dict]] = {
     "rmu": ("rmu", {"module_regex": r"model\.layers\.1"}),
     "wga": ("wga", {}),
 }
-#: The R2F rows (they run the method's defaults) and the baselines (they run the configuration ``r2f bench``
-#: chose, shipped in ``r2f/bench_chosen.json``, where it has one: :func:`r2f.bench.chosen_overrides`).
-R2F_ROWS = tuple(n for n, (method, _) in DEMO_METHODS.items() if method in ("r2f", "exact"))
+#: The R2F rows, whose method decodes gradients (``uses_decoder``; they run the method's defaults), and the
+#: baselines (they run the configuration ``r2f bench`` chose, shipped in ``r2f/bench_chosen.json``, where it has
+#: one: :func:`r2f.bench.chosen_overrides`).
+R2F_ROWS = tuple(n for n, (method, _) in DEMO_METHODS.items() if METHODS[method].uses_decoder)
 BASELINES = tuple(n for n in DEMO_METHODS if n not in R2F_ROWS)
 #: Baseline learning rates per target (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained,
 #: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
@@ -182,7 +184,7 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     (e.g. a bench grid entry's ``lr`` or ``guard_budget``) replace the resulting options.
 
     Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
-    the options it ran with (``@learned`` resolved to the decoder file; ``views`` included for r2f and exact).
+    the options it ran with (``@learned`` resolved to the decoder file; ``views`` included for methods that use a decoder).
     """
     from r2f.methods import unlearn
 
@@ -196,7 +198,7 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
 
         options.update(chosen_overrides(name, cfg.target))
     options.update(overrides or {})
-    if method in ("r2f", "exact"):
+    if METHODS[method].uses_decoder:  # as many question views as the demo's decoder was trained on
         options.setdefault("views", cfg.views)
     run_dir = unlearn(prep.full, prep.forget_file, prep.retain_file, method=method, out=out, steps=cfg.steps,
                       seed=cfg.seed, overwrite=True, **options)
@@ -238,8 +240,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     runs: dict[str, dict] = {}
     for name, row in zip(rows, results):
         runs[name] = row
-        if row.get("method") in ("r2f", "exact"):
-            dec = row["options"].get("decoder", "exact")
+        if "method" in row and METHODS[row["method"]].uses_decoder:
+            dec = row["options"].get("decoder") or METHODS[row["method"]].defaults.get("decoder")
             row["decoder_cos"] = 1.0 if dec == "exact" else cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
 
     with _stage(log, timings, "report"):

@@ -8,21 +8,24 @@ Design (ours):
   users who start their own process group get the same behaviour (everything here reads
   ``torch.distributed``'s state, not the environment).
 * Data parallelism keeps **the global batch of a step identical to the one-process batch**: every rank
-  takes a contiguous slice of the same global batch (:func:`shard_bounds`). Loss functions divide by
-  *global* counts (:func:`global_count` inside :func:`data_parallel`), so the per-rank gradients (LoRA
-  probe sketches, which are linear in G, or full gradients) sum to the gradient of the global batch;
+  takes a contiguous slice of the same global batch (:func:`shard_bounds`). What computes on such slices
+  is handed a :class:`DataParallel` value (the unlearning engine passes its own to every step, the
+  evaluation suite to its scoring passes; nothing reads a module-level switch): loss functions divide by
+  its *global* counts (:meth:`DataParallel.count`), so the per-rank gradients (LoRA probe sketches,
+  which are linear in G, or full gradients) sum to the gradient of the global batch;
   :func:`all_reduce_sum_` sums them. The result equals one process up to float summation order.
+  :data:`ONE_PROCESS` (the default of every such argument) computes on the whole batch.
 * Evaluation and pair generation shard whole work units (batches, jobs) round-robin with
-  :func:`shard_list` and put the results back in order with :func:`gather_in_order`, so every per-item
-  number is computed on exactly the batch one process would use (bit-identical per item).
+  :meth:`DataParallel.share` and put the results back in order with :meth:`DataParallel.gather`, so
+  every per-item number is computed on exactly the batch one process would use (bit-identical per item).
 * Only the main rank (:func:`is_main`) writes files and shows progress bars.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -30,7 +33,7 @@ import torch
 
 T = TypeVar("T")
 
-_state = {"owned": False, "dp": 0}
+_state = {"owned": False}
 
 
 def available() -> bool:
@@ -115,22 +118,57 @@ def describe() -> dict[str, Any]:
     return {"world_size": world_size(), "backend": str(torch.distributed.get_backend())}
 
 
-# --------------------------------------------------------------------------------- data-parallel scope
+# ------------------------------------------------------------------------------- the data-parallel context
 
 
-@contextlib.contextmanager
-def data_parallel(enabled: bool = True) -> Iterator[None]:
-    """Within the block, batches are rank slices of a global batch: losses use global counts."""
-    on = bool(enabled) and is_distributed()
-    _state["dp"] += int(on)
-    try:
-        yield
-    finally:
-        _state["dp"] -= int(on)
+@dataclass(frozen=True)
+class DataParallel:
+    """How the batches handed to a computation relate to the global batch: with ``world > 1`` each rank holds
+    its slice (``rank`` of ``world``) and means divide by counts summed over the ranks; with ``world == 1``
+    (:data:`ONE_PROCESS`) the batch is the whole batch. A plain value, passed as an argument: the engine
+    builds one per run (:meth:`current`) and hands it to every step (``StepContext.dp``)."""
+
+    world: int = 1
+    rank: int = 0
+
+    @classmethod
+    def current(cls) -> "DataParallel":
+        """This process's place in the running process group (one process when none runs)."""
+        return cls(world=world_size(), rank=rank())
+
+    @property
+    def active(self) -> bool:
+        """True when the batches are rank slices of a global batch (more than one process)."""
+        return self.world > 1
+
+    def count(self, local: torch.Tensor) -> torch.Tensor:
+        """Denominator of a mean over the global batch: the local count summed over ranks when active, the local
+        count otherwise (differentiable w.r.t. nothing)."""
+        if not self.active:
+            return local
+        t = local.detach().to(torch.float64).reshape(1).clone()
+        all_reduce_sum_(t)
+        return t[0].to(local.dtype if local.dtype.is_floating_point else torch.float32).to(local.device)
+
+    def mean(self, values: torch.Tensor) -> float:
+        """Mean of per-item values over the global batch (every rank's items when active)."""
+        return global_mean(values) if self.active else float(values.detach().float().mean())
+
+    def slice(self, seq: Sequence[T]) -> list[T]:
+        """This rank's contiguous slice of a global batch (the whole sequence in one process)."""
+        return shard_slice(seq, self.rank, self.world) if self.active else list(seq)
+
+    def share(self, units: Sequence[T]) -> list[T]:
+        """This rank's round-robin share of whole work units (all of them in one process); see :meth:`gather`."""
+        return shard_list(units, self.rank, self.world) if self.active else list(units)
+
+    def gather(self, local: list[T], n: int) -> list[T]:
+        """Inverse of :meth:`share`: the ``n`` results of every rank's share, in order."""
+        return gather_in_order(local, n) if self.active else list(local)
 
 
-def in_data_parallel() -> bool:
-    return _state["dp"] > 0 and is_distributed()
+#: The whole batch in this process: the default wherever a :class:`DataParallel` is an argument.
+ONE_PROCESS = DataParallel()
 
 
 def all_reduce_sum_(tensors: Sequence[torch.Tensor] | torch.Tensor) -> None:
@@ -165,16 +203,6 @@ def global_sum(value: torch.Tensor | float) -> torch.Tensor | float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     all_reduce_sum_(t)
     return float(t[0])
-
-
-def global_count(local: torch.Tensor) -> torch.Tensor:
-    """Denominator of a mean over the global batch: the local count summed over ranks inside
-    :func:`data_parallel`, the local count otherwise (differentiable w.r.t. nothing)."""
-    if not in_data_parallel():
-        return local
-    t = local.detach().to(torch.float64).reshape(1).clone()
-    all_reduce_sum_(t)
-    return t[0].to(local.dtype if local.dtype.is_floating_point else torch.float32).to(local.device)
 
 
 def global_mean(values: torch.Tensor) -> float:
@@ -240,18 +268,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 __all__ = [
+    "DataParallel",
+    "ONE_PROCESS",
     "all_gather_objects",
     "all_reduce_sum_",
     "available",
     "barrier",
     "broadcast_object",
-    "data_parallel",
     "describe",
     "gather_in_order",
-    "global_count",
     "global_mean",
     "global_sum",
-    "in_data_parallel",
     "init_from_env",
     "is_distributed",
     "is_initialized",

@@ -58,8 +58,8 @@ def shard_model(model: nn.Module, *, reshard_after_forward: bool = True, layer_t
 
     ``device``: where the shards live (the mesh's device type; default: CUDA when available, else CPU);
     ``fully_shard`` moves each rank's rows there, so a model loaded on CPU never has to fit on one GPU whole.
-    Gradient reduction **sums** over ranks (divide factor 1): r2f's losses inside
-    :func:`r2f.distributed.data_parallel` divide by global counts, so each rank's gradient is its share of
+    Gradient reduction **sums** over ranks (divide factor 1): r2f's losses given an active
+    :class:`r2f.distributed.DataParallel` divide by global counts, so each rank's gradient is its share of
     the global mean and the sum is the global gradient, as in the data-parallel path. (Plain SUM
     reductions: gloo has no PREMUL_SUM.)
     """

@@ -19,17 +19,25 @@ from r2f.errors import R2FInputError
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of a file; an unreadable file is bad input naming it."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise R2FInputError(f"cannot read: {exc.strerror or exc.__class__.__name__}", source=str(path)) from None
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The text of a UTF-8 file, a leading byte-order mark dropped.
 
     An unreadable file, or bytes that are not UTF-8, are bad input: the message names the line, column and byte
     offset of the first bad byte, so that it can be found in an editor or with ``head -c``.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise R2FInputError(f"cannot read: {exc.strerror or exc.__class__.__name__}", source=str(path)) from None
+    return decode_text(read_bytes(path), path)
+
+
+def decode_text(data: bytes, path: str | os.PathLike) -> str:
+    """:func:`read_text` of bytes already read from ``path`` (named in the error)."""
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         return data[bom:].decode("utf-8")

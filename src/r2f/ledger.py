@@ -31,6 +31,7 @@ import html
 import json
 import math
 import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -537,24 +538,11 @@ def apply(
     return entry
 
 
-def interrupted_message(argv: Sequence[str]) -> str | None:
-    """The CLI's Ctrl-C line for ``r2f ledger apply L ...`` (None for any other command): the ledger is unchanged,
-    and what ``--resume`` can continue (a checkpoint, or a finished run whose measuring was cut short)."""
-    import shlex
-
-    args = [a for a in argv if a != "--verbose"]
-    if args[:2] != ["ledger", "apply"]:
-        return None
-    import typer
-
-    from r2f.cli import _load_commands, app
-
-    _load_commands()
-    cmd = getattr(typer.main.get_command(app).commands.get("ledger"), "commands", {}).get("apply")
-    try:
-        ledger = cmd.make_context("apply", list(args[2:]), resilient_parsing=True).params.get("ledger")
-    except Exception:  # an unparsable line: nothing to name
-        ledger = None
+def interrupted_message(ledger: str | os.PathLike | None, args: Sequence[str]) -> str:
+    """The CLI's Ctrl-C line for ``r2f ledger apply`` (``args``: its command line; ``ledger``: the ledger it names,
+    None when the line names none): the ledger is unchanged, and what ``--resume`` can continue (a checkpoint, or
+    a finished run whose measuring was cut short). ``r2f.commands.ledger`` reads the ledger off the line."""
+    args = list(args)
     run = pending_dir(ledger) if ledger else None
     steps = sorted(run.glob("checkpoints/step-*/state.json")) if run else []
     kept = f"checkpoint kept at {steps[-1].parent}" if steps else (

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, jobs_option, threads_option
+from r2f.commands._app import app, jobs_option, threads_option
 
 
 @app.command("bench")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.commands._app import app, threads_option
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")

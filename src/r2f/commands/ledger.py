@@ -12,8 +12,9 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import command_group, threads_option
+from r2f.commands._app import command_group, on_interrupt, threads_option
 from r2f.commands.unlearn import _parse_options
+from r2f.ledger import interrupted_message
 from r2f.ledger import short_number as _num
 
 ledger_app = command_group(
@@ -50,7 +51,8 @@ def apply_command(
     utility: list[Path] = typer.Option([], "--utility", help="File measured before and after (repeatable): "
                                                              "utility (retain authors, world facts) or a "
                                                              "reference such as holdout. Default: --retain."),
-    decoder: Optional[str] = typer.Option(None, "--decoder", help="Decoder for --method r2f (as r2f unlearn)."),
+    decoder: Optional[str] = typer.Option(None, "--decoder", help="Decoder of a method that decodes gradients (as r2f "
+                                                                       "unlearn)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Step budget (default: 10 epochs of the request)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate or R2F's step size (as r2f unlearn)."),
     views: Optional[int] = typer.Option(None, "--views", help="Question views per forget item."),
@@ -130,3 +132,18 @@ def report_command(ledger: Path = LEDGER_ARG) -> None:
     from r2f import ledger as lg
 
     typer.echo(f"wrote {lg.write_report(ledger)}")
+
+
+@on_interrupt
+def interrupted_line(argv: list[str]) -> str | None:
+    """Ctrl-C during ``r2f ledger apply L ...`` (None for any other command line): the ledger the line names, read
+    with the command's own parser, and what ``--resume`` continues (:func:`r2f.ledger.interrupted_message`)."""
+    args = [a for a in argv if a != "--verbose"]
+    if args[:2] != ["ledger", "apply"]:
+        return None
+    cmd = typer.main.get_command(ledger_app).commands["apply"]
+    try:
+        ledger = cmd.make_context("apply", list(args[2:]), resilient_parsing=True).params.get("ledger")
+    except Exception:  # an unparsable line: nothing to name
+        ledger = None
+    return interrupted_message(ledger, args)

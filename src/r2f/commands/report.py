@@ -8,7 +8,7 @@ from typing import List
 
 import typer
 
-from r2f.cli import app
+from r2f.commands._app import app
 
 
 @app.command("report")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.commands._app import app, threads_option
 from r2f.io import check_out_dir
 
 

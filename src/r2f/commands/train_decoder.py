@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.commands._app import app, threads_option
 
 
 @app.command("train-decoder")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from r2f.cli import app, threads_option
+from r2f.commands._app import app, threads_option
 from r2f.errors import R2FInputError
 
 
@@ -35,14 +35,16 @@ def unlearn_command(
                                help="Method name (docs/methods.md). The names are those the method registry "
                                     "holds (r2f.methods.METHODS); an unknown one is refused with the list."),
     decoder: Optional[str] = typer.Option(None, "--decoder",
-                                          help="Decoder for --method r2f: a learned decoder file, 'learned' (default: "
-                                               "the one r2f train-decoder wrote last) or a built-in name "
-                                               "(lora, ls, sketch, sigma, exact)."),
+                                          help="Decoder of a method that decodes gradients (refused for the others): a "
+                                               "learned decoder file, 'learned' (default: the one r2f train-decoder "
+                                               "wrote last) or a built-in name (lora, ls, sketch, sigma, exact)."),
     out: Path = typer.Option(..., "--out", help="Output model directory (written atomically)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Step budget (default: 10 epochs of the forget set)."),
     lr: Optional[float] = typer.Option(None, "--lr",
-                                       help="Learning rate (AdamW methods) or relative step size η (r2f, exact)."),
-    views: Optional[int] = typer.Option(None, "--views", help="Question views per forget item (r2f default 4)."),
+                                       help="Learning rate (methods trained with AdamW) or relative step size η "
+                                            "(methods that update the weights themselves, e.g. r2f)."),
+    views: Optional[int] = typer.Option(None, "--views",
+                                        help="Question views per forget item (default: the method's own; r2f 4)."),
     seed: int = typer.Option(0, "--seed", help="Seed of batching, initialisation and every RNG."),
     batch_size: int = typer.Option(8, "--batch-size", help="Forget (and retain) items per step."),
     save_every: int = typer.Option(0, "--save-every", help="Checkpoint every N steps into OUT/checkpoints (0: never)."),

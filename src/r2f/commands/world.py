@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from r2f.cli import app
+from r2f.commands._app import app
 from r2f.data.world import MAX_PARAPHRASES, WorldConfig, write_world
 from r2f.errors import R2FInputError
 from r2f.io import check_out_dir

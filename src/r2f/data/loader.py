@@ -6,6 +6,7 @@ and the field at fault, raised as :class:`r2f.errors.R2FInputError`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from r2f.data.schema import QAItem
 from r2f.errors import R2FInputError
-from r2f.io import read_text
+from r2f.io import decode_text, read_bytes, read_text
 
 #: Logical split name -> file name inside a world directory (TOFU's naming).
 SPLIT_FILES: dict[str, str] = {
@@ -63,14 +64,20 @@ def _validate(record: object, where: str) -> QAItem:
 
 def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QAItem]:
     """Read a ``.jsonl`` (one object per line) or ``.json`` (a list, or ``{"data": [...]}``) file."""
+    return read_items(path, allow_empty=allow_empty)[0]
+
+
+def read_items(path: str | os.PathLike, *, allow_empty: bool = False) -> tuple[list[QAItem], str]:
+    """:func:`load_items` and the sha256 of the file's bytes (what a manifest records), from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise R2FInputError("file not found", source=str(path))
-    text = read_text(path)
+    data = read_bytes(path)
+    text = decode_text(data, path)
     items = _parse_json(path, text) if _is_json_list(path, text) else _parse_jsonl(path, text)
     if not items and not allow_empty:
         raise R2FInputError("no records (empty split)", source=str(path))
-    return items
+    return items, hashlib.sha256(data).hexdigest()
 
 
 def item_locations(path: str | os.PathLike) -> list[str]:

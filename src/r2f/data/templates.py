@@ -79,16 +79,26 @@ def encode_qa(
     if len(questions) != len(answers):
         raise ValueError("questions and answers differ in length")
     template = template or template_for(tokenizer)
+    pairs = [(prompt_ids(tokenizer, q, template), answer_ids(tokenizer, a, template)) for q, a in zip(questions, answers)]
+    return collate_qa(pairs, pad_id(tokenizer), max_length)
+
+
+def pad_id(tokenizer) -> int:
+    """The id :func:`encode_qa` pads with: the pad token, else EOS, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def collate_qa(pairs: Sequence[tuple[list[int], list[int]]], pad: int,
+               max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """:func:`encode_qa`'s batch from token ids already made: (prompt ids, answer ids) per row."""
     rows, labels = [], []
-    for q, a in zip(questions, answers):
-        p, t = prompt_ids(tokenizer, q, template), answer_ids(tokenizer, a, template)
+    for p, t in pairs:
         ids, lab = p + t, [IGNORE_INDEX] * len(p) + t
         if max_length is not None:
             ids, lab = ids[:max_length], lab[:max_length]
         rows.append(ids)
         labels.append(lab)
     width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     label_t = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

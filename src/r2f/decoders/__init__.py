@@ -1,6 +1,6 @@
 """Gradient decoders: probe sketches (+ statistics) → full weight gradients, and the learned R2F decoder."""
 
-from r2f.decoders.api import decoded_gradients, iter_decoded_gradients, load_decoder
+from r2f.decoders.api import DEFAULT_DECODER, decoded_gradients, iter_decoded_gradients, load_decoder, resolve_decoder
 from r2f.decoders.base import (
     BUILTIN,
     Decoder,
@@ -18,6 +18,7 @@ from r2f.gradients.stats import collect_input_stats
 
 __all__ = [
     "BUILTIN",
+    "DEFAULT_DECODER",
     "Decoder",
     "ExactDecoder",
     "LoraDecoder",
@@ -30,6 +31,7 @@ __all__ = [
     "decoded_gradients",
     "iter_decoded_gradients",
     "load_decoder",
+    "resolve_decoder",
     "measure_cost",
     "measure_fidelity",
     "train_decoder",

@@ -1,4 +1,4 @@
-"""What the unlearning engine calls: ``load_decoder`` and ``decoded_gradients``."""
+"""What the unlearning engine calls: ``load_decoder`` (``resolve_decoder`` for user input) and ``decoded_gradients``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,22 @@ def load_decoder(name_or_path: str | os.PathLike | Decoder) -> Decoder:
     return LearnedDecoder.load(path)
 
 
+#: The decoder a method that uses one gets when none is named: the last learned decoder of this machine.
+DEFAULT_DECODER = "learned"
+
+
+def resolve_decoder(name_or_path: str | os.PathLike | Decoder | None) -> Decoder:
+    """:func:`load_decoder` for user input: None is :data:`DEFAULT_DECODER`, a ``Decoder`` object is used as it is
+    (injected, e.g. a stand-in in tests); an unknown name or unreadable file is R2FInputError naming it."""
+    spec = name_or_path or DEFAULT_DECODER
+    try:
+        return load_decoder(spec if isinstance(spec, Decoder) else str(spec))
+    except R2FInputError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise R2FInputError(f"cannot load decoder: {exc}", source=str(spec)) from None
+
+
 def iter_decoded_gradients(
     model: nn.Module,
     view_batches: list[dict],
@@ -82,15 +98,19 @@ def iter_decoded_gradients(
     aggregate: str = "mean",
     stats=None,
     reduce: bool = False,
+    checked: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream (weight parameter name, decoded gradient) one module at a time, in the parameter's layout
     (decoders work on the m × n matrix W of y = W x; a ``Conv1D`` weight is Wᵀ, so its direction is transposed).
 
     ``reduce=True`` (data-parallel): the probe sketches are summed over ranks *before* decoding (they are
-    linear in G, so this sketches the global batch's gradient; decoders are not linear)."""
+    linear in G, so this sketches the global batch's gradient; decoders are not linear). ``checked=True``: the
+    caller has loaded ``decoder`` and checked it against this probe and model's module kinds
+    (``Decoder.check_compatible``) once, as R2F does at setup, so no step repeats it."""
     decoder = load_decoder(decoder)
-    kinds = {module_kind(n) for n, _ in target_linears(model, probe.target_modules)}
-    decoder.check_compatible(probe, kinds)
+    if not checked:
+        kinds = {module_kind(n) for n, _ in target_linears(model, probe.target_modules)}
+        decoder.check_compatible(probe, kinds)
     if decoder.needs_exact:
         grads = exact_gradients(model, view_batches, loss_fn, pattern=probe.target_modules, aggregate=aggregate,
                                 reduce=reduce)
@@ -121,6 +141,7 @@ def decoded_gradients(
     aggregate: str = "mean",
     stats=None,
     reduce: bool = False,
+    checked: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Decoded full-weight gradient of mean_v loss_fn(model, view_batches[v]) per probed Linear.
 
@@ -128,4 +149,4 @@ def decoded_gradients(
     are not modified. ``aggregate`` is ``"mean"`` or ``"momentum"`` (EMA over the views in order);
     ``stats`` are optional :class:`r2f.gradients.InputStats` for the Σ-prior decoders.
     """
-    return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats, reduce))
+    return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats, reduce, checked))

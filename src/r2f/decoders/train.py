@@ -11,6 +11,11 @@ from typing import Sequence
 
 import torch
 
+from r2f import distributed as dist
+from r2f.data.batching import encode_views
+from r2f.data.loader import load_split
+from r2f.data.templates import encode_qa, template_for
+from r2f.data.world import DOCUMENTS_DIR
 from r2f.decoders.api import set_default_decoder
 from r2f.decoders.learned import (
     BASES,
@@ -24,10 +29,11 @@ from r2f.decoders.learned import (
     cosine_from_scalars,
     module_bases,
 )
-from r2f.data.world import DOCUMENTS_DIR
+from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import LossFn, ProbeConfig, Sketches, probe_gradients
 from r2f.gradients.stats import collect_input_stats
+from r2f.models.loading import load_model, model_fingerprint
 from r2f.progress import progress
 from r2f.threads import model_threads, threads_record
 
@@ -35,18 +41,9 @@ from r2f.threads import model_threads, threads_record
 
 
 def view_batches_for(items: Sequence, tokenizer, k: int, template=None, max_length: int | None = 256) -> list[dict]:
-    """K batches (one per view) of the same items: view v asks the v-th question view of each item."""
-    from r2f.data.templates import encode_qa, template_for
-
-    template = template or template_for(tokenizer)
-    out = []
-    for v in range(max(1, k)):
-        qs = []
-        for it in items:
-            vs = it.views(k)
-            qs.append(vs[v % len(vs)])
-        out.append(encode_qa(tokenizer, qs, [it.answer for it in items], template, max_length=max_length))
-    return out
+    """K batches (one per view) of the same items: view v asks the v-th question view of each item
+    (:func:`r2f.data.batching.encode_views`, the builder the unlearning methods use too)."""
+    return encode_views(tokenizer, items, k, template, max_length)
 
 
 def chunks(seq: Sequence, size: int) -> list[list]:
@@ -54,8 +51,6 @@ def chunks(seq: Sequence, size: int) -> list[list]:
 
 
 def stats_batches(items: Sequence, tokenizer, batch_size: int = 16) -> list[dict]:
-    from r2f.data.templates import encode_qa, template_for
-
     template = template_for(tokenizer)
     return [encode_qa(tokenizer, [it.question for it in c], [it.answer for it in c], template) for c in chunks(items, batch_size)]
 
@@ -66,13 +61,9 @@ def resolve_model(model_or_path):
         model, tok = model_or_path
         ident = getattr(getattr(model, "config", None), "_name_or_path", "") or f"<in-memory {type(model).__name__}>"
         return model, tok, {"name": str(ident), "fingerprint": None}
-    from r2f.models import load_model
-
     model, tok = load_model(str(model_or_path))
     fp = None
     try:
-        from r2f.models import model_fingerprint
-
         if Path(str(model_or_path)).is_dir():
             fp = model_fingerprint(str(model_or_path))
     except Exception:  # fingerprint is informative only
@@ -197,24 +188,21 @@ def generate_pairs(
     loss_fn: LossFn | None = None,
     seeds: Sequence[int] = (0,),
     desc: str = "decoder pairs",
+    dp: DataParallel = ONE_PROCESS,
 ) -> list[dict]:
     """One scalar record set per (probe seed, item batch).
 
-    Inside ``r2f.distributed.data_parallel`` (torchrun) the jobs are split round-robin over the ranks and
-    gathered back in order: every rank ends with the same list as one process would compute."""
-    from r2f import distributed as dist
-
+    With an active ``dp`` (torchrun) the jobs are split round-robin over the ranks and gathered back in order:
+    every rank ends with the same list as one process would compute."""
     out = []
     batches = chunks(items, batch_items)
     all_jobs = [(s, b) for s in seeds for b in batches]
-    parallel = dist.in_data_parallel()
-    jobs = dist.shard_list(all_jobs) if parallel else all_jobs
-    for s, b in progress(jobs, desc=desc):
+    for s, b in progress(dp.share(all_jobs), desc=desc):
         cfg = ProbeConfig(rank=probe.rank, rank_a=probe.rank_a, seed=s, target_modules=probe.target_modules, scale=probe.scale)
         vb = view_batches_for(b, tokenizer, views)
         sks = probe_gradients(model, vb, cfg, loss_fn, with_exact=True, batch_stats=True)
         out.append(training_scalars(sks, stats, access=access))
-    return dist.gather_in_order(out, len(all_jobs)) if parallel else out
+    return dp.gather(out, len(all_jobs))
 
 
 @model_threads("proxy")
@@ -254,8 +242,6 @@ def train_decoder(
     world has them), pairs whose batches hold many more answer tokens than the probe's rank (split by the same
     authors). Without them the correction learned on short answers fell below its closed form on long answers.
     """
-    from r2f.data.loader import load_split
-
     if rank < 1:
         raise R2FInputError("rank must be >= 1", source="--rank")
     if views < 1:
@@ -289,12 +275,10 @@ def train_decoder(
     stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
         if access != "lora" else None
     seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
-    from r2f import distributed as dist
-
-    with dist.data_parallel():  # torchrun: pair generation (the expensive part) is split over the ranks
-        train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)")
-        train = _cat(train_parts)
-        held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)")) if ho_items else None
+    dp = DataParallel.current()  # torchrun: pair generation (the expensive part) is split over the ranks
+    train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)", dp=dp)
+    train = _cat(train_parts)
+    held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)", dp=dp)) if ho_items else None
     base = best_closed_form(train, access)
     net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, base=base, log=log)
     fid_held = scalar_fidelity(net, held, base, access) if held is not None else None

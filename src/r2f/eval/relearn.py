@@ -19,8 +19,7 @@ RELEARN_METRICS = ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "forget_Truth_Ratio", 
 
 
 def relearn_attack(ctx, *, steps: int, lr: float = 1e-4, batch_size: int = 8, seed: int = 0) -> dict:
-    from r2f.eval.suite import EvalContext
-
+    """``ctx``: the evaluation's ``r2f.eval.suite.EvalContext``; the halves are scored in contexts derived from it."""
     idx, items = ctx.indices("forget"), ctx.items("forget")
     train = [(i, it) for j, (i, it) in enumerate(zip(idx, items)) if j % 2 == 0]
     held = [(i, it) for j, (i, it) in enumerate(zip(idx, items)) if j % 2 == 1]
@@ -28,11 +27,7 @@ def relearn_attack(ctx, *, steps: int, lr: float = 1e-4, batch_size: int = 8, se
         return {"steps": steps, "skipped": "forget split too small to halve"}
 
     def half_ctx(model):
-        return EvalContext(
-            model, ctx.tokenizer, {"forget": ([i for i, _ in held], [it for _, it in held])}, template=ctx.template,
-            batch_size=ctx.batch_size, max_new_tokens=ctx.max_new_tokens, stop_strings=ctx.stop_strings, k=ctx.k,
-            reference=ctx.reference,
-        )  # fmt: skip
+        return ctx.derived(model, {"forget": ([i for i, _ in held], [it for _, it in held])})
 
     def summary(c):
         return {n: c.metric(n)["agg_value"] for n in RELEARN_METRICS}

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from r2f import distributed as dist
 from r2f.data.templates import PromptTemplate, encode_qa, prompt_ids
+from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.eval.functional import token_stats
 from r2f.progress import progress
 
@@ -39,12 +39,14 @@ def score_pairs(
     k: float = 0.4,
     with_min_k_pp: bool = False,
     desc: str = "scoring",
+    dp: DataParallel = ONE_PROCESS,
 ) -> dict[str, list]:
     """Teacher-forced statistics for each (question, answer) pair, in input order.
 
     Returns lists: ``avg_loss``, ``n_tokens``, ``min_k``, ``exact_memorization``,
     ``extraction_strength`` (and ``min_k_pp`` when asked) and ``answer_text`` (the decoded label
-    tokens, special tokens skipped, used by the ZLib attack).
+    tokens, special tokens skipped, used by the ZLib attack). With an active ``dp`` (torchrun) whole
+    batches go round-robin over the ranks and come back in order: per-item values as in one process.
     """
     n = len(questions)
     model.eval()
@@ -55,11 +57,10 @@ def score_pairs(
     out: dict[str, list] = {key: [None] * n for key in keys}
     out["answer_text"] = [None] * n
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if dist.in_data_parallel():  # whole batches round-robin over ranks: per-item values as in one process
-        mine = dist.shard_list(batches)
-        done = dist.gather_in_order([_score_batch(model, tokenizer, questions, answers, template, idx, device, k,
-                                                  with_min_k_pp, keys) for idx in progress(mine, desc=desc)],
-                                    len(batches))
+    if dp.active:  # whole batches round-robin over ranks: per-item values as in one process
+        done = dp.gather([_score_batch(model, tokenizer, questions, answers, template, idx, device, k,
+                                       with_min_k_pp, keys) for idx in progress(dp.share(batches), desc=desc)],
+                         len(batches))
         for idx, (vals, texts) in zip(batches, done):
             for key in keys:
                 for j, i in enumerate(idx):
@@ -113,8 +114,10 @@ def generate_answers(
     max_new_tokens: int = 200,
     stop_strings: Sequence[str] | None = None,
     desc: str = "generating",
+    dp: DataParallel = ONE_PROCESS,
 ) -> list[str]:
-    """Greedy answers (left padding, KV cache), cut at EOS and stop strings, stripped; input order."""
+    """Greedy answers (left padding, KV cache), cut at EOS and stop strings, stripped; input order (with an
+    active ``dp``, whole batches round-robin over the ranks, gathered back in order)."""
     if stop_strings is None:
         stop_strings = QA_STOP_STRINGS if template.kind == "qa" else ()
     n = len(questions)
@@ -131,8 +134,7 @@ def generate_answers(
         gen_kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
     out: list[str] = [""] * n
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    parallel = dist.in_data_parallel()  # whole batches round-robin over ranks, gathered back in order
-    mine = dist.shard_list(batches) if parallel else batches
+    mine = dp.share(batches)
     texts_of: list[list[str]] = []
     for idx in progress(mine, desc=desc, total=len(mine)):
         rows = [prompts[i] for i in idx]
@@ -152,8 +154,7 @@ def generate_answers(
             text = tokenizer.decode(toks, skip_special_tokens=True)
             texts.append(cut_generation(text, stop_strings))
         texts_of.append(texts)
-    if parallel:
-        texts_of = dist.gather_in_order(texts_of, len(batches))
+    texts_of = dp.gather(texts_of, len(batches))
     for idx, texts in zip(batches, texts_of):
         for j, i in enumerate(idx):
             out[i] = texts[j]

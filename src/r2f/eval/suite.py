@@ -15,11 +15,15 @@ import numpy as np
 from r2f.data.loader import HALF_SPLITS, HALVES_RULE, RETAIN_OF, WORLD_FACTS_EVAL, load_split_positions, split_exists
 from r2f.data.schema import QAItem
 from r2f.data.templates import PromptTemplate, template_for
+from r2f.distributed import ONE_PROCESS, DataParallel
+from r2f.distributed import describe as describe_processes
 from r2f.errors import R2FInputError
 from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
 from r2f.eval.registry import METRICS
+from r2f.eval.relearn import relearn_attack
 from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
 from r2f.io import read_text
+from r2f.models.loading import load_model, model_fingerprint
 from r2f.threads import threads_for, torch_threads
 
 #: What a reference (retain-oracle) evaluation needs: forget TRs for forget_quality, Min-K% AUC for privleak.
@@ -66,8 +70,10 @@ class EvalContext:
         stop_strings: Sequence[str] | None = None,
         k: float = 0.4,
         reference: dict | None = None,
+        dp: DataParallel = ONE_PROCESS,
     ):
         self.model, self.tokenizer = model, tokenizer
+        self.dp = dp  # torchrun: scoring and generation batches split over the ranks, gathered back in order
         self.template = template or template_for(tokenizer)
         self._splits = splits
         self.batch_size, self.max_new_tokens, self.k = batch_size, max_new_tokens, k
@@ -105,7 +111,7 @@ class EvalContext:
                     qs.append(it.question)
                     ans.append(p)
                     owner.append(j)
-            flat = score_pairs(self.model, self.tokenizer, qs, ans, self.template, batch_size=self.batch_size, k=self.k, desc=f"{split}/perturbed") if qs else {"avg_loss": []}
+            flat = score_pairs(self.model, self.tokenizer, qs, ans, self.template, batch_size=self.batch_size, k=self.k, desc=f"{split}/perturbed", dp=self.dp) if qs else {"avg_loss": []}
             per: list[list[float]] = [[] for _ in items]
             for o, l in zip(owner, flat["avg_loss"]):
                 per[o].append(l)
@@ -119,7 +125,7 @@ class EvalContext:
                 raise ValueError(field)
             res = score_pairs(
                 self.model, self.tokenizer, [it.question for it in items], ans, self.template,
-                batch_size=self.batch_size, k=self.k, with_min_k_pp=mia, desc=f"{split}/{field}",
+                batch_size=self.batch_size, k=self.k, with_min_k_pp=mia, desc=f"{split}/{field}", dp=self.dp,
             )  # fmt: skip
         self._scores[key] = res
         return res
@@ -129,7 +135,7 @@ class EvalContext:
             self._gens[split] = generate_answers(
                 self.model, self.tokenizer, [it.question for it in self.items(split)], self.template,
                 batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings,
-                desc=f"{split}/generate",
+                desc=f"{split}/generate", dp=self.dp,
             )  # fmt: skip
         return self._gens[split]
 
@@ -137,6 +143,13 @@ class EvalContext:
         if name not in self._metrics:
             self._metrics[name] = METRICS[name].fn(self)
         return self._metrics[name]
+
+    def derived(self, model, splits: dict[str, tuple[list[str], list[QAItem]]]) -> "EvalContext":
+        """A fresh context (nothing cached) with this one's settings and reference, on ``model`` and ``splits``
+        (the relearning attack scores the attacked model on the held-out half this way)."""
+        return EvalContext(model, self.tokenizer, splits, template=self.template, batch_size=self.batch_size,
+                           max_new_tokens=self.max_new_tokens, stop_strings=self.stop_strings, k=self.k,
+                           reference=self.reference, dp=self.dp)
 
     # -- reference (retain oracle)
     def reference_forget_tr(self) -> list[float] | None:
@@ -153,8 +166,6 @@ class EvalContext:
 # ----------------------------------------------------------------------------- loading helpers
 def _resolve_model(model, tokenizer, what: str):
     if isinstance(model, (str, os.PathLike)):
-        from r2f.models import load_model
-
         m, t = load_model(str(model))
         return m, t, str(model)
     if isinstance(model, tuple):
@@ -168,10 +179,8 @@ def _resolve_model(model, tokenizer, what: str):
 def _model_fingerprint(path: str | None) -> str | None:
     if path and Path(path).is_dir():
         try:
-            from r2f.models import model_fingerprint
-
             return model_fingerprint(path)
-        except Exception:  # pragma: no cover - models package optional for in-memory use
+        except Exception:  # pragma: no cover - informative only
             return None
     return None
 
@@ -234,9 +243,7 @@ def _read_retain_log(retain_log, *, forget_split: str, n_forget: int, tok_sha: s
 
 
 def _dist_info() -> dict:
-    from r2f import distributed as dist
-
-    return dist.describe()
+    return describe_processes()
 
 
 def _sanitize(obj: Any) -> Any:
@@ -296,11 +303,10 @@ def evaluate(
     for models under 50M parameters, whose matrices are too small to gain from threads and lose up
     to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
     """
-    from r2f import distributed as dist
-
     # Under torchrun every rank must call evaluate(): scoring and generation batches are split over the
-    # ranks and gathered back in order (per-item numbers as in one process); every rank returns the result.
-    with torch_threads(num_threads if num_threads is not None else threads_for(model)), dist.data_parallel():
+    # ranks and gathered back in order (per-item numbers as in one process; EvalContext.dp); every rank
+    # returns the result.
+    with torch_threads(num_threads if num_threads is not None else threads_for(model)):
         return _evaluate(
             model, data_dir, tokenizer=tokenizer, retain_model=retain_model, retain_tokenizer=retain_tokenizer,
             retain_log=retain_log, forget_split=forget_split, retain_split=retain_split, metrics=metrics,
@@ -333,13 +339,13 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         rm, rtok, rident = _resolve_model(retain_model, retain_tokenizer, "retain model")
         if tokenizer_fingerprint(rtok) != tok_sha:
             raise R2FInputError("the retain model's tokenizer differs from the evaluated model's (vocab, special tokens or chat template)", source=str(rident))
-        rctx = EvalContext(rm, rtok, {s: splits[s] for s in ("forget", "holdout") if s in splits}, template=template, batch_size=batch_size, k=k)
+        rctx = EvalContext(rm, rtok, {s: splits[s] for s in ("forget", "holdout") if s in splits}, template=template, batch_size=batch_size, k=k, dp=DataParallel.current())
         tr = rctx.metric("forget_Truth_Ratio")["value_by_index"]
         mia = rctx.metric("mia_min_k")["agg_value"] if rctx.has("holdout") else None
         reference = {"forget_tr": {i: v["score"] for i, v in tr.items()}, "mia_min_k": mia, "source": "retain_model", "path": rident,
                      "model_fingerprint": _model_fingerprint(rident)}  # fmt: skip
 
-    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, reference=reference)
+    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, reference=reference, dp=DataParallel.current())
     result: dict[str, Any] = {}
     skipped_metrics = {}
     for name in names:
@@ -349,8 +355,6 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         result[name] = ctx.metric(name)
 
     if relearn > 0:
-        from r2f.eval.relearn import relearn_attack
-
         result["relearn"] = relearn_attack(ctx, steps=relearn, lr=relearn_lr, batch_size=relearn_batch_size, seed=seed)
 
     n_params = sum(p.numel() for p in m.parameters())

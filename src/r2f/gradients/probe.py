@@ -494,7 +494,7 @@ def probe_gradients(
     ``batch_stats=True`` also records the forward statistic A·Σ_x of the views' inputs (r_A × n, cost of
     one extra r_A-column product per layer), used by the Σ-prior decoders.
     ``reduce=True`` (data-parallel runs): ``view_batches`` are this rank's slices of global batches and
-    ``loss_fn`` is this slice's contribution to the global loss (``r2f.distributed.data_parallel``); the
+    ``loss_fn`` is this slice's contribution to the global loss (``r2f.distributed.DataParallel``); the
     sketches (and exact gradients) are summed over ranks and the batch statistic is averaged over every
     rank's tokens, so each rank gets the sketches of the global batch.
     """

@@ -12,12 +12,19 @@ from typing import Any, Sequence
 
 import torch
 
-from r2f.data.loader import load_items
+from r2f import distributed as dist
+from r2f.data.loader import item_locations, read_items
 from r2f.data.schema import QAItem
+from r2f.data.templates import template_for, untrainable
+from r2f.decoders import Decoder, resolve_decoder
+from r2f.distributed import DataParallel
 from r2f.errors import R2FInputError
+from r2f.fsdp import full_state_dict
 from r2f.io import atomic_dir, check_out_dir, is_within, write_json_atomic
 from r2f.methods.cost import CostMeter
-from r2f.methods.engine import METHODS, Engine, EngineConfig, LossMethod, get_method
+from r2f.methods.base import METHODS, get_method, methods_that
+from r2f.methods.engine import Engine, EngineConfig
+from r2f.models.loading import load_model, model_fingerprint, model_policy, resolve_model_dir
 from r2f.threads import check_threads, model_threads_for, requested_threads
 
 MANIFEST = "manifest.json"
@@ -33,8 +40,8 @@ def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
         return [], None
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
-        items = load_items(path)
-        return items, {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "items": len(items)}
+        items, digest = read_items(path)  # one read of the file for both
+        return items, {"path": str(path), "sha256": digest, "items": len(items)}
     items = [it if isinstance(it, QAItem) else QAItem.model_validate(it) for it in spec]
     if required and not items:
         raise R2FInputError("no records (empty split)", source=f"--{name}")
@@ -44,8 +51,6 @@ def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
 
 def _model_dir(model) -> Path | None:
     if isinstance(model, (str, os.PathLike)):
-        from r2f.models.loading import resolve_model_dir
-
         return resolve_model_dir(model)
     return None
 
@@ -96,6 +101,12 @@ def _cost(meter: CostMeter, prior: dict | None) -> dict:
     return cost
 
 
+def recorded_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The method's options as the manifest and the run key record them: an injected decoder object by its file
+    (a learned decoder) or its name."""
+    return {k: (str(getattr(v, "source", None) or v.name) if isinstance(v, Decoder) else v) for k, v in options.items()}
+
+
 def progress_label(out: Path, method: str) -> str:
     """The run's progress label names the run (its --out), not only the method: the demo runs r2f twice."""
     name = out.resolve().name  # "--out ." names the current directory
@@ -104,9 +115,6 @@ def progress_label(out: Path, method: str) -> str:
 
 def _check_trainable(items: Sequence[QAItem], info: dict, tok, meth, max_length: int | None) -> None:
     """Refuse forget items with no answer token to unlearn (exit 2, naming the record), before any work."""
-    from r2f.data.loader import item_locations
-    from r2f.data.templates import template_for, untrainable
-
     template = template_for(tok)
     k = max(1, int(meth.options.get("views", 1) or 1))
     for i, it in enumerate(items):
@@ -163,8 +171,9 @@ def unlearn(
     if method not in METHODS:
         raise R2FInputError(f"unknown method '{method}' (choose from {', '.join(sorted(METHODS))})",
                             source="--method")
-    if decoder is not None and method not in ("r2f", "exact"):
-        raise R2FInputError(f"--decoder only applies to --method r2f (got --method {method})", source="--decoder")
+    if decoder is not None and not METHODS[method].uses_decoder:
+        raise R2FInputError(f"--decoder only applies to the methods that use a decoder "
+                            f"({', '.join(methods_that('uses_decoder'))}; got --method {method})", source="--decoder")
     if views is not None:
         if views < 1:
             raise R2FInputError("must be at least 1", source="--views")
@@ -180,8 +189,8 @@ def unlearn(
     if lr is not None and not (lr > 0 and lr == lr):
         raise R2FInputError("must be positive", source="--lr")
     check_threads(threads)
-    if method in ("r2f", "exact") and decoder is not None:
-        options["decoder"] = str(decoder)
+    if decoder is not None:
+        options["decoder"] = decoder if isinstance(decoder, Decoder) else str(decoder)  # an object: injected
     meth = get_method(method, **options)  # unknown options -> R2FInputError
     if fsdp and not meth.supports_fsdp:  # refused in one process too: the same command line fails under torchrun
         raise R2FInputError(f"method '{method}' does not run on an FSDP-sharded target; drop --fsdp (plain data "
@@ -203,10 +212,9 @@ def unlearn(
     retain_items, retain_info = _data(retain, "retain", required=False)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
-    if method in ("r2f", "exact"):
-        from r2f.methods.r2f import resolve_decoder
-
-        resolve_decoder(meth.options.get("decoder"))  # unknown decoder -> exit 2 before loading the model
+    recorded = recorded_options(meth.options)  # the manifest and the run key name the decoder as it was given
+    if meth.uses_decoder:  # loaded once, here (an unknown one: exit 2 before the model loads); the method gets it
+        meth.options["decoder"] = resolve_decoder(meth.options.get("decoder"))
     ckpt_root = out / CHECKPOINTS
     if resume and out.is_dir() and any(out.iterdir()) and not ckpt_root.is_dir() and not (out / MANIFEST).is_file():
         raise R2FInputError("--resume: no r2f run (checkpoints/ or manifest.json) in this directory", source=str(out))
@@ -214,29 +222,24 @@ def unlearn(
     # ---- torchrun / accelerate launch: data-parallel over every rank; rank 0 alone writes ------------
     # Each rank takes a slice of every global batch and gradients are all-reduced (r2f.distributed), so
     # the run equals one process on the whole batch; all ranks hold the same weights at every step.
-    from r2f import distributed as dist
-
     device = dist.resolve_device(device)
     dist.barrier()  # every rank has validated before rank 0 may write anything
-    from r2f.models.loading import model_policy
-
     # threads from the model's size and the free cores (r2f.threads): on a busy CPU, OpenMP threads waiting for a
     # core slow a small model's run many times over
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads), \
             model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
         path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
                     out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures,
-                    chosen.to_dict(), fsdp=bool(fsdp))
+                    chosen.to_dict(), fsdp=bool(fsdp), recorded=recorded)
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
 def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
          seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3,
-         threads: dict | None = None, fsdp: bool = False) -> Path:
-    from r2f import distributed as dist
-
-    fsdp = fsdp and dist.is_distributed()  # one process: nothing to shard
+         threads: dict | None = None, fsdp: bool = False, recorded: dict | None = None) -> Path:
+    dp = DataParallel.current()  # every rank takes its slice of each global batch (one process: all of it)
+    fsdp = fsdp and dp.active  # one process: nothing to shard
 
     ckpt_root = out / CHECKPOINTS
     # ---- load ------------------------------------------------------------------------------------
@@ -244,8 +247,6 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
     with meter:
         with meter.stage("load"):
             if src_dir is not None:
-                from r2f.models import load_model, model_fingerprint
-
                 net, tok = load_model(src_dir)
                 source = {"path": str(model), "fingerprint": model_fingerprint(src_dir)}
             else:
@@ -259,10 +260,11 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
         cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
                            seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures,
                            fsdp=fsdp)
-        config = {"method": method, "options": meth.options, "steps": n_steps, "lr": cfg.lr,
+        config = {"method": method, "options": recorded if recorded is not None else recorded_options(meth.options),
+                  "steps": n_steps, "lr": cfg.lr,
                   "batch_size": batch_size, "seed": seed, "max_length": max_length}
-        if isinstance(meth, LossMethod):
-            config["optimizer"] = {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8,
+        if meth.optimizer == "adamw":
+            config["optimizer"] = {"name": meth.optimizer, "betas": [0.9, 0.999], "eps": 1e-8,
                                    "weight_decay": cfg.weight_decay, "schedule": "linear",
                                    "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm}
         run_key = {**config, "forget_sha256": forget_info["sha256"],
@@ -278,15 +280,11 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
             shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
 
         before = _tensor_digests(net)
-        engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device)
+        engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device, dp=dp)
         result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
                             cost=meter, desc=progress_label(out, method))
         # FSDP: the unsharded weights, gathered one tensor at a time to rank 0 (a collective: every rank takes part)
-        full = None
-        if fsdp:
-            from r2f.fsdp import full_state_dict
-
-            full = full_state_dict(result.model)
+        full = full_state_dict(result.model) if fsdp else None
         if not dist.is_main():
             return out  # same weights as rank 0, which writes them
         with meter.stage("save"):
@@ -298,7 +296,7 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                     "r2f_manifest": 1,
                     "method": method,
                     "config": config,
-                    "decoder": meth.options.get("decoder") if method in ("r2f", "exact") else None,
+                    "decoder": config["options"].get("decoder") if meth.uses_decoder else None,
                     "method_info": result.method_info,
                     "data": {"forget": forget_info, "retain": retain_info},
                     "source_model": source,

@@ -22,21 +22,14 @@ from typing import Any
 
 import torch
 
-from r2f.methods.engine import Engine, LossMethod, QABatch, StepContext, register
+from r2f.data.batching import QABatch
+from r2f.errors import R2FInputError
+from r2f.methods.base import LossMethod, StepContext, register
+from r2f.methods.engine import Engine
 from r2f.methods.losses import npo_loss, sequence_nll, simnpo_loss, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 
 OBJECTIVES = ("ga", "npo", "simnpo")
-
-
-def stacked_inputs(batch: QABatch, k: int) -> dict[str, torch.Tensor]:
-    """The batch's first ``k`` views stacked into one batch (view 0 alone when ``k == 1``)."""
-    if k <= 1:
-        return batch.inputs
-    per_item = [it.views(k) for it in batch.items]
-    questions = [vs[v % len(vs)] for v in range(k) for vs in per_item]
-    answers = [it.answer for _ in range(k) for it in batch.items]
-    return batch.encode(questions, answers)
 
 
 def register_reference(engine: Engine, model, views: int) -> ReferenceNLL:
@@ -45,7 +38,7 @@ def register_reference(engine: Engine, model, views: int) -> ReferenceNLL:
     chunk = max(1, engine.config.batch_size)
     for i in range(0, len(engine.forget), chunk):
         b = engine.make_batch(engine.forget[i:i + chunk])
-        ref.add(model, b.views(views) + ([stacked_inputs(b, views)] if views > 1 else []))
+        ref.add(model, b.views(views) + ([b.stacked(views)] if views > 1 else []))
     return ref
 
 
@@ -53,14 +46,14 @@ def forget_objective(name: str, model, inputs: dict, ctx: StepContext, *, beta: 
                      ref: ReferenceNLL | None = None, record: bool = True) -> torch.Tensor:
     """The forget loss ``name`` on ``inputs``; optionally records the batch's mean answer NLL as ``forget_nll``."""
     s, n = sequence_nll(model, inputs)
-    if record and ctx is not None:
+    if record:
         ctx.record(forget_nll=(s / n.clamp_min(1)).detach())
     if name == "ga":
-        return -token_mean_nll(s, n)
+        return -token_mean_nll(s, n, ctx.dp)
     if name == "npo":
-        return npo_loss(s, ref.lookup(inputs), beta)
+        return npo_loss(s, ref.lookup(inputs), beta, ctx.dp)
     if name == "simnpo":
-        return simnpo_loss(s, n, beta, delta)
+        return simnpo_loss(s, n, beta, delta, ctx.dp)
     raise ValueError(f"unknown forget objective {name!r}")
 
 
@@ -88,12 +81,12 @@ class ObjectiveMethod(LossMethod):
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         # The logged forget signal is view 0; with views > 1 the loss sees all views stacked and the
         # engine measures view 0 separately.
-        inputs = stacked_inputs(forget, self.views)
+        inputs = forget.stacked(self.views)
         loss = self.gamma * self.forget_loss(model, inputs, ctx, record=self.views <= 1)
         if self.alpha and retain is not None:
             rs, rn = sequence_nll(model, retain.inputs)
             ctx.record(retain_nll=(rs / rn.clamp_min(1)).detach())
-            loss = loss + self.alpha * token_mean_nll(rs, rn)
+            loss = loss + self.alpha * token_mean_nll(rs, rn, ctx.dp)
         return loss
 
 
@@ -137,11 +130,9 @@ class LoRAUnlearn(ObjectiveMethod):
     default_lr = 2e-3
 
     def setup(self, engine: Engine):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # here: a heavy import only this method needs
 
         if self.forget_name not in OBJECTIVES:
-            from r2f.errors import R2FInputError
-
             raise R2FInputError(f"unknown objective '{self.forget_name}' (choose from {', '.join(OBJECTIVES)})",
                                 source="objective")
         self.ref = register_reference(engine, engine.model, self.views) if self.forget_name == "npo" else None

@@ -15,6 +15,7 @@ from importlib import resources
 import torch
 
 from r2f.data.schema import QAItem
+from r2f.eval.scoring import generate_answers
 
 GENERATED_SOURCE = "generated"
 
@@ -29,8 +30,6 @@ def generic_questions() -> list[str]:
 def self_answered_items(model, tokenizer, template, n: int | None = None,
                         max_new_tokens: int = 48) -> list[QAItem]:
     """The target's greedy answers to the first ``n`` generic questions, as QA items (empty answers dropped)."""
-    from r2f.eval.scoring import generate_answers
-
     questions = generic_questions()[: n or None]
     was_training = model.training
     answers = generate_answers(model, tokenizer, questions, template, max_new_tokens=max_new_tokens,

@@ -29,18 +29,18 @@ from typing import Any
 
 import torch
 
-from r2f import distributed as dist
+from r2f import gradients
+from r2f.decoders import DEFAULT_DECODER, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
 from r2f.fsdp import all_finite, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
-from r2f.methods.losses import npo_loss, sequence_nll, token_mean_nll
+from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
 from r2f.methods.wga import wga_loss
 from r2f.models.answer_nll import answer_token_nll_flat
 
-DEFAULT_DECODER = "learned"
 GUARDS = ("project", "none")
 STOPS = ("shuffled", "perturbed", "none")
 OBJECTIVES = ("ga", "npo", "wga", "rmu")
@@ -52,30 +52,11 @@ RETAIN_DATA = ("auto", "file", "generated")
 MAX_ETA = 0.05
 
 
-def _core():
-    """The gradients/decoders API the method relies on (monkeypatched in unit tests)."""
-    import r2f.decoders as decoders
-    import r2f.gradients as gradients
-
-    return decoders, gradients
-
-
-def resolve_decoder(name_or_path: str | None):
-    """Load a decoder by name or file; R2FInputError when unknown/unavailable."""
-    decoders, _ = _core()
-    spec = name_or_path or DEFAULT_DECODER
-    try:
-        return decoders.load_decoder(str(spec))
-    except R2FInputError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise R2FInputError(f"cannot load decoder: {exc}", source=str(spec)) from None
-
-
 @register
 class R2F(UpdateMethod):
     name = "r2f"
     needs_retain = False
+    uses_decoder = True
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     defaults = {
         "decoder": None,          # decoder name or file (learned by default)
@@ -121,7 +102,6 @@ class R2F(UpdateMethod):
         for key in ("guard_tol", "guard_budget"):
             if not float(self.options[key]) > 0:
                 raise R2FInputError("must be positive", source=key)
-        _, gradients = _core()
         self.decoder_obj = resolve_decoder(self.decoder)
         self._check_access()
         model = engine.model
@@ -303,18 +283,18 @@ class R2F(UpdateMethod):
         if self.objective == "rmu":
             module, target, _ = self.steer
             act = layer_output(model, module, batch)
-            return activation_distance(act, target.to(act.device).expand_as(act), batch["labels"] != -100).mean()
+            return seq_mean(activation_distance(act, target.to(act.device).expand_as(act), batch["labels"] != -100),
+                            self.engine.dp)
         if self.objective == "wga":
             nll, _, counts = answer_token_nll_flat(model, batch)
-            return wga_loss(nll, counts, 1.0 if self.beta is None else float(self.beta))
+            return wga_loss(nll, counts, 1.0 if self.beta is None else float(self.beta), self.engine.dp)
         s, n = sequence_nll(model, batch)
         if self.objective == "npo":
-            return npo_loss(s, self.ref.lookup(batch), 0.1 if self.beta is None else float(self.beta))
-        return -token_mean_nll(s, n)
+            return npo_loss(s, self.ref.lookup(batch), 0.1 if self.beta is None else float(self.beta), self.engine.dp)
+        return -token_mean_nll(s, n, self.engine.dp)
 
-    @staticmethod
-    def retain_loss(model, batch: dict) -> torch.Tensor:
-        return token_mean_nll(*sequence_nll(model, batch))
+    def retain_loss(self, model, batch: dict) -> torch.Tensor:
+        return token_mean_nll(*sequence_nll(model, batch), self.engine.dp)
 
     def step_size(self, step: int, total: int, lr: float) -> float:
         if total <= 1:
@@ -323,13 +303,9 @@ class R2F(UpdateMethod):
         return lr * (self.min_step_ratio + (1 - self.min_step_ratio) * c)
 
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
-        decoders, _ = _core()
-        from r2f.distributed import in_data_parallel
-
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
-        extra = {"reduce": True} if in_data_parallel() else {}
-        dirs = decoders.decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn,
-                                          aggregate=self.aggregate, stats=self.stats, **extra)
+        dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.aggregate,
+                                 stats=self.stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
         # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
         # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
         return shard_like(model, dirs)
@@ -426,7 +402,7 @@ class R2F(UpdateMethod):
     def _forget_batch_nll(self, model, forget: QABatch) -> float:
         s, n = sequence_nll(model, forget.inputs)
         per_item = s / n.clamp_min(1)
-        return dist.global_mean(per_item) if dist.in_data_parallel() else float(per_item.mean())
+        return self.engine.dp.mean(per_item)
 
     def _guard_nll(self, model) -> float:
         return self.engine.mean_nll(model, self.guard_items, chunk=32)

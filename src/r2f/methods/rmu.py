@@ -101,14 +101,14 @@ class RMU(LossMethod):
         target = control_vector(act.shape[-1], float(self.steering_coeff), self.seed).to(act.device)
         forget_dist = activation_distance(act, target.expand_as(act), f_in["labels"] != -100)
         ctx.record(rmu_forget=forget_dist.detach())  # logged per step, like forget_nll
-        loss = self.gamma * seq_mean(forget_dist)
+        loss = self.gamma * seq_mean(forget_dist, ctx.dp)
         if self.alpha and retain is not None:
             r_in = retain.inputs
             with torch.no_grad():
                 frozen = layer_output(self.frozen, self.frozen_module, r_in)
             retain_dist = activation_distance(layer_output(model, self.module, r_in), frozen, r_in["labels"] != -100)
             ctx.record(rmu_retain=retain_dist.detach())
-            loss = loss + self.alpha * seq_mean(retain_dist)
+            loss = loss + self.alpha * seq_mean(retain_dist, ctx.dp)
         return loss
 
     def describe(self) -> dict[str, Any]:

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import torch
 
-from r2f.distributed import global_count
+from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.methods.baselines import ObjectiveMethod
 from r2f.methods.engine import StepContext, register
 from r2f.models.answer_nll import answer_token_nll_flat
 
 
-def wga_loss(token_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float) -> torch.Tensor:
+def wga_loss(token_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float,
+             dp: DataParallel = ONE_PROCESS) -> torch.Tensor:
     """−mean over the batch's answer tokens of ``p^β·NLL`` with ``p = exp(−NLL)`` detached.
 
-    ``n_tokens`` is the per-sequence answer-token count; inside ``r2f.distributed.data_parallel`` the mean divides
-    by the global count, so the ranks' gradients sum to the one-process gradient."""
+    ``n_tokens`` is the per-sequence answer-token count; with an active ``dp`` the mean divides by the global
+    count, so the ranks' gradients sum to the one-process gradient."""
     weight = torch.exp(-token_nll.detach()) ** beta
-    return -(weight * token_nll).sum() / global_count(n_tokens.sum()).clamp_min(1)
+    return -(weight * token_nll).sum() / dp.count(n_tokens.sum()).clamp_min(1)
 
 
 @register
@@ -44,4 +45,4 @@ class WGA(ObjectiveMethod):
         if record:
             sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll.detach())
             ctx.record(forget_nll=sums / counts.clamp_min(1))
-        return wga_loss(nll, counts, float(self.beta))
+        return wga_loss(nll, counts, float(self.beta), ctx.dp)

@@ -1,0 +1,156 @@
+"""The method protocol and the registry: what a method is, and the one list of methods.
+
+A method is a small class with one hook, run by the engine (``r2f.methods.engine``):
+
+- :class:`LossMethod` — ``loss(model, forget, retain, ctx) -> scalar``; the engine back-propagates it
+  and takes an AdamW step;
+- :class:`UpdateMethod` — ``update(model, forget, retain, ctx) -> dict``; the method changes the
+  weights itself (R2F) and returns what it wants logged.
+
+``@register`` puts a class into :data:`METHODS` under its ``name``; nothing else lists methods. What a method
+needs or offers is declared on its class (:class:`Method`'s capability attributes: ``needs_retain``,
+``uses_decoder``, ``optimizer``, ``supports_fsdp``); the engine, the API, the CLI and the demo read those, never a
+method's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from r2f.data.batching import QABatch
+from r2f.distributed import ONE_PROCESS, DataParallel
+from r2f.errors import R2FInputError
+
+if TYPE_CHECKING:  # the engine imports this module; a method's hooks only receive the engine
+    from r2f.methods.engine import Engine
+
+
+@dataclass
+class StepContext:
+    """What a method's hook may read about the current step (and where it records signals)."""
+
+    step: int                 # 0-based index of this step
+    total_steps: int
+    lr: float                 # learning rate (loss methods) or base step size (update methods) of this step
+    seed: int
+    engine: "Engine"
+    signals: dict[str, float] = field(default_factory=dict)
+    #: the step's batches are this rank's slices of the global batch when ``dp.active``: losses divide by its
+    #: global counts (r2f.methods.losses) and per-item signals are averaged over every rank's items
+    dp: DataParallel = ONE_PROCESS
+
+    def record(self, **values: Any) -> None:
+        for k, v in values.items():
+            self.signals[k] = self.dp.mean(v) if torch.is_tensor(v) else float(v)
+
+
+class Method:
+    """Base of every unlearning method. Subclass :class:`LossMethod` or :class:`UpdateMethod`."""
+
+    name: ClassVar[str] = ""
+    #: Method options and their defaults; ``unlearn(**options)`` may override any of them.
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: Default learning rate (loss methods) or base relative step size (update methods).
+    default_lr: ClassVar[float] = 1e-4
+
+    # -- capabilities: what the engine, the API, the CLI and the demo ask a method (never its name) --------------
+    #: Whether the method needs retain data (an error is raised when it is missing).
+    needs_retain: ClassVar[bool] = False
+    #: Whether the method decodes gradients with a decoder (its ``decoder`` option; ``--decoder``): the API loads the
+    #: decoder before the model (an unknown one is exit 2) and the manifest records it; ``--decoder`` is refused for
+    #: other methods.
+    uses_decoder: ClassVar[bool] = False
+    #: The optimizer the engine runs for the method: ``"adamw"`` (AdamW over :meth:`parameters` with a linear
+    #: warm-up/decay schedule, weight decay on matrices and gradient clipping; recorded in the manifest), or None
+    #: when the method changes the weights itself.
+    optimizer: ClassVar[str | None] = None
+    #: Whether the method runs on an FSDP-sharded target (``--fsdp``); False: refused with exit 2 (e.g. a method
+    #: that deep-copies the model, which FSDP forbids).
+    supports_fsdp: ClassVar[bool] = True
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for method '{self.name}'; "
+                                f"known: {', '.join(sorted(self.defaults)) or 'none'}", source="--method")
+        self.options = {**self.defaults, **{k: v for k, v in options.items() if v is not None}}
+
+    def __getattr__(self, key: str) -> Any:
+        options = self.__dict__.get("options", {})
+        if key in options:
+            return options[key]
+        raise AttributeError(key)
+
+    @property
+    def views(self) -> int:
+        return int(self.options.get("views", 1))
+
+    def setup(self, engine: "Engine") -> torch.nn.Module:
+        """Prepare (reference values, adapters …) before the first step; return the model to train."""
+        return engine.model
+
+    def parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Method state to checkpoint beyond model and optimizer: (tensors, JSON-able values)."""
+        return {}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        pass
+
+    def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
+        """A reason string to stop before the budget, or None."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Resolved settings worth recording in the manifest (after ``setup``)."""
+        return {}
+
+    def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Turn the trained model into the plain model to save (e.g. merge an adapter)."""
+        return model
+
+
+class LossMethod(Method):
+    optimizer = "adamw"
+
+    def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UpdateMethod(Method):
+    def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+#: The optimizers the engine runs (:attr:`Method.optimizer`).
+OPTIMIZERS = (None, "adamw")
+#: name -> class of every method: the only list of methods (filled by ``@register`` in each method's module).
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.optimizer not in OPTIMIZERS:
+        raise ValueError(f"method {cls.name!r}: optimizer {cls.optimizer!r} is not one the engine runs ({OPTIMIZERS})")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def methods_that(capability: str) -> list[str]:
+    """The registered names whose class has ``capability`` true (e.g. ``methods_that("uses_decoder")``), for
+    messages that list them."""
+    return [name for name, cls in METHODS.items() if getattr(cls, capability)]
+
+
+def get_method(name: str, **options: Any) -> Method:
+    if name not in METHODS:
+        raise R2FInputError(f"unknown method '{name}' (choose from {', '.join(sorted(METHODS))})", source="--method")
+    return METHODS[name](**options)
+
+
+__all__ = ["METHODS", "OPTIMIZERS", "LossMethod", "Method", "StepContext", "UpdateMethod", "get_method", "methods_that",
+           "register"]
