@@ -171,9 +171,16 @@ def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monke
     needs it, --decoder refused (naming the registry's decoder methods, read from the classes) until it declares
     ``uses_decoder``, then its decoder is loaded before the model; an optimizer the engine does not run is refused
     at registration."""
+    from dataclasses import dataclass
+
     from r2f.methods import METHODS, register, unlearn
     from r2f.methods.base import methods_that
-    from r2f.methods.baselines import GradAscent
+    from r2f.methods.baselines import GradAscent, GradAscentConfig
+    from r2f.methods.config import option
+
+    @dataclass(frozen=True)
+    class DeclaredConfig(GradAscentConfig):
+        decoder: str | None = option(None, "the decoder (a name or a file)")
 
     class Declared(GradAscent):
         name = "declared_for_test"
@@ -190,7 +197,8 @@ def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monke
     assert exc.value.source == "--decoder" and all(n in str(exc.value) for n in users)
     assert str(exc.value).count(Declared.name) == 1  # named as the method given, not among the decoder methods
     monkeypatch.setattr(Declared, "uses_decoder", True)
-    monkeypatch.setattr(Declared, "defaults", {**GradAscent.defaults, "decoder": None})  # a decoder method's option
+    monkeypatch.setattr(Declared, "config_class", DeclaredConfig)  # a decoder method has a decoder option
+    monkeypatch.setattr(Declared, "defaults", DeclaredConfig.defaults())
     with pytest.raises(R2FInputError, match="unknown decoder"):  # now loaded, and refused, before the model
         unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="no-such-decoder", out=tmp_path / "c",
                 steps=1)
@@ -203,6 +211,70 @@ def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monke
     with pytest.raises(ValueError, match="sgd"):
         register(Unrunnable)
     assert Unrunnable.name not in METHODS
+
+
+def test_typed_options_are_validated_where_the_method_is_made(capsys):
+    """A method's Config is its options: defaults read from it, a value outside a Literal, of the wrong type or an
+    unknown name refused at construction (naming the option; the unknown one with every valid option and its
+    default), and `r2f methods` prints the same types, defaults and help."""
+    import dataclasses
+
+    from r2f.cli import main
+    from r2f.methods import METHODS, get_method
+
+    typed = {n: cls for n, cls in METHODS.items() if cls.config_class is not None}
+    assert {"grad_ascent", "grad_diff", "npo", "simnpo", "lora", "rmu", "wga"} <= set(typed)
+    for name, cls in typed.items():
+        assert cls.defaults == {f.name: f.default for f in dataclasses.fields(cls.config_class)}
+        made = get_method(name)
+        assert made.config.to_dict() == made.options
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            made.config.gamma = 0.5
+    for options, source, words in (({"objective": "dpo"}, "objective", ["choose from ga, npo, simnpo"]),
+                                   ({"rank": "eight"}, "rank", ["expected int", "'eight'"]),
+                                   ({"views": True}, "views", ["expected int"]),
+                                   ({"bogus": 1}, "--method", ["bogus", "rank (8)", "objective ('ga')"])):
+        with pytest.raises(R2FInputError) as exc:
+            get_method("lora", **options)
+        assert exc.value.source == source and all(w in str(exc.value) for w in words), str(exc.value)
+    assert get_method("npo", gamma=1).options["gamma"] == 1  # an int for a float: valid, kept as given
+    with pytest.raises(SystemExit) as code:
+        main(["methods", "lora"])
+    assert code.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "optimizer adamw" in out and "-o rank=8: int  LoRA rank r" in out
+    assert "-o objective=\"ga\": 'ga' | 'npo' | 'simnpo'" in out
+    with pytest.raises(SystemExit) as code:
+        main(["methods", "--json"])
+    listed = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in listed] == list(METHODS)
+    assert next(d for d in listed if d["name"] == "r2f")["uses_decoder"] is True
+    with pytest.raises(SystemExit) as code:
+        main(["methods", "nope"])
+    assert code.value.code == 2 and "choose from" in capsys.readouterr().err
+
+
+def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):
+    """The manifest's config and run key are the frozen RunSpec unlearn built, and a spec differing in one field
+    names that field when --resume meets the run."""
+    import dataclasses
+
+    from r2f.methods import unlearn
+    from r2f.methods.api import RunSpec
+
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="npo",
+                  out=tmp_path / "a", steps=2, batch_size=3, save_every=1, gamma=0.5)
+    man = json.loads((out / "manifest.json").read_text())
+    spec = RunSpec(method="npo", options=man["config"]["options"], steps=2, lr=1e-3, batch_size=3, seed=0,
+                   max_length=512, optimizer=man["config"]["optimizer"])
+    assert spec.config() == man["config"] and man["config"]["options"]["gamma"] == 0.5
+    assert spec.run_key(man["data"]["forget"]["sha256"], man["data"]["retain"]["sha256"],
+                        man["source_model"]["fingerprint"]) == man["run_key"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.steps = 3
+    with pytest.raises(R2FInputError, match="batch_size"):
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="npo", out=out,
+                steps=2, batch_size=2, save_every=1, gamma=0.5, resume=True)
 
 
 def test_docs_describe_every_registered_method():

@@ -26,8 +26,6 @@ import typer
 import r2f.commands as commands
 from r2f.commands._app import (  # noqa: F401  (app, command_group and the options: importable from here too)
     INTERRUPT_LINES,
-    R2FCommand,
-    R2FGroup,
     _check_config_keys,
     _read_config,
     app,

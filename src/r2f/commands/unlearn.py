@@ -52,7 +52,8 @@ def unlearn_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cpu)."),
     option: list[str] = typer.Option([], "--option", "-o",
-                                     help="Method option key=value (repeatable), e.g. -o guard=none -o beta=0.2."),
+                                     help="Method option key=value (repeatable; r2f methods METHOD lists them with "
+                                          "types, defaults and help), e.g. -o guard=none -o beta=0.2."),
     max_failures: int = typer.Option(3, "--max-failures",
                                      help="A step giving NaN/Inf (loss, gradients or weights) is rolled back and "
                                           "retried with half the step size; the N-th such failure stops the run "

@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -31,6 +33,60 @@ MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_EPOCHS = 10  # OpenUnlearning's TOFU recipe: 10 epochs over the forget set
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """An unlearning run, validated and built once in :func:`unlearn`, where the CLI, the Python API and the demo
+    (and the ledger) hand over. The manifest's ``config`` and the run key that ``--resume`` compares are derived
+    from it; the engine's configuration too."""
+
+    method: str
+    options: Mapping[str, Any]            # the method's options as recorded (an injected decoder by file or name)
+    steps: int
+    lr: float
+    batch_size: int
+    seed: int
+    max_length: int | None
+    optimizer: Mapping[str, Any] | None   # the optimizer's settings when the method trains with one
+    # how the run is carried out (not in the run key: a resumed run may change them)
+    save_every: int = 0
+    max_failures: int = 3
+    fsdp: bool = False
+
+    @classmethod
+    def build(cls, meth, method: str, recorded: dict[str, Any], n_forget: int, *, steps: int | None, lr: float | None,
+              batch_size: int, seed: int, max_length: int | None, save_every: int, max_failures: int,
+              fsdp: bool) -> "RunSpec":
+        per_epoch = -(-n_forget // min(batch_size, n_forget))
+        optimizer = None
+        if meth.optimizer == "adamw":
+            optimizer = {"name": meth.optimizer, "betas": [0.9, 0.999], "eps": 1e-8,
+                         "weight_decay": EngineConfig.weight_decay, "schedule": "linear",
+                         "warmup_ratio": EngineConfig.warmup_ratio, "max_grad_norm": EngineConfig.max_grad_norm}
+        return cls(method=method, options=MappingProxyType(dict(recorded)),
+                   steps=steps if steps is not None else DEFAULT_EPOCHS * per_epoch,
+                   lr=lr if lr is not None else meth.default_lr, batch_size=batch_size, seed=seed,
+                   max_length=max_length, optimizer=MappingProxyType(optimizer) if optimizer else None,
+                   save_every=save_every, max_failures=max_failures, fsdp=fsdp)
+
+    def config(self) -> dict[str, Any]:
+        """The manifest's ``config``."""
+        out = {"method": self.method, "options": dict(self.options), "steps": self.steps, "lr": self.lr,
+               "batch_size": self.batch_size, "seed": self.seed, "max_length": self.max_length}
+        if self.optimizer is not None:
+            out["optimizer"] = dict(self.optimizer)
+        return out
+
+    def run_key(self, forget_sha256: str, retain_sha256: str | None, source_fingerprint: str) -> dict[str, Any]:
+        """What must match for ``--resume`` to continue a run: the config, the data and the source model."""
+        return {**self.config(), "forget_sha256": forget_sha256, "retain_sha256": retain_sha256,
+                "source_fingerprint": source_fingerprint}
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(steps=self.steps, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
+                            save_every=self.save_every, max_length=self.max_length, max_failures=self.max_failures,
+                            fsdp=self.fsdp)
 
 
 def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
@@ -212,7 +268,10 @@ def unlearn(
     retain_items, retain_info = _data(retain, "retain", required=False)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
-    recorded = recorded_options(meth.options)  # the manifest and the run key name the decoder as it was given
+    # the run, once: the manifest and the run key name the decoder as it was given (recorded before it is loaded)
+    spec = RunSpec.build(meth, method, recorded_options(meth.options), len(forget_items), steps=steps, lr=lr,
+                         batch_size=batch_size, seed=seed, max_length=max_length, save_every=save_every,
+                         max_failures=max_failures, fsdp=bool(fsdp) and DataParallel.current().active)
     if meth.uses_decoder:  # loaded once, here (an unknown one: exit 2 before the model loads); the method gets it
         meth.options["decoder"] = resolve_decoder(meth.options.get("decoder"))
     ckpt_root = out / CHECKPOINTS
@@ -228,18 +287,16 @@ def unlearn(
     # core slow a small model's run many times over
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads), \
             model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
-        path = _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method,
-                    out, steps, seed, lr, batch_size, save_every, resume, device, max_length, max_failures,
-                    chosen.to_dict(), fsdp=bool(fsdp), recorded=recorded)
+        path = _run(spec, meth, model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, out,
+                    resume, device, chosen.to_dict())
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
-def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, meth, method, out, steps,
-         seed, lr, batch_size, save_every, resume, device, max_length, max_failures=3,
-         threads: dict | None = None, fsdp: bool = False, recorded: dict | None = None) -> Path:
+def _run(spec: RunSpec, meth, model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, out,
+         resume, device, threads: dict | None = None) -> Path:
     dp = DataParallel.current()  # every rank takes its slice of each global batch (one process: all of it)
-    fsdp = fsdp and dp.active  # one process: nothing to shard
+    fsdp = spec.fsdp  # one process: nothing to shard
 
     ckpt_root = out / CHECKPOINTS
     # ---- load ------------------------------------------------------------------------------------
@@ -254,22 +311,10 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                 source = {"path": None, "fingerprint": _state_fingerprint(net)}
             if device is not None and not fsdp:  # FSDP moves only each rank's rows there (r2f.fsdp.shard_model)
                 net.to(device)
-        _check_trainable(forget_items, forget_info, tok, meth, max_length)
-        per_epoch = -(-len(forget_items) // min(batch_size, len(forget_items)))
-        n_steps = steps if steps is not None else DEFAULT_EPOCHS * per_epoch
-        cfg = EngineConfig(steps=n_steps, lr=lr if lr is not None else meth.default_lr, batch_size=batch_size,
-                           seed=seed, save_every=save_every, max_length=max_length, max_failures=max_failures,
-                           fsdp=fsdp)
-        config = {"method": method, "options": recorded if recorded is not None else recorded_options(meth.options),
-                  "steps": n_steps, "lr": cfg.lr,
-                  "batch_size": batch_size, "seed": seed, "max_length": max_length}
-        if meth.optimizer == "adamw":
-            config["optimizer"] = {"name": meth.optimizer, "betas": [0.9, 0.999], "eps": 1e-8,
-                                   "weight_decay": cfg.weight_decay, "schedule": "linear",
-                                   "warmup_ratio": cfg.warmup_ratio, "max_grad_norm": cfg.max_grad_norm}
-        run_key = {**config, "forget_sha256": forget_info["sha256"],
-                   "retain_sha256": retain_info["sha256"] if retain_info else None,
-                   "source_fingerprint": source["fingerprint"]}
+        _check_trainable(forget_items, forget_info, tok, meth, spec.max_length)
+        config = spec.config()
+        run_key = spec.run_key(forget_info["sha256"], retain_info["sha256"] if retain_info else None,
+                               source["fingerprint"])
 
         # A finished run with the same configuration: nothing to redo.
         if resume and (out / MANIFEST).is_file():
@@ -280,9 +325,9 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
             shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
 
         before = _tensor_digests(net)
-        engine = Engine(net, tok, forget_items, retain_items, meth, cfg, device=device, dp=dp)
-        result = engine.run(ckpt_root if save_every > 0 or resume else None, resume=resume, run_key=run_key,
-                            cost=meter, desc=progress_label(out, method))
+        engine = Engine(net, tok, forget_items, retain_items, meth, spec.engine_config(), device=device, dp=dp)
+        result = engine.run(ckpt_root if spec.save_every > 0 or resume else None, resume=resume, run_key=run_key,
+                            cost=meter, desc=progress_label(out, spec.method))
         # FSDP: the unsharded weights, gathered one tensor at a time to rank 0 (a collective: every rank takes part)
         full = full_state_dict(result.model) if fsdp else None
         if not dist.is_main():
@@ -294,13 +339,13 @@ def _run(model, src_dir, tokenizer, forget_items, forget_info, retain_items, ret
                 tok.save_pretrained(tmp)
                 manifest = {
                     "r2f_manifest": 1,
-                    "method": method,
+                    "method": spec.method,
                     "config": config,
                     "decoder": config["options"].get("decoder") if meth.uses_decoder else None,
                     "method_info": result.method_info,
                     "data": {"forget": forget_info, "retain": retain_info},
                     "source_model": source,
-                    "steps": {"budget": n_steps, "done": result.steps_done,
+                    "steps": {"budget": spec.steps, "done": result.steps_done,
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},
                     "resumed_from_step": result.resumed_from,
                     "numerics": result.numerics,

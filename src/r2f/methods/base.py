@@ -23,6 +23,7 @@ import torch
 from r2f.data.batching import QABatch
 from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.errors import R2FInputError
+from r2f.methods.config import MethodConfig
 
 if TYPE_CHECKING:  # the engine imports this module; a method's hooks only receive the engine
     from r2f.methods.engine import Engine
@@ -51,6 +52,9 @@ class Method:
     """Base of every unlearning method. Subclass :class:`LossMethod` or :class:`UpdateMethod`."""
 
     name: ClassVar[str] = ""
+    #: The method's typed options (r2f.methods.config): types, defaults and help in one frozen dataclass;
+    #: ``defaults`` is read from it, and ``__init__`` validates the options against it. None: ``defaults`` alone.
+    config_class: ClassVar[type[MethodConfig] | None] = None
     #: Method options and their defaults; ``unlearn(**options)`` may override any of them.
     defaults: ClassVar[dict[str, Any]] = {}
     #: Default learning rate (loss methods) or base relative step size (update methods).
@@ -71,12 +75,23 @@ class Method:
     #: that deep-copies the model, which FSDP forbids).
     supports_fsdp: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__ and cls.config_class is not None:
+            cls.defaults = cls.config_class.defaults()
+
     def __init__(self, **options: Any):
+        given = {k: v for k, v in options.items() if v is not None}
+        if self.config_class is not None:
+            #: the validated, frozen options (an unknown option, a value outside a Literal or of the wrong type:
+            #: R2FInputError naming it)
+            self.config = self.config_class.build(self.name, {**self.defaults, **given})
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
-            raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for method '{self.name}'; "
-                                f"known: {', '.join(sorted(self.defaults)) or 'none'}", source="--method")
-        self.options = {**self.defaults, **{k: v for k, v in options.items() if v is not None}}
+            listed = ", ".join(f"{k} ({v!r})" for k, v in self.defaults.items()) or "none"
+            raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for method '{self.name}'; valid options "
+                                f"(default): {listed}", source="--method")
+        self.options = {**self.defaults, **given}
 
     def __getattr__(self, key: str) -> Any:
         options = self.__dict__.get("options", {})
@@ -140,6 +155,21 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+#: The capability attributes, in the order ``describe_method`` lists them.
+CAPABILITIES = ("needs_retain", "uses_decoder", "optimizer", "supports_fsdp")
+
+
+def describe_method(cls: type[Method]) -> dict[str, Any]:
+    """What ``r2f methods`` prints of a registered method: its capabilities, default learning rate and options
+    (name, type, choices, default, help; from its ``config_class``, else its ``defaults`` without types)."""
+    if cls.config_class is not None:
+        options = cls.config_class.describe()
+    else:
+        options = [{"name": k, "type": None, "choices": None, "default": v, "help": ""} for k, v in cls.defaults.items()]
+    return {"name": cls.name, "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            **{c: getattr(cls, c) for c in CAPABILITIES}, "default_lr": cls.default_lr, "options": options}
+
+
 def methods_that(capability: str) -> list[str]:
     """The registered names whose class has ``capability`` true (e.g. ``methods_that("uses_decoder")``), for
     messages that list them."""
@@ -152,5 +182,5 @@ def get_method(name: str, **options: Any) -> Method:
     return METHODS[name](**options)
 
 
-__all__ = ["METHODS", "OPTIMIZERS", "LossMethod", "Method", "StepContext", "UpdateMethod", "get_method", "methods_that",
+__all__ = ["CAPABILITIES", "METHODS", "OPTIMIZERS", "describe_method", "LossMethod", "Method", "StepContext", "UpdateMethod", "get_method", "methods_that",
            "register"]

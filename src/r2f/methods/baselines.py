@@ -18,18 +18,18 @@ with AdamW by the engine; see ``docs/methods.md`` for our learning rates.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from r2f.data.batching import QABatch
-from r2f.errors import R2FInputError
 from r2f.methods.base import LossMethod, StepContext, register
+from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine
 from r2f.methods.losses import npo_loss, sequence_nll, simnpo_loss, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 
-OBJECTIVES = ("ga", "npo", "simnpo")
 
 
 def register_reference(engine: Engine, model, views: int) -> ReferenceNLL:
@@ -57,11 +57,50 @@ def forget_objective(name: str, model, inputs: dict, ctx: StepContext, *, beta: 
     raise ValueError(f"unknown forget objective {name!r}")
 
 
+@dataclass(frozen=True)
+class GradDiffShapeConfig(MethodConfig):
+    """γ·forget + α·NLL(retain) over the stacked views: the options every method of that shape has."""
+
+    gamma: float = option(1.0, "γ, the weight of the forget term")
+    alpha: float = option(1.0, "α, the weight of the retain term (token-mean NLL of the retain batch)")
+    views: int = option(1, "question views per forget item, stacked into one batch (view 0 is logged)")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig(GradDiffShapeConfig):
+    """The GradDiff family's options (OpenUnlearning's defaults: GradDiff.yaml, NPO.yaml)."""
+
+    beta: float = option(0.1, "β of NPO / SimNPO's log-sigmoid")
+    delta: float = option(0.0, "δ, SimNPO's margin")
+
+
+@dataclass(frozen=True)
+class GradAscentConfig(ObjectiveConfig):
+    alpha: float = option(0.0, "α, the weight of the retain term (0: gradient ascent alone)")
+
+
+@dataclass(frozen=True)
+class SimNPOConfig(ObjectiveConfig):
+    gamma: float = option(0.125, "γ, the weight of the forget term (SimNPO.yaml)")
+    beta: float = option(4.5, "β of SimNPO's log-sigmoid (SimNPO.yaml)")
+
+
+@dataclass(frozen=True)
+class LoRAConfig(GradAscentConfig):
+    """GA through a rank-8 adapter by default (OpenUnlearning has no LoRA trainer; PEFT's usual r and α)."""
+
+    objective: Literal["ga", "npo", "simnpo"] = option("ga", "forget objective trained through the adapter")
+    rank: int = option(8, "LoRA rank r")
+    lora_alpha: float = option(16.0, "LoRA scaling α (PEFT's lora_alpha)")
+    lora_dropout: float = option(0.0, "dropout on the adapter's input")
+    target_modules: str | list = option("all-linear", "modules that get an adapter (PEFT's target_modules)")
+
+
 class ObjectiveMethod(LossMethod):
     """γ·forget_objective + α·NLL(retain): the GradDiff family of OpenUnlearning."""
 
     objective: str = "ga"
-    defaults = {"gamma": 1.0, "alpha": 1.0, "beta": 0.1, "delta": 0.0, "views": 1}
+    config_class = ObjectiveConfig
     default_lr = 1e-3
 
     def setup(self, engine: Engine):
@@ -94,7 +133,7 @@ class ObjectiveMethod(LossMethod):
 class GradAscent(ObjectiveMethod):
     name = "grad_ascent"
     objective = "ga"
-    defaults = {**ObjectiveMethod.defaults, "alpha": 0.0}
+    config_class = GradAscentConfig
 
 
 @register
@@ -116,7 +155,7 @@ class SimNPO(ObjectiveMethod):
     name = "simnpo"
     objective = "simnpo"
     needs_retain = True
-    defaults = {**ObjectiveMethod.defaults, "beta": 4.5, "delta": 0.0, "gamma": 0.125}
+    config_class = SimNPOConfig
 
 
 @register
@@ -125,16 +164,12 @@ class LoRAUnlearn(ObjectiveMethod):
 
     name = "lora"
     objective = "ga"
-    defaults = {**ObjectiveMethod.defaults, "alpha": 0.0, "objective": "ga", "rank": 8, "lora_alpha": 16.0,
-                "lora_dropout": 0.0, "target_modules": "all-linear"}
+    config_class = LoRAConfig
     default_lr = 2e-3
 
     def setup(self, engine: Engine):
         from peft import LoraConfig, get_peft_model  # here: a heavy import only this method needs
 
-        if self.forget_name not in OBJECTIVES:
-            raise R2FInputError(f"unknown objective '{self.forget_name}' (choose from {', '.join(OBJECTIVES)})",
-                                source="objective")
         self.ref = register_reference(engine, engine.model, self.views) if self.forget_name == "npo" else None
         if self.forget_name == "simnpo" and "beta" not in self._given:
             self.options["beta"] = 4.5

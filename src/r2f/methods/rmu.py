@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from r2f.errors import R2FInputError
 from r2f.methods.engine import Engine, LossMethod, QABatch, StepContext, register
+from r2f.methods.config import MethodConfig, option
 from r2f.methods.losses import seq_mean
 
 
@@ -69,11 +71,21 @@ def layer_output(model: torch.nn.Module, module: torch.nn.Module, batch: dict[st
     return seen[0]
 
 
+@dataclass(frozen=True)
+class RMUConfig(MethodConfig):
+    """OpenUnlearning's RMU.yaml."""
+
+    module_regex: str = option(r"model\.layers\.7", "the one module (a decoder layer) whose output is steered")
+    steering_coeff: float = option(2.0, "norm of the random control vector the forget activations are pulled to")
+    gamma: float = option(1.0, "γ, the weight of the forget term")
+    alpha: float = option(1.0, "α, the weight of the retain term (activations held to the frozen model's)")
+    trainable_params_regex: str = option(".*", "parameters trained (full match of the name)")
+
+
 @register
 class RMU(LossMethod):
     name = "rmu"
-    defaults = {"module_regex": r"model\.layers\.7", "steering_coeff": 2.0, "gamma": 1.0, "alpha": 1.0,
-                "trainable_params_regex": ".*"}
+    config_class = RMUConfig
     default_lr = 1e-3
     needs_retain = True
     supports_fsdp = False  # setup deep-copies the target (the frozen model), which FSDP forbids

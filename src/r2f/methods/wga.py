@@ -14,10 +14,13 @@ full-parameter baseline here, for the same reason (docs/methods.md, "Learning ra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from r2f.distributed import ONE_PROCESS, DataParallel
-from r2f.methods.baselines import ObjectiveMethod
+from r2f.methods.baselines import GradDiffShapeConfig, ObjectiveMethod
+from r2f.methods.config import option
 from r2f.methods.engine import StepContext, register
 from r2f.models.answer_nll import answer_token_nll_flat
 
@@ -32,13 +35,19 @@ def wga_loss(token_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float,
     return -(weight * token_nll).sum() / dp.count(n_tokens.sum()).clamp_min(1)
 
 
+@dataclass(frozen=True)
+class WGAConfig(GradDiffShapeConfig):
+    """OpenUnlearning's WGA.yaml; no δ (SimNPO's margin means nothing here)."""
+
+    beta: float = option(1.0, "β, the power of each answer token's probability that weights its NLL")
+
+
 @register
 class WGA(ObjectiveMethod):
     name = "wga"
     objective = "wga"
     needs_retain = True
-    # OpenUnlearning's WGA.yaml; no δ (SimNPO's margin means nothing here)
-    defaults = {"beta": 1.0, "gamma": 1.0, "alpha": 1.0, "views": 1}
+    config_class = WGAConfig
 
     def forget_loss(self, model, inputs: dict[str, torch.Tensor], ctx: StepContext, record: bool) -> torch.Tensor:
         nll, rows, counts = answer_token_nll_flat(model, inputs)
