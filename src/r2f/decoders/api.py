@@ -122,11 +122,12 @@ def iter_decoded_gradients(
     modules = dict(target_linears(model, probe.target_modules))
     # a module whose output never reaches the loss (layers above RMU's steered layer) has G = 0 exactly: it
     # decodes to zeros (its batch statistic was never recorded, and a nonlinear decoder need not map 0 to 0)
-    reached = [sk for sk in sketches if bool(sk.grad_a.any() or sk.grad_b.any())]
+    reached = []
     for sk in sketches:
-        if not (sk.grad_a.any() or sk.grad_b.any()):
-            mod = modules[sk.name]
-            yield sk.param_name, torch.zeros_like(mod.weight)
+        if sk.grad_a.any() or sk.grad_b.any():
+            reached.append(sk)
+        else:
+            yield sk.param_name, torch.zeros_like(modules[sk.name].weight)
     for sk, g in decoder.decode_many(reached, stats) if reached else ():
         mod = modules[sk.name]
         yield sk.param_name, to_weight_layout(mod, g.to(mod.weight.dtype))

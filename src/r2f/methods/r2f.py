@@ -32,7 +32,7 @@ import torch
 from r2f import gradients
 from r2f.decoders import DEFAULT_DECODER, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
-from r2f.fsdp import all_finite, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
+from r2f.fsdp import all_finite, decoder_layers, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
@@ -266,7 +266,9 @@ class R2F(UpdateMethod):
 
         The target's norm is ``steer_scale`` × the layer's mean activation norm on forget answers at the start,
         so the default needs no per-model coefficient (RMU's ``steering_coeff`` is tuned per model)."""
-        layers = _decoder_layers(model)
+        layers = decoder_layers(model)
+        if not layers:
+            raise R2FInputError("the model has no stack of decoder layers to steer", source="objective")
         k = int(self.steer_layer) if self.steer_layer is not None else len(layers) // 4
         if not 0 <= k < len(layers):
             raise R2FInputError(f"layer {k} does not exist (the model has {len(layers)})", source="steer_layer")
@@ -494,14 +496,6 @@ class Exact(R2F):
             raise R2FInputError("method 'exact' always uses the exact decoder; use --method r2f for others",
                                 source="--decoder")
         super().__init__(**options)
-
-
-def _decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers: the longest ModuleList (Llama ``model.layers``, GPT-2 ``h`` ...)."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
-        raise R2FInputError("the model has no stack of decoder layers to steer", source="objective")
-    return max(lists, key=len)
 
 
 def _shuffled_pairs(items) -> list[tuple[str, str]]:
