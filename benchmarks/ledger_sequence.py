@@ -84,12 +84,12 @@ def method_options(name: str, size: str, world: Path, seed: int) -> tuple[str, d
 
     if name not in DEMO_METHODS:
         raise SystemExit(f"--method: unknown demo method '{name}' (choose from {', '.join(DEMO_METHODS)})")
-    method, options = DEMO_METHODS[name]
-    options = dict(options)
+    row = DEMO_METHODS[name]
+    method, options = row.method, dict(row.options)
     cfg = DemoConfig(target="small" if size == "small" else "tiny", seed=seed)
-    access = {"@learned": "batch", "@learned_lora": "lora"}.get(options.get("decoder", ""))
-    if access:
-        options["decoder"] = str(_cached_decoder(train_model(world, size="proxy", seed=seed), world, cfg, access))
+    if row.proxy_decoder is not None:
+        proxy = train_model(world, size="proxy", seed=seed)
+        options["decoder"] = str(_cached_decoder(proxy, world, cfg, row.proxy_decoder))
     options.update(chosen_overrides(name, size))
     if method in ("r2f", "exact"):
         options.setdefault("views", cfg.views)

@@ -126,7 +126,7 @@ def _stub_pipeline(monkeypatch, tmp_path):
         manifest = {"steps": {"done": cfg.steps, "budget": cfg.steps, "stop_reason": None}}
         (out / "manifest.json").write_text(json.dumps(manifest))
         (out / "run.json").write_text(json.dumps({"seed": cfg.seed, "name": name, "overrides": overrides}))
-        return {"manifest": manifest, "dir": out, "method": DEMO_METHODS[name][0], "options": overrides}
+        return {"manifest": manifest, "dir": out, "method": DEMO_METHODS[name].method, "options": overrides}
 
     def evaluate(model, world, *, retain_log=None, **kw):
         model = Path(model)

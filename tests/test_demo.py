@@ -129,7 +129,8 @@ def test_demo_baselines_run_the_shipped_bench_choice(monkeypatch, tmp_path):
     assert any(c["lr_scale"] != 1.0 or c["options"] for c in chosen.values())  # a choice the test can see
     seen = _captured_options(monkeypatch, tmp_path, DemoConfig(target=target))
     for name in DEMO_METHODS:
-        method, demo_options = DEMO_METHODS[name]
+        row = DEMO_METHODS[name]
+        method, demo_options = row.method, row.options
         got = {k: v for k, v in seen[name].items() if k not in ("method", "decoder", "views")}
         if name in chosen:
             want = {k: v for k, v in dict(demo_options, **chosen[name]["options"]).items() if k not in ("decoder", "views")}
@@ -166,3 +167,18 @@ def test_demo_report_says_which_configuration_each_row_ran():
     assert (f"{', '.join(missing)} (no bench entry)" in note) if missing else "no bench entry" not in note
     assert "R2F rows (r2f, r2f_lora, r2f_sketch, r2f_exact)" in note
     assert "demo options" in bench_chosen_note(DemoConfig(quick=True))
+
+
+def test_demo_rows_that_decode_with_the_proxy_trained_decoder_get_its_file(monkeypatch, tmp_path):
+    """A row's ``proxy_decoder`` names which prepared decoder it runs with (by access mode): the r2f row the batch
+    one, r2f_lora the lora one, by file; the other R2F rows keep their own (a built-in decoder, exact's)."""
+    import dataclasses
+
+    seen = _captured_options(monkeypatch, tmp_path, DemoConfig())
+    assert seen["r2f"]["decoder"] == str(tmp_path / "dec") and seen["r2f_lora"]["decoder"] == str(tmp_path / "dec_lora")
+    assert seen["r2f_sketch"]["decoder"] == "sketch" and "decoder" not in seen["r2f_exact"]
+    assert [n for n, row in DEMO_METHODS.items() if row.proxy_decoder] == ["r2f", "r2f_lora"]
+    with pytest.raises(TypeError):  # the shared table is read-only
+        DEMO_METHODS["r2f"].options["decoder"] = "sketch"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEMO_METHODS["r2f"].proxy_decoder = "lora"

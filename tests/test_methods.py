@@ -223,7 +223,7 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
     from r2f.methods import METHODS, get_method
 
     typed = {n: cls for n, cls in METHODS.items() if cls.config_class is not None}
-    assert {"grad_ascent", "grad_diff", "npo", "simnpo", "lora", "rmu", "wga"} <= set(typed)
+    assert set(typed) == set(METHODS)  # every method, R2F and exact included
     for name, cls in typed.items():
         assert cls.defaults == {f.name: f.default for f in dataclasses.fields(cls.config_class)}
         made = get_method(name)
@@ -252,6 +252,66 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
     with pytest.raises(SystemExit) as code:
         main(["methods", "nope"])
     assert code.value.code == 2 and "choose from" in capsys.readouterr().err
+
+
+#: R2F's options and defaults as they were before R2FConfig (the untyped dict, written out here so that a changed
+#: default or a reordered option fails a test: the run key and the manifest record them in this order)
+R2F_DEFAULTS_BEFORE_THE_CONFIG = {
+    "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
+    "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
+    "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
+    "guard_budget": 0.08, "backtracks": 4, "guard_items": 32, "retain_views": 1, "step_norm": "global",
+    "precondition": "adam", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
+    "stats": "retain", "stats_items": 64,
+}
+
+
+def test_r2f_options_are_its_frozen_config(capsys):
+    """R2F's (and exact's) options come from R2FConfig: the same defaults in the same order as before, each choice
+    option a Literal validated where the method is made (an unknown value is an input error naming the option and
+    its choices; a non-positive guard_tol or guard_budget too), an unknown option listed against R2F's own, and
+    `r2f methods --json` prints the choices."""
+    from r2f.cli import main
+    from r2f.decoders.learned import ACCESS_MODES
+    from r2f.methods import METHODS, get_method
+    from r2f.methods.r2f import ExactConfig, R2FConfig
+
+    assert list(METHODS["r2f"].defaults.items()) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG.items())
+    assert METHODS["exact"].defaults == {**R2F_DEFAULTS_BEFORE_THE_CONFIG, "decoder": "exact"}
+    assert list(METHODS["exact"].defaults) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG)
+    assert get_method("exact").config == ExactConfig() and get_method("r2f").config == R2FConfig()
+    choices = {d["name"]: d["choices"] for d in R2FConfig.describe()}
+    assert choices["access"] == (*ACCESS_MODES, None)  # the decoders' access modes, and None: the decoder's own
+    for options, source, words in (
+            ({"stop": "never"}, "stop", ["unknown stop 'never'", "choose from shuffled, perturbed, none"]),
+            ({"precondition": "sgd"}, "precondition", ["choose from adam, none"]),
+            ({"objective": "dpo"}, "objective", ["choose from ga, npo, wga, rmu"]),
+            ({"access": "full"}, "access", ["lora, stats, batch"]),
+            ({"guard_tol": 0}, "guard_tol", ["must be positive"]),
+            ({"guard_budget": -0.1}, "guard_budget", ["must be positive"]),
+            ({"views": 2.5}, "views", ["expected int"]),
+            ({"stop_nll": "low"}, "stop_nll", ["expected float | None"]),
+            ({"bogus": 1}, "--method", ["bogus", "method 'r2f'", "guard_tol (0.02)", "stop ('shuffled')",
+                                        "stats_items (64)"])):
+        with pytest.raises(R2FInputError) as exc:
+            get_method("r2f", **options)
+        assert exc.value.source == source and all(w in str(exc.value) for w in words), str(exc.value)
+    with pytest.raises(R2FInputError) as exc:
+        get_method("exact", stop="never")
+    assert exc.value.source == "stop"
+    with pytest.raises(R2FInputError, match="exact decoder"):
+        get_method("exact", decoder="sketch")
+    made = get_method("r2f", stop="perturbed", guard_tol=1, decoder="sketch")
+    assert (made.stop, made.guard_tol, made.decoder, made.config.stop) == ("perturbed", 1, "sketch", "perturbed")
+    with pytest.raises(SystemExit):
+        main(["methods", "--json"])
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    r2f_options = {o["name"]: o for o in listed["r2f"]["options"]}
+    assert list(r2f_options) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG)
+    assert r2f_options["stop"]["choices"] == ["shuffled", "perturbed", "none"]
+    assert r2f_options["precondition"]["choices"] == ["adam", "none"] and r2f_options["guard_tol"]["choices"] is None
+    assert r2f_options["retain_weight"]["help"].startswith("λ of the added retain-descent term")
+    assert next(o for o in listed["exact"]["options"] if o["name"] == "decoder")["default"] == "exact"
 
 
 def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):

@@ -74,7 +74,7 @@ class Config:
         if self.lr_scale != 1.0:
             from r2f.methods import METHODS
 
-            base = TARGET_LR.get(target, {}).get(name, METHODS[DEMO_METHODS[name][0]].default_lr)
+            base = TARGET_LR.get(target, {}).get(name, METHODS[DEMO_METHODS[name].method].default_lr)
             out["lr"] = self.lr_scale * base
         return out
 
@@ -312,7 +312,7 @@ def run_bench(out: str | Path, bench: BenchConfig | None = None, log: Callable[[
         report = {str(s): _public(reported[s][1][name][0]) for s in bench.report_seeds}
         scores = [reported[s][1][name][0]["_score"] for s in bench.report_seeds]
         methods[name] = {
-            "method": DEMO_METHODS[name][0], "trials": len(grids[name]),
+            "method": DEMO_METHODS[name].method, "trials": len(grids[name]),
             # each entry with the options it ran with on this target (a scaled learning rate made absolute)
             "grid": [{**c.to_json(), "overrides": c.overrides(name, cfg0.target)} for c in grids[name]],
             "tuning_runs": len(grids[name]) * len(bench.tune_seeds), "tune_seeds": list(bench.tune_seeds),

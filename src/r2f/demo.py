@@ -11,7 +11,8 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Any, Callable, Literal, Mapping
 
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
 from r2f.data.world import WorldConfig, jsonl_text, write_world
@@ -21,30 +22,49 @@ from r2f.methods import METHODS
 from r2f.models.cache import cache_dir, hash_config
 from r2f.parallel import run_jobs, worker_count
 
-#: report name -> (engine method, its options). All run at the same step budget. The R2F rows run the
-#: method's own defaults (update rule, step size, stop rule); only the decoder differs between them.
-DEMO_METHODS: dict[str, tuple[str, dict]] = {
-    "r2f": ("r2f", {"decoder": "@learned"}),
-    "r2f_lora": ("r2f", {"decoder": "@learned_lora"}),  # the black-box case: a decoder that reads ∇A, ∇B only
-    "r2f_sketch": ("r2f", {"decoder": "sketch"}),
-    "r2f_exact": ("exact", {}),
-    "lora": ("lora", {}),
+#: The decoder ``prepare`` trains on the proxy for a demo row, by its access mode (r2f.decoders.learned.ACCESS_MODES):
+#: ``batch`` is :attr:`Prepared.decoder` (the r2f row), ``lora`` :attr:`Prepared.decoder_lora` (the black-box case).
+ProxyDecoder = Literal["batch", "lora"]
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    """One row of the demo table: the engine method, its options, and which proxy-trained decoder it runs with."""
+
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: the demo's own decoder, trained on the proxy, that the row decodes with (passed as its file in ``decoder``);
+    #: None: the options name the decoder (a built-in one), or the method uses none
+    proxy_decoder: ProxyDecoder | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))  # a shared table: read-only
+
+
+#: report name -> its row. All run at the same step budget. The R2F rows run the method's own defaults (update
+#: rule, step size, stop rule); only the decoder differs between them.
+DEMO_METHODS: Mapping[str, DemoRow] = MappingProxyType({
+    "r2f": DemoRow("r2f", proxy_decoder="batch"),
+    "r2f_lora": DemoRow("r2f", proxy_decoder="lora"),  # the black-box case: a decoder that reads ∇A, ∇B only
+    "r2f_sketch": DemoRow("r2f", {"decoder": "sketch"}),
+    "r2f_exact": DemoRow("exact"),
+    "lora": DemoRow("lora"),
     # LoRA-only in R2F's form: the same objective (NPO), a retain term and the same 4 question views, so that the
     # comparison with R2F isolates the gradient source (a trained adapter vs decoded full-weight gradients)
-    "lora_npo": ("lora", {"objective": "npo", "alpha": 1.0, "views": 4}),
-    "grad_ascent": ("grad_ascent", {}),
-    "grad_diff": ("grad_diff", {}),
-    "npo": ("npo", {}),
-    "simnpo": ("simnpo", {}),
+    "lora_npo": DemoRow("lora", {"objective": "npo", "alpha": 1.0, "views": 4}),
+    "grad_ascent": DemoRow("grad_ascent"),
+    "grad_diff": DemoRow("grad_diff"),
+    "npo": DemoRow("npo"),
+    "simnpo": DemoRow("simnpo"),
     # OpenUnlearning's RMU steers layer 7 of 32; the ladder targets have 2 (tiny) to 4 (small) layers, and their
     # layer 1 sits at about the same relative depth in small (every other option: OpenUnlearning's defaults)
-    "rmu": ("rmu", {"module_regex": r"model\.layers\.1"}),
-    "wga": ("wga", {}),
-}
+    "rmu": DemoRow("rmu", {"module_regex": r"model\.layers\.1"}),
+    "wga": DemoRow("wga"),
+})
 #: The R2F rows, whose method decodes gradients (``uses_decoder``; they run the method's defaults), and the
 #: baselines (they run the configuration ``r2f bench`` chose, shipped in ``r2f/bench_chosen.json``, where it has
 #: one: :func:`r2f.bench.chosen_overrides`).
-R2F_ROWS = tuple(n for n, (method, _) in DEMO_METHODS.items() if METHODS[method].uses_decoder)
+R2F_ROWS = tuple(n for n, row in DEMO_METHODS.items() if METHODS[row.method].uses_decoder)
 BASELINES = tuple(n for n in DEMO_METHODS if n not in R2F_ROWS)
 #: Baseline learning rates per target (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained,
 #: fine-tuned at 2e-4) needs far smaller AdamW steps: TOFU unlearns its fine-tuned models at 1e-5. R2F has no
@@ -125,6 +145,13 @@ class Prepared:
     decoder: Path                      # access mode batch (the demo's r2f row)
     decoder_lora: Path | None = None   # access mode lora (the r2f_lora row), when that row runs
 
+    def proxy_decoder(self, access: ProxyDecoder) -> Path:
+        """The file of the proxy-trained decoder of ``access`` (a row's :attr:`DemoRow.proxy_decoder`)."""
+        path = self.decoder if access == "batch" else self.decoder_lora
+        if path is None:
+            raise ValueError(f"no {access}-mode decoder was prepared (no row of this run uses one)")
+        return path
+
 
 def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dict[str, float]) -> Prepared:
     """World (into ``out/world``) → retain file → proxy, target and retain oracle → decoder; models and decoder
@@ -144,7 +171,7 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
     with _stage(log, timings, "decoder"):
         decoder = _cached_decoder(proxy, world, cfg, "batch")
         decoder_lora = _cached_decoder(proxy, world, cfg, "lora") if any(
-            DEMO_METHODS[m][1].get("decoder") == "@learned_lora" for m in cfg.methods) else None
+            DEMO_METHODS[m].proxy_decoder == "lora" for m in cfg.methods) else None
     return Prepared(world=world, forget_file=world / SPLIT_FILES[cfg.forget], retain_file=retain_file,
                     proxy=proxy, full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora)
 
@@ -184,13 +211,14 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     (e.g. a bench grid entry's ``lr`` or ``guard_budget``) replace the resulting options.
 
     Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
-    the options it ran with (``@learned`` resolved to the decoder file; ``views`` included for methods that use a decoder).
+    the options it ran with (a proxy-trained decoder as its file; ``views`` included for methods that use a decoder).
     """
     from r2f.methods import unlearn
 
-    method, options = DEMO_METHODS[name]
-    learned = {"@learned": prep.decoder, "@learned_lora": prep.decoder_lora}
-    options = {k: (str(learned[v]) if v in learned else v) for k, v in options.items()}
+    row = DEMO_METHODS[name]
+    method, options = row.method, dict(row.options)
+    if row.proxy_decoder is not None:
+        options["decoder"] = str(prep.proxy_decoder(row.proxy_decoder))
     if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
         options["lr"] = TARGET_LR[cfg.target][name]
     if cfg.bench_chosen:

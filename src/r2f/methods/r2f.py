@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from r2f import gradients
-from r2f.decoders import DEFAULT_DECODER, decoded_gradients, resolve_decoder
+from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
 from r2f.fsdp import all_finite, decoder_layers, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
+from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
@@ -41,15 +43,61 @@ from r2f.methods.rmu import activation_distance, control_vector, layer_output
 from r2f.methods.wga import wga_loss
 from r2f.models.answer_nll import answer_token_nll_flat
 
-GUARDS = ("project", "none")
-STOPS = ("shuffled", "perturbed", "none")
-OBJECTIVES = ("ga", "npo", "wga", "rmu")
-STEP_NORMS = ("module", "global")
-STEP_RULES = ("search", "schedule")
-PRECONDITIONS = ("adam", "none")
-RETAIN_DATA = ("auto", "file", "generated")
 #: Largest relative step the line search tries (a 5 % change of the probed weights in one step).
 MAX_ETA = 0.05
+
+
+@dataclass(frozen=True)
+class R2FConfig(MethodConfig):
+    """R2F's options (``-o key=value``; ``r2f methods r2f``): the defaults need no tuning per target
+    (docs/methods.md has the reasoning and the measurements)."""
+
+    decoder: str | Decoder | None = option(None, "decoder name or file (learned by default)")
+    access: Literal["lora", "stats", "batch"] | None = option(
+        None, "what the decoder may read: lora | stats | batch (default: the decoder's mode)")
+    objective: Literal["ga", "npo", "wga", "rmu"] = option(
+        "npo", "ga | npo | wga (WGA's token weights) | rmu (RMU's activation steering)")
+    beta: float | None = option(None, "NPO β (default 0.1) or WGA β (default 1)")
+    steer_layer: int | None = option(None, "rmu: decoder layer whose output is steered (default: depth // 4)")
+    steer_scale: float = option(1.0, "rmu: norm of the random target ÷ the layer's mean forget-answer activation norm")
+    views: int = option(4, "K question views per forget item")
+    rank: int | None = option(None, "probe r_B (default: the decoder's, else 16)")
+    rank_a: int | None = option(None, "probe r_A (default: the decoder's, else 2·rank)")
+    probe_seed: int = option(0, "seed of the probe's random factors")
+    target_modules: str | None = option(None, "regex of probed Linear names (default: attention + MLP projections)")
+    aggregate: Literal["mean", "momentum"] = option("mean", "view aggregation: mean | momentum")
+    guard: Literal["project", "none"] = option("project", "retain guard: project | none")
+    retain_data: Literal["auto", "file", "generated"] = option(
+        "auto", "guard data: auto (the file, else generated) | file | generated")
+    retain_weight: float = option(3.0, "λ of the added retain-descent term (relative to ‖D_f‖)")
+    step_rule: Literal["search", "schedule"] = option(
+        "search", "search (guarded line search, η adapts) | schedule (cosine decay from η)")
+    guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
+    guard_budget: float = option(0.08, "search: largest rise of the guard NLL over the whole run (r2f bench's choice)")
+    backtracks: int = option(4, "search: halvings of η tried before the run stops (as many doublings too)")
+    guard_items: int = option(32, "guard items the line search scores (retain file, else self-answered)")
+    retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
+    step_norm: Literal["module", "global"] = option("global", "module | global")
+    precondition: Literal["adam", "none"] = option(
+        "adam", "adam (per-coordinate Adam moments of the guarded direction) | none")
+    min_step_ratio: float = option(0.1, "schedule: η_T / η of the cosine decay")
+    stop: Literal["shuffled", "perturbed", "none"] = option("shuffled", "stop rule: shuffled | perturbed | none")
+    stop_nll: float | None = option(None, "explicit stop threshold on the forget NLL (overrides every stop rule)")
+    stop_window: int = option(1, "steps whose mean forget NLL is compared with the threshold")
+    stats: Literal["retain", "batch"] = option(
+        "retain", "Σ statistics for decoders that use them: retain (generic text) | batch")
+    stats_items: int = option(64, "retain items the Σ statistics are collected over")
+
+    def __post_init__(self) -> None:
+        # checks a type cannot say; R2FInputError naming the option, as the type checks do
+        for name in ("guard_tol", "guard_budget"):
+            if not getattr(self, name) > 0:
+                raise R2FInputError("must be positive", source=name)
+
+
+@dataclass(frozen=True)
+class ExactConfig(R2FConfig):
+    decoder: str | Decoder | None = option("exact", "always the exact decoder (the perfect-decoder oracle)")
 
 
 @register
@@ -58,50 +106,9 @@ class R2F(UpdateMethod):
     needs_retain = False
     uses_decoder = True
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
-    defaults = {
-        "decoder": None,          # decoder name or file (learned by default)
-        "access": None,           # what the decoder may read: lora | stats | batch (default: the decoder's mode)
-        "objective": "npo",       # ga | npo | wga (WGA's token weights) | rmu (RMU's activation steering)
-        "beta": None,             # NPO β (default 0.1) or WGA β (default 1)
-        "steer_layer": None,      # rmu: decoder layer whose output is steered (default: depth // 4)
-        "steer_scale": 1.0,       # rmu: norm of the random target ÷ the layer's mean forget-answer activation norm
-        "views": 4,               # K question views per forget item
-        "rank": None,             # probe r_B (default: the decoder's, else 16)
-        "rank_a": None,           # probe r_A (default: the decoder's, else 2·rank)
-        "probe_seed": 0,
-        "target_modules": None,   # regex of probed Linear names (default: attention + MLP projections)
-        "aggregate": "mean",      # view aggregation: mean | momentum
-        "guard": "project",       # retain guard: project | none
-        "retain_data": "auto",    # guard data: auto (the file, else generated) | file | generated
-        "retain_weight": 3.0,     # λ of the added retain-descent term (relative to ‖D_f‖)
-        "step_rule": "search",    # search (guarded line search, η adapts) | schedule (cosine decay from η)
-        "guard_tol": 0.02,        # search: largest rise of the guard NLL (nats/token) one step may cause
-        "guard_budget": 0.08,     # search: largest rise of the guard NLL over the whole run (r2f bench's choice)
-        "backtracks": 4,          # search: halvings of η tried before the run stops (as many doublings too)
-        "guard_items": 32,        # guard items the line search scores (retain file, else self-answered)
-        "retain_views": 1,        # question views of each retain item in the retain direction D_r
-        "step_norm": "global",    # module | global
-        "precondition": "adam",   # adam (per-coordinate Adam moments of the guarded direction) | none
-        "min_step_ratio": 0.1,    # schedule: η_T / η of the cosine decay
-        "stop": "shuffled",       # stop rule: shuffled | perturbed | none
-        "stop_nll": None,         # explicit stop threshold on the forget NLL (overrides every stop rule)
-        "stop_window": 1,         # steps whose mean forget NLL is compared with the threshold
-        "stats": "retain",        # Σ statistics for decoders that use them: retain (generic text) | batch
-        "stats_items": 64,        # retain items the Σ statistics are collected over
-    }
+    config_class = R2FConfig  # options, defaults and their checks (an unknown value is exit 2 naming it)
 
     def setup(self, engine: Engine):
-        for value, allowed, what in ((self.objective, OBJECTIVES, "objective"), (self.guard, GUARDS, "guard"),
-                                     (self.stop, STOPS, "stop rule"), (self.step_norm, STEP_NORMS, "step_norm"),
-                                     (self.step_rule, STEP_RULES, "step_rule"),
-                                     (self.precondition, PRECONDITIONS, "precondition"),
-                                     (self.retain_data, RETAIN_DATA, "retain_data")):
-            if value not in allowed:
-                raise R2FInputError(f"unknown {what} '{value}' (choose from {', '.join(allowed)})",
-                                    source=what.split()[0])
-        for key in ("guard_tol", "guard_budget"):
-            if not float(self.options[key]) > 0:
-                raise R2FInputError("must be positive", source=key)
         self.decoder_obj = resolve_decoder(self.decoder)
         self._check_access()
         model = engine.model
@@ -131,9 +138,6 @@ class R2F(UpdateMethod):
         needs = getattr(self.decoder_obj, "access", "lora")
         if self.access is None:
             return
-        if self.access not in ACCESS_MODES:
-            raise R2FInputError(f"unknown access mode '{self.access}' (choose from {', '.join(ACCESS_MODES)})",
-                                source="--option access")
         if ACCESS_MODES.index(needs) > ACCESS_MODES.index(self.access):
             raise R2FInputError(f"decoder '{getattr(self.decoder_obj, 'source', self.decoder)}' needs access mode "
                                 f"'{needs}', this run allows '{self.access}'", source="--option access")
@@ -228,8 +232,6 @@ class R2F(UpdateMethod):
         Decoders with a Σ prior (sigma, learned) are trained with Σ from generic text; retain data is the
         generic text an unlearning run has. ``stats="batch"`` leaves it to the step's own inputs.
         """
-        if self.stats not in ("retain", "batch"):
-            raise R2FInputError(f"unknown stats source '{self.stats}' (retain|batch)", source="stats")
         if self.stats != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
             return None
         items = engine._summary_retain()[: int(self.stats_items)]
@@ -489,7 +491,7 @@ class Exact(R2F):
     """The R2F rule with exact gradients: the perfect-decoder oracle."""
 
     name = "exact"
-    defaults = {**R2F.defaults, "decoder": "exact"}
+    config_class = ExactConfig
 
     def __init__(self, **options: Any):
         if options.get("decoder") not in (None, "exact"):
