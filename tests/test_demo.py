@@ -182,3 +182,21 @@ def test_demo_rows_that_decode_with_the_proxy_trained_decoder_get_its_file(monke
         DEMO_METHODS["r2f"].options["decoder"] = "sketch"
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEMO_METHODS["r2f"].proxy_decoder = "lora"
+
+
+def test_demo_does_not_import_bench():
+    """r2f.bench imports r2f.demo (the rows it tunes); the demo reads the shipped choice itself, so the two modules
+    import one way only (no lazy import back inside a function)."""
+    import ast
+    import inspect
+
+    import r2f.bench
+    import r2f.demo
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(r2f.demo)))
+                if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(ast.parse(inspect.getsource(r2f.demo)))
+                 if isinstance(node, ast.Import) for alias in node.names}
+    assert "r2f.bench" not in imported and "r2f.demo" in {
+        node.module for node in ast.walk(ast.parse(inspect.getsource(r2f.bench))) if isinstance(node, ast.ImportFrom)}
+    assert r2f.bench.chosen_overrides is r2f.demo.chosen_overrides  # still offered where it was

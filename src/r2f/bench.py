@@ -21,20 +21,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import shutil
 import statistics
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from r2f.data.loader import WORLD_FACTS_EVAL, WORLD_FACTS_RETAIN
-from r2f.demo import BASELINES, DEMO_METHODS, R2F_ROWS, TARGET_LR, DemoConfig, Prepared, prepare, run_method
+# the shipped choice's reader (Config, Chosen, load_chosen, chosen_overrides) lives in r2f.demo, which runs it;
+# r2f.bench keeps offering it (this module writes the file)
+from r2f.demo import (BASELINES, CHOSEN_FILE, CHOSEN_FORMAT, DEMO_METHODS, R2F_ROWS, TARGET_LR, Chosen,  # noqa: F401
+                      Config, DemoConfig, Prepared, chosen_overrides, load_chosen, parse_chosen, prepare, run_method)
 from r2f.errors import R2FInputError, R2FNumericalError
-from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
+from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.parallel import run_jobs, worker_count
 from r2f.report.build import FQ_MIN, MU_RATIO
 
@@ -48,35 +49,6 @@ SELECTION_RULE = (f"highest mean forget quality over the tune seeds among the co
 BENCH_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class Config:
-    """One grid entry: a factor on the method's learning rate and options that replace the method's defaults.
-
-    ``lr_scale`` multiplies the learning rate the demo would use (the method's ``default_lr``, or the demo's
-    per-target :data:`r2f.demo.TARGET_LR`); 1 passes no learning rate at all, so the method keeps its own.
-    """
-
-    lr_scale: float = 1.0
-    options: tuple[tuple[str, float | int], ...] = ()
-
-    @property
-    def label(self) -> str:
-        parts = [f"lr×{self.lr_scale:g}"] if self.lr_scale != 1.0 else []
-        parts += [f"{k}={v:g}" for k, v in self.options]
-        return ", ".join(parts) or "defaults"
-
-    def to_json(self) -> dict:
-        return {"label": self.label, "lr_scale": self.lr_scale, "options": dict(self.options)}
-
-    def overrides(self, name: str, target: str) -> dict:
-        """The ``run_method`` overrides of this entry for demo method ``name`` on ``target``."""
-        out: dict = dict(self.options)
-        if self.lr_scale != 1.0:
-            from r2f.methods import METHODS
-
-            base = TARGET_LR.get(target, {}).get(name, METHODS[DEMO_METHODS[name].method].default_lr)
-            out["lr"] = self.lr_scale * base
-        return out
 
 
 # R2F sets its own step size by line search, so its grid varies what bounds that search (guard_budget, default
@@ -406,22 +378,6 @@ def bench_markdown(result: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- the shipped choice (r2f demo)
-#: The baselines' configurations the last full bench chose, a data file of the package that ``r2f demo`` runs
-#: (:func:`chosen_overrides`); ``benchmarks/bench_chosen.py`` regenerates it from a bench.json.
-CHOSEN_FILE = "bench_chosen.json"
-CHOSEN_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Chosen:
-    """A validated bench_chosen.json: the target the bench chose on and each listed baseline's configuration."""
-
-    target: str
-    configs: Mapping[str, Config]
-    produced_by: Mapping[str, Any]
-    source: str
-
-
 def chosen_record(result: dict, *, command: str, bench_json: str, date: str | None = None,
                   note: str | None = None) -> dict:
     """The content of bench_chosen.json from a bench.json ``result``: which run produced it (``command``, the
@@ -449,7 +405,7 @@ def chosen_record(result: dict, *, command: str, bench_json: str, date: str | No
         "scope": _chosen_scope(produced_by["target"], unlisted),
         "baselines": baselines,
     }
-    _parse_chosen(record, bench_json)  # the file must load back
+    parse_chosen(record, bench_json)  # the file must load back
     return record
 
 
@@ -479,7 +435,7 @@ def merge_chosen(shipped: dict, addition: dict) -> dict:
     unlisted = [n for n in BASELINES if n not in baselines]
     record = {**shipped, "produced_by": produced_by, "baselines": baselines,
               "scope": _chosen_scope(produced_by["target"], unlisted)}
-    _parse_chosen(record, str(later.get("bench_json")))
+    parse_chosen(record, str(later.get("bench_json")))
     return record
 
 
@@ -488,56 +444,3 @@ def _chosen_scope(target: str, unlisted: list[str]) -> str:
             f"factor on the demo's learning rate for that method) and options. The R2F rows ({', '.join(R2F_ROWS)}) "
             f"run the method's defaults. Demo baselines without a bench entry ({', '.join(unlisted) or 'none'}) keep "
             f"their demo options, as does every baseline on other targets.")
-
-
-def load_chosen(path: str | os.PathLike | None = None) -> Chosen:
-    """Read and validate bench_chosen.json (the package's own by default); bad content is R2FInputError."""
-    if path is None:
-        with resources.as_file(resources.files("r2f").joinpath(CHOSEN_FILE)) as shipped:
-            return load_chosen(shipped)
-    try:
-        record = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
-    return _parse_chosen(record, str(path))
-
-
-def _parse_chosen(record: Any, source: str) -> Chosen:
-    def bad(field: str, why: str) -> R2FInputError:
-        return R2FInputError(f"field '{field}': {why}", source=source)
-
-    if not isinstance(record, dict):
-        raise R2FInputError("expected a JSON object", source=source)
-    if record.get("format") != CHOSEN_FORMAT:
-        raise bad("format", f"expected {CHOSEN_FORMAT}, got {record.get('format')!r}")
-    produced_by = record.get("produced_by")
-    if not isinstance(produced_by, dict) or not isinstance(produced_by.get("target"), str):
-        raise bad("produced_by.target", "missing (the target the bench chose on)")
-    baselines = record.get("baselines")
-    if not isinstance(baselines, dict):
-        raise bad("baselines", "expected an object {method: configuration}")
-    configs = {}
-    for name, entry in baselines.items():
-        if name not in BASELINES:
-            raise bad(f"baselines.{name}", f"not a demo baseline (choose from {', '.join(BASELINES)})")
-        scale = entry.get("lr_scale") if isinstance(entry, dict) else None
-        if not _is_number(scale) or not (math.isfinite(scale) and scale > 0):
-            raise bad(f"baselines.{name}.lr_scale", "expected a positive number")
-        options = entry.get("options", {})
-        if not isinstance(options, dict) or not all(_is_number(v) for v in options.values()):
-            raise bad(f"baselines.{name}.options", "expected an object of numbers")
-        configs[name] = Config(lr_scale=float(scale), options=tuple(options.items()))
-    return Chosen(produced_by["target"], MappingProxyType(configs), MappingProxyType(produced_by), source)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def chosen_overrides(name: str, target: str, chosen: Chosen | None = None) -> dict:
-    """The ``run_method`` overrides of the shipped choice for demo method ``name`` on ``target``: empty for the
-    R2F rows, for a baseline without a bench entry and on a target the bench did not choose on."""
-    chosen = chosen or load_chosen()
-    if name in R2F_ROWS or target != chosen.target or name not in chosen.configs:
-        return {}
-    return chosen.configs[name].overrides(name, target)

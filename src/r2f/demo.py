@@ -8,8 +8,11 @@ oracles → decoder fidelity on the target → ``report.json``/``.md``/``.html``
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
@@ -17,7 +20,7 @@ from typing import Any, Callable, Literal, Mapping
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.errors import R2FInputError
-from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
+from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.methods import METHODS
 from r2f.models.cache import cache_dir, hash_config
 from r2f.parallel import run_jobs, worker_count
@@ -63,7 +66,7 @@ DEMO_METHODS: Mapping[str, DemoRow] = MappingProxyType({
 })
 #: The R2F rows, whose method decodes gradients (``uses_decoder``; they run the method's defaults), and the
 #: baselines (they run the configuration ``r2f bench`` chose, shipped in ``r2f/bench_chosen.json``, where it has
-#: one: :func:`r2f.bench.chosen_overrides`).
+#: one: :func:`chosen_overrides`).
 R2F_ROWS = tuple(n for n, row in DEMO_METHODS.items() if METHODS[row.method].uses_decoder)
 BASELINES = tuple(n for n in DEMO_METHODS if n not in R2F_ROWS)
 #: Baseline learning rates per target (absent: the method's default, tuned on ``small``). SmolLM2 (pretrained,
@@ -207,7 +210,7 @@ def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> P
 
 def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides: dict | None = None) -> dict:
     """Unlearn ``cfg.forget`` from ``prep.full`` with the demo method ``name`` into ``out``. A baseline runs the
-    configuration ``r2f bench`` chose (``cfg.bench_chosen``, :func:`r2f.bench.chosen_overrides`); ``overrides``
+    configuration ``r2f bench`` chose (``cfg.bench_chosen``, :func:`chosen_overrides`); ``overrides``
     (e.g. a bench grid entry's ``lr`` or ``guard_budget``) replace the resulting options.
 
     Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
@@ -222,8 +225,6 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     if "lr" not in options and name in TARGET_LR.get(cfg.target, {}):
         options["lr"] = TARGET_LR[cfg.target][name]
     if cfg.bench_chosen:
-        from r2f.bench import chosen_overrides
-
         options.update(chosen_overrides(name, cfg.target))
     options.update(overrides or {})
     if METHODS[method].uses_decoder:  # as many question views as the demo's decoder was trained on
@@ -301,10 +302,113 @@ def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval:
     return {**run, "eval": ev}
 
 
+# ----------------------------------------------------------------------------- the shipped bench choice
+# What the demo's baselines run: here, not in r2f.bench (which writes the file and imports this module), so
+# that the two modules import one way only.
+
+
+@dataclass(frozen=True)
+class Config:
+    """One grid entry: a factor on the method's learning rate and options that replace the method's defaults.
+
+    ``lr_scale`` multiplies the learning rate the demo would use (the method's ``default_lr``, or the demo's
+    per-target :data:`TARGET_LR`); 1 passes no learning rate at all, so the method keeps its own.
+    """
+
+    lr_scale: float = 1.0
+    options: tuple[tuple[str, float | int], ...] = ()
+
+    @property
+    def label(self) -> str:
+        parts = [f"lr×{self.lr_scale:g}"] if self.lr_scale != 1.0 else []
+        parts += [f"{k}={v:g}" for k, v in self.options]
+        return ", ".join(parts) or "defaults"
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "lr_scale": self.lr_scale, "options": dict(self.options)}
+
+    def overrides(self, name: str, target: str) -> dict:
+        """The ``run_method`` overrides of this entry for demo method ``name`` on ``target``."""
+        out: dict = dict(self.options)
+        if self.lr_scale != 1.0:
+            from r2f.methods import METHODS
+
+            base = TARGET_LR.get(target, {}).get(name, METHODS[DEMO_METHODS[name].method].default_lr)
+            out["lr"] = self.lr_scale * base
+        return out
+
+
+#: The baselines' configurations the last full bench chose, a data file of the package that ``r2f demo`` runs
+#: (:func:`chosen_overrides`); ``benchmarks/bench_chosen.py`` regenerates it from a bench.json.
+CHOSEN_FILE = "bench_chosen.json"
+CHOSEN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A validated bench_chosen.json: the target the bench chose on and each listed baseline's configuration."""
+
+    target: str
+    configs: Mapping[str, Config]
+    produced_by: Mapping[str, Any]
+    source: str
+
+
+def load_chosen(path: str | os.PathLike | None = None) -> Chosen:
+    """Read and validate bench_chosen.json (the package's own by default); bad content is R2FInputError."""
+    if path is None:
+        with resources.as_file(resources.files("r2f").joinpath(CHOSEN_FILE)) as shipped:
+            return load_chosen(shipped)
+    try:
+        record = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise R2FInputError(f"malformed JSON: {exc.msg}", source=f"{path}:{exc.lineno}") from None
+    return parse_chosen(record, str(path))
+
+
+def parse_chosen(record: Any, source: str) -> Chosen:
+    def bad(field: str, why: str) -> R2FInputError:
+        return R2FInputError(f"field '{field}': {why}", source=source)
+
+    if not isinstance(record, dict):
+        raise R2FInputError("expected a JSON object", source=source)
+    if record.get("format") != CHOSEN_FORMAT:
+        raise bad("format", f"expected {CHOSEN_FORMAT}, got {record.get('format')!r}")
+    produced_by = record.get("produced_by")
+    if not isinstance(produced_by, dict) or not isinstance(produced_by.get("target"), str):
+        raise bad("produced_by.target", "missing (the target the bench chose on)")
+    baselines = record.get("baselines")
+    if not isinstance(baselines, dict):
+        raise bad("baselines", "expected an object {method: configuration}")
+    configs = {}
+    for name, entry in baselines.items():
+        if name not in BASELINES:
+            raise bad(f"baselines.{name}", f"not a demo baseline (choose from {', '.join(BASELINES)})")
+        scale = entry.get("lr_scale") if isinstance(entry, dict) else None
+        if not _is_number(scale) or not (math.isfinite(scale) and scale > 0):
+            raise bad(f"baselines.{name}.lr_scale", "expected a positive number")
+        options = entry.get("options", {})
+        if not isinstance(options, dict) or not all(_is_number(v) for v in options.values()):
+            raise bad(f"baselines.{name}.options", "expected an object of numbers")
+        configs[name] = Config(lr_scale=float(scale), options=tuple(options.items()))
+    return Chosen(produced_by["target"], MappingProxyType(configs), MappingProxyType(produced_by), source)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def chosen_overrides(name: str, target: str, chosen: Chosen | None = None) -> dict:
+    """The ``run_method`` overrides of the shipped choice for demo method ``name`` on ``target``: empty for the
+    R2F rows, for a baseline without a bench entry and on a target the bench did not choose on."""
+    chosen = chosen or load_chosen()
+    if name in R2F_ROWS or target != chosen.target or name not in chosen.configs:
+        return {}
+    return chosen.configs[name].overrides(name, target)
+
+
 def bench_chosen_note(cfg: DemoConfig) -> str:
     """One sentence for the report: which configuration each row ran and where it came from."""
-    from r2f.bench import load_chosen
-
     chosen = load_chosen()
     listed = [n for n in cfg.methods if n in chosen.configs]
     others = [n for n in cfg.methods if n in BASELINES and n not in listed]
