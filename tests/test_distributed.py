@@ -124,12 +124,14 @@ def _interrupted_run(stop_at: int, out: Path, model, forget, retain, **kw) -> No
         setattr(cls, hook, original)
 
 
-FSDP_CASES = [("r2f", {"decoder": "sigma", "views": 2}),  # sharded directions, guard, Adam moments, line search
+FSDP_CASES = [("r2f", {"decoder": "sigma", "views": 2}),  # sharded directions, keep-whitening, guard, line search
               ("npo", {})]  # FSDP's reduce-scattered gradients, AdamW on sharded parameters
 
 
 @pytest.mark.parametrize("method,extra", FSDP_CASES + [
     pytest.param("exact", {"views": 2}, marks=pytest.mark.slow),  # exact gradients through FSDP's backward
+    pytest.param("r2f", {"decoder": "sigma", "views": 2, "precondition": "adam"},  # Adam moments on row shards
+                 marks=pytest.mark.slow),
     pytest.param("lora", {}, marks=pytest.mark.slow),  # a PEFT adapter on the sharded target, merged at the end
     pytest.param("grad_diff", {}, marks=pytest.mark.slow),
     pytest.param("wga", {}, marks=pytest.mark.slow)])

@@ -254,20 +254,21 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
     assert code.value.code == 2 and "choose from" in capsys.readouterr().err
 
 
-#: R2F's options and defaults as they were before R2FConfig (the untyped dict, written out here so that a changed
-#: default or a reordered option fails a test: the run key and the manifest record them in this order)
-R2F_DEFAULTS_BEFORE_THE_CONFIG = {
+#: R2F's options and defaults, written out here so that a changed default or a reordered option fails a test (the
+#: run key and the manifest record them in this order). As before R2FConfig, except the seventh round's defaults
+#: (docs/methods.md): precondition sigma, guard_items 64, and the new sigma_damp.
+R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
-    "guard_budget": 0.08, "backtracks": 4, "guard_items": 32, "retain_views": 1, "step_norm": "global",
-    "precondition": "adam", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
-    "stats": "retain", "stats_items": 64,
+    "guard_budget": 0.08, "backtracks": 4, "guard_items": 64, "retain_views": 1, "step_norm": "global",
+    "precondition": "sigma", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
+    "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard",
 }
 
 
 def test_r2f_options_are_its_frozen_config(capsys):
-    """R2F's (and exact's) options come from R2FConfig: the same defaults in the same order as before, each choice
+    """R2F's (and exact's) options come from R2FConfig: the defaults written out above, in order, each choice
     option a Literal validated where the method is made (an unknown value is an input error naming the option and
     its choices; a non-positive guard_tol or guard_budget too), an unknown option listed against R2F's own, and
     `r2f methods --json` prints the choices."""
@@ -276,15 +277,15 @@ def test_r2f_options_are_its_frozen_config(capsys):
     from r2f.methods import METHODS, get_method
     from r2f.methods.r2f import ExactConfig, R2FConfig
 
-    assert list(METHODS["r2f"].defaults.items()) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG.items())
-    assert METHODS["exact"].defaults == {**R2F_DEFAULTS_BEFORE_THE_CONFIG, "decoder": "exact"}
-    assert list(METHODS["exact"].defaults) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG)
+    assert list(METHODS["r2f"].defaults.items()) == list(R2F_DEFAULTS.items())
+    assert METHODS["exact"].defaults == {**R2F_DEFAULTS, "decoder": "exact"}
+    assert list(METHODS["exact"].defaults) == list(R2F_DEFAULTS)
     assert get_method("exact").config == ExactConfig() and get_method("r2f").config == R2FConfig()
     choices = {d["name"]: d["choices"] for d in R2FConfig.describe()}
     assert choices["access"] == (*ACCESS_MODES, None)  # the decoders' access modes, and None: the decoder's own
     for options, source, words in (
             ({"stop": "never"}, "stop", ["unknown stop 'never'", "choose from shuffled, perturbed, none"]),
-            ({"precondition": "sgd"}, "precondition", ["choose from adam, none"]),
+            ({"precondition": "sgd"}, "precondition", ["choose from sigma, adam, none"]),
             ({"objective": "dpo"}, "objective", ["choose from ga, npo, wga, rmu"]),
             ({"access": "full"}, "access", ["lora, stats, batch"]),
             ({"guard_tol": 0}, "guard_tol", ["must be positive"]),
@@ -307,9 +308,9 @@ def test_r2f_options_are_its_frozen_config(capsys):
         main(["methods", "--json"])
     listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
     r2f_options = {o["name"]: o for o in listed["r2f"]["options"]}
-    assert list(r2f_options) == list(R2F_DEFAULTS_BEFORE_THE_CONFIG)
+    assert list(r2f_options) == list(R2F_DEFAULTS)
     assert r2f_options["stop"]["choices"] == ["shuffled", "perturbed", "none"]
-    assert r2f_options["precondition"]["choices"] == ["adam", "none"] and r2f_options["guard_tol"]["choices"] is None
+    assert r2f_options["precondition"]["choices"] == ["sigma", "adam", "none"] and r2f_options["guard_tol"]["choices"] is None
     assert r2f_options["retain_weight"]["help"].startswith("λ of the added retain-descent term")
     assert next(o for o in listed["exact"]["options"] if o["name"] == "decoder")["default"] == "exact"
 
@@ -480,9 +481,13 @@ def test_one_step_moves_every_weight_by_a_hand_computed_adamw_step(method, tiny_
         g = g * clip
         wd = 0.01 if p.ndim >= 2 else 0.0
         want = p.detach() * (1 - lr * wd) - lr * g / (g.abs() + 1e-8)
-        # 1 % of lr: a coordinate whose gradient is near ε moves with the summation order (weight decay's own
-        # 1e-5 relative change is below it; test_every_method_runs_and_output_loads sees every weight move)
-        torch.testing.assert_close(got[name], want, rtol=0, atol=1e-5, msg=lambda m: f"{method}: {name}: {m}")
+        # 1 % of lr (weight decay's own 1e-5 relative change is below it; test_every_method_runs_and_output_loads
+        # sees every weight move). Where |g| is within 100·ε of zero, g/(|g| + ε) turns on the gradient's last bits,
+        # which move with the CPU's summation order (one weight in 8192 by 1.5 % of lr on an Intel Xeon): there
+        # the step is only bounded by lr.
+        tol = torch.where(g.abs() < 1e-6, torch.full_like(g, 1.01 * lr), torch.full_like(g, 1e-5))
+        off = (got[name].detach() - want).abs() > tol
+        assert not off.any(), f"{method}: {name}: {int(off.sum())} weights off, worst {(got[name] - want).abs().max()}"
 
 
 def test_grad_ascent_raises_forget_nll(tiny_setup, tmp_path):

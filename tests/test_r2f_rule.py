@@ -58,18 +58,33 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
     # the forget answers lose at least half of what the full model knew beyond the oracle ...
     assert p_after < p_oracle + 0.5 * (p_full - p_oracle), (p_full, p_oracle, p_after, man["steps"])
     # ... while what must be kept stays. The guard bounds the rise of the guard items' mean answer NLL by
-    # guard_budget = 0.12 nats, i.e. their P̄ by about exp(-0.12) = 0.89×; items outside the 32 guard items
-    # may lose a little more. GradDiff and NPO (AdamW) take retain P̄ to 0.48× and 0.42× on this model
-    # (tests/test_methods_integration.py).
-    # Without a retain file the guard is the model's own answers to generic questions, which on this tiny model
-    # keeps neither the forgotten authors' neighbours (retain P̄ 0.37×) nor the world facts (0.74×): an open
-    # limitation (docs/methods.md), so only forgetting and the recorded guard source are checked then.
-    if retain is None:
-        return
-    floor = 0.8
-    for name, items in kept.items():
-        before, after = answer_prob(tiny_models["full"], items), answer_prob(out, items)
-        assert after >= floor * before, (name, before, after, man["steps"])
+    # guard_budget = 0.08 nats, i.e. their P̄ by about exp(-0.08) = 0.92×; items outside the guard items may lose
+    # a little more. GradDiff and NPO (AdamW) take retain P̄ to 0.48× and 0.42× on this model
+    # (tests/test_methods_integration.py). Without a retain file the guard is the model's own answers to generic
+    # questions: on this tiny model the keep-whitened step keeps the world facts but not the forgotten authors'
+    # neighbours (retain P̄ 0.55×; 0.37× with the former Adam-normalised step), an open limitation
+    # (docs/methods.md), so only the world facts are checked then.
+    after = {name: (answer_prob(tiny_models["full"], items), answer_prob(out, items)) for name, items in kept.items()}
+    for name, (before, now) in after.items():
+        if retain or name == "world_facts":
+            assert now >= 0.8 * before, (name, retain, before, now, man["steps"])
+
+
+def test_keep_whitener_is_the_damped_inverse_square_root():
+    """R = (Σ + δ·s̄·I)^-1/2 against an independent solve, on a rank-deficient Σ like one from a few tokens: R is
+    symmetric, R·(Σ + δ·s̄·I)·R = I, and D·R·R (the keep-whitened step) = D·(Σ + δ·s̄·I)⁻¹."""
+    from r2f.methods.r2f import keep_whitener
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 96, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, 96, dtype=torch.float64)
+    sigma = x.T @ x / 40  # rank 40 < 96
+    damped = sigma + 0.1 * torch.linalg.eigvalsh(sigma).mean() * torch.eye(96, dtype=torch.float64)
+    r = keep_whitener(sigma.float(), 0.1).double()
+    torch.testing.assert_close(r, r.T)
+    torch.testing.assert_close(r @ damped @ r, torch.eye(96, dtype=torch.float64), atol=1e-4, rtol=0)
+    d = torch.randn(24, 96, generator=g, dtype=torch.float64)
+    want = torch.linalg.solve(damped, d.T).T  # D·A⁻¹ with A symmetric
+    torch.testing.assert_close(d @ r @ r, want, rtol=1e-3, atol=1e-6 * float(want.abs().max()))
 
 
 def test_rmu_objective_changes_only_the_layers_below_the_steered_one(world_dir, tiny_models, proxy_decoder, tmp_path):

@@ -114,6 +114,17 @@ def shard_like(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[st
     return out
 
 
+def right_matmul(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``t @ m`` for a plain tensor or a DTensor of row shards (``m`` the same full matrix on every rank): a row
+    shard times ``m`` is that shard of the product, so no communication is needed."""
+    if not is_sharded(t):
+        return t @ m
+    from torch.distributed.tensor import DTensor
+
+    local = t.to_local() @ m.to(t.to_local().dtype)
+    return DTensor.from_local(local, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride())
+
+
 def scalar(t: torch.Tensor) -> float:
     """``float(t)`` of a reduction (``(d * r).sum()``, ``d.norm()``, ``v.max()``) over a whole module, also when
     ``t`` is a DTensor: a reduction of row shards is a *partial* DTensor, and ``float()`` of it reads this rank's

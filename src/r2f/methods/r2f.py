@@ -10,7 +10,9 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
    from the retain file, else from the target's own answers to generic questions (``r2f.methods.guard``);
    per module, when ⟨D_f, D_r⟩ < 0 the conflicting component is removed (PCGrad-style), then
    λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight`` λ = 3);
-4. per-coordinate normalisation (``precondition="adam"``): Adam's moments of the guarded direction;
+4. keep-whitening (``precondition="sigma"``): the forget and retain directions are taken in the geometry of
+   the input statistic Σ_keep of the retain (or self-answered) text, ΔW ∝ D·(Σ_keep + δI)⁻¹, so that the step
+   moves the layers' outputs least on the inputs the model must keep (``"adam"``: Adam's moments instead);
 5. step size (``step_rule="search"``): a backtracking line search on the relative step η of the probed
    weights: the largest η (from the last accepted one) whose step raises the forget NLL while the guard NLL
    rises by at most ``guard_tol`` nats/token this step and ``guard_budget`` over the run;
@@ -33,7 +35,7 @@ import torch
 from r2f import gradients
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
-from r2f.fsdp import all_finite, decoder_layers, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
+from r2f.fsdp import all_finite, decoder_layers, right_matmul, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
@@ -75,11 +77,13 @@ class R2FConfig(MethodConfig):
     guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
     guard_budget: float = option(0.08, "search: largest rise of the guard NLL over the whole run (r2f bench's choice)")
     backtracks: int = option(4, "search: halvings of η tried before the run stops (as many doublings too)")
-    guard_items: int = option(32, "guard items the line search scores (retain file, else self-answered)")
+    guard_items: int = option(64, "guard items the line search scores (retain file, else self-answered; at most "
+                                   "the engine's 64 summary items)")
     retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
     step_norm: Literal["module", "global"] = option("global", "module | global")
-    precondition: Literal["adam", "none"] = option(
-        "adam", "adam (per-coordinate Adam moments of the guarded direction) | none")
+    precondition: Literal["sigma", "adam", "none"] = option(
+        "sigma", "sigma (ΔW ∝ D·(Σ_keep + δI)⁻¹, Σ_keep over the guard's retain text) | adam (per-coordinate Adam "
+        "moments of the guarded direction) | none")
     min_step_ratio: float = option(0.1, "schedule: η_T / η of the cosine decay")
     stop: Literal["shuffled", "perturbed", "none"] = option("shuffled", "stop rule: shuffled | perturbed | none")
     stop_nll: float | None = option(None, "explicit stop threshold on the forget NLL (overrides every stop rule)")
@@ -87,6 +91,10 @@ class R2FConfig(MethodConfig):
     stats: Literal["retain", "batch"] = option(
         "retain", "Σ statistics for decoders that use them: retain (generic text) | batch")
     stats_items: int = option(64, "retain items the Σ statistics are collected over")
+    sigma_damp: float = option(0.05, "precondition=sigma: δ ÷ the mean eigenvalue of Σ_keep")
+    keep_text: Literal["guard", "guard+generated"] = option(
+        "guard", "precondition=sigma: Σ_keep's text: the guard's retain items | also the target's own answers to "
+        "generic questions when a retain file is given")
 
     def __post_init__(self) -> None:
         # checks a type cannot say; R2FInputError naming the option, as the type checks do
@@ -118,6 +126,7 @@ class R2F(UpdateMethod):
             if self.objective == "npo" else None
         self.steer = self._steering(engine, model) if self.objective == "rmu" else None
         self.stats = self._stats(engine, model, gradients)
+        self.keep_root = self._keep_root(engine, model) if self.precondition == "sigma" else None
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.stop_window))
         self.engine = engine
@@ -238,6 +247,25 @@ class R2F(UpdateMethod):
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
         return gradients.collect_input_stats(model, batches, self.probe, source="retain")
 
+    def _keep_root(self, engine: Engine, model) -> dict[str, torch.Tensor]:
+        """Per probed weight, R = (Σ_keep + δ·s̄·I)^-1/2: Σ_keep = E[x xᵀ] of the module's inputs over the guard's
+        retain text (file or self-answered; ``stats_items`` items) at the initial weights, s̄ its mean eigenvalue.
+
+        Why: a weight change ΔW moves a module's output on input x by ΔW·x, so its mean squared effect on the kept
+        text is tr(ΔW Σ_keep ΔWᵀ). Among the steps with the same first-order effect on the forget loss, the one
+        that disturbs the kept text least is ΔW ∝ D·Σ_keep⁻¹ (the input-side half of a natural-gradient step;
+        ROME's C⁻¹ rule). δ keeps the directions the kept text never uses from dominating.
+        """
+        items = engine._summary_retain()[: int(self.stats_items)]
+        if self.keep_text == "guard+generated" and self.guard_source == "file":
+            from r2f.methods.guard import self_answered_items
+
+            items = items + self_answered_items(model, engine.tokenizer, engine.template)
+        batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
+        stats = gradients.collect_input_stats(model, batches, self.probe, source="keep")
+        return {module + ".weight": keep_whitener(sigma, float(self.sigma_damp))
+                for module, sigma in stats.sigma.items()}
+
     def _threshold(self, engine: Engine, model) -> float | None:
         """Forget NLL at which to stop: the model's NLL of *wrong* answers to the forget questions.
 
@@ -320,7 +348,12 @@ class R2F(UpdateMethod):
         g_r = self.decoded(model, retain.views(int(self.retain_views)), self.retain_loss) \
             if (self.guard != "none" or self.retain_weight) and retain is not None else None
         params = dict(model.named_parameters())
+        if self.keep_root is not None:  # the guard works in the whitened geometry D·R; mapped back, ΔW ∝ D·Σ_keep⁻¹
+            g_f = self._whiten(g_f)
+            g_r = None if g_r is None else self._whiten(g_r)
         directions, out = self._guarded_directions(g_f, g_r, params)
+        if self.keep_root is not None:
+            directions = self._whiten(directions)
         for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
             if not all_finite(d):
                 return {"step_size": ctx.lr, "numerical_fault": f"decoded gradient of {name} is not finite"}
@@ -332,6 +365,11 @@ class R2F(UpdateMethod):
             self._apply(params, directions, unit, eta)
             return {"step_size": eta, **out}
         return {**self._line_search(model, forget, params, directions, unit, ctx), **out}
+
+    def _whiten(self, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """D·R per module (R symmetric, on the input side); on FSDP each rank multiplies its own rows."""
+        return {n: right_matmul(d.float(), self.keep_root[n]) if n in self.keep_root else d
+                for n, d in directions.items()}
 
     def _guarded_directions(self, g_f, g_r, params) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Per module: remove the part of D_f that raises the retain loss, add λ·‖D_f‖/‖D_r‖·D_r."""
@@ -498,6 +536,18 @@ class Exact(R2F):
             raise R2FInputError("method 'exact' always uses the exact decoder; use --method r2f for others",
                                 source="--decoder")
         super().__init__(**options)
+
+
+def keep_whitener(sigma: torch.Tensor, damp: float) -> torch.Tensor:
+    """R = (Σ + damp·s̄·I)^-1/2 (symmetric, float32) of an input second moment Σ, s̄ its mean eigenvalue.
+
+    D·R·R = D·(Σ + damp·s̄·I)⁻¹: R is applied once before the retain guard (which then works in the whitened
+    geometry) and once after. Eigen-decomposition in float64: Σ of a few thousand tokens is rank-deficient.
+    """
+    evals, evecs = torch.linalg.eigh(sigma.double())
+    evals = evals.clamp_min(0)
+    damped = evals + damp * float(evals.mean().clamp_min(1e-30))
+    return ((evecs * damped.rsqrt()) @ evecs.T).float()
 
 
 def _shuffled_pairs(items) -> list[tuple[str, str]]:
