@@ -125,7 +125,9 @@ def test_conv1d_decoded_gradients_are_exact_in_the_weights_layout():
     for name, g in got.items():
         assert g.shape == params[name].shape
         want = params[name].grad
-        assert float((g - want).norm() / want.norm()) < 1e-5, name  # sketches are accumulated in float32
+        # sketches are accumulated in float32 and the least-squares solve amplifies their rounding by A's condition
+        # number (6e-05 on an Intel Xeon, < 1e-05 on an AMD EPYC); a wrong layout is off by ~1
+        assert float((g - want).norm() / want.norm()) < 1e-3, name
 
 
 # ------------------------------------------------------------------------ unsupported layers

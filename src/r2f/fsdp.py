@@ -114,11 +114,15 @@ def shard_like(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> dict[st
     return out
 
 
-def right_matmul(t: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``t @ m`` for a plain tensor or a DTensor of row shards (``m`` the same full matrix on every rank): a row
-    shard times ``m`` is that shard of the product, so no communication is needed."""
+def input_side_matmul(t: torch.Tensor, m: torch.Tensor, *, transposed: bool = False) -> torch.Tensor:
+    """A weight-shaped ``t`` times ``m`` on its input side: ``t @ m`` for an (out × in) weight, ``m @ t`` for a
+    transposed (in × out) one (GPT-2's ``Conv1D``); ``m`` is symmetric and the same on every rank. For a DTensor of
+    row shards of an (out × in) weight a shard times ``m`` is that shard of the product (no communication); a
+    transposed sharded weight is gathered, multiplied and re-sharded."""
     if not is_sharded(t):
-        return t @ m
+        return m @ t if transposed else t @ m
+    if transposed:
+        return _sharded_like(m @ t.full_tensor(), t)
     from torch.distributed.tensor import DTensor
 
     local = t.to_local() @ m.to(t.to_local().dtype)

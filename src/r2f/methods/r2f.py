@@ -35,7 +35,7 @@ import torch
 from r2f import gradients
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
-from r2f.fsdp import all_finite, decoder_layers, right_matmul, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
+from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
@@ -247,7 +247,7 @@ class R2F(UpdateMethod):
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
         return gradients.collect_input_stats(model, batches, self.probe, source="retain")
 
-    def _keep_root(self, engine: Engine, model) -> dict[str, torch.Tensor]:
+    def _keep_root(self, engine: Engine, model) -> dict[str, tuple[torch.Tensor, bool]]:
         """Per probed weight, R = (Σ_keep + δ·s̄·I)^-1/2: Σ_keep = E[x xᵀ] of the module's inputs over the guard's
         retain text (file or self-answered; ``stats_items`` items) at the initial weights, s̄ its mean eigenvalue.
 
@@ -263,7 +263,8 @@ class R2F(UpdateMethod):
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
         stats = gradients.collect_input_stats(model, batches, self.probe, source="keep")
-        return {module + ".weight": keep_whitener(sigma, float(self.sigma_damp))
+        return {module + ".weight": (keep_whitener(sigma, float(self.sigma_damp)),
+                                     gradients.is_transposed(model.get_submodule(module)))
                 for module, sigma in stats.sigma.items()}
 
     def _threshold(self, engine: Engine, model) -> float | None:
@@ -367,9 +368,14 @@ class R2F(UpdateMethod):
         return {**self._line_search(model, forget, params, directions, unit, ctx), **out}
 
     def _whiten(self, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """D·R per module (R symmetric, on the input side); on FSDP each rank multiplies its own rows."""
-        return {n: right_matmul(d.float(), self.keep_root[n]) if n in self.keep_root else d
-                for n, d in directions.items()}
+        """D·R per module (R symmetric, on the weight's input side: R·D for a transposed Conv1D weight)."""
+        out = {}
+        for n, d in directions.items():
+            if n in self.keep_root:
+                root, transposed = self.keep_root[n]
+                d = input_side_matmul(d.float(), root, transposed=transposed)
+            out[n] = d
+        return out
 
     def _guarded_directions(self, g_f, g_r, params) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Per module: remove the part of D_f that raises the retain loss, add λ·‖D_f‖/‖D_r‖·D_r."""
