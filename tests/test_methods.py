@@ -256,13 +256,14 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
 
 #: R2F's options and defaults, written out here so that a changed default or a reordered option fails a test (the
 #: run key and the manifest record them in this order). As before R2FConfig, except the seventh round's defaults
-#: (docs/methods.md): precondition sigma, guard_items 64, and the new sigma_damp.
+#: (docs/methods.md): precondition auto (keep-whitening unless access mode lora), guard_items 64, the new
+#: sigma_damp and keep_text.
 R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
     "guard_budget": 0.08, "backtracks": 4, "guard_items": 64, "retain_views": 1, "step_norm": "global",
-    "precondition": "sigma", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
+    "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
     "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard",
 }
 
@@ -285,7 +286,7 @@ def test_r2f_options_are_its_frozen_config(capsys):
     assert choices["access"] == (*ACCESS_MODES, None)  # the decoders' access modes, and None: the decoder's own
     for options, source, words in (
             ({"stop": "never"}, "stop", ["unknown stop 'never'", "choose from shuffled, perturbed, none"]),
-            ({"precondition": "sgd"}, "precondition", ["choose from sigma, adam, none"]),
+            ({"precondition": "sgd"}, "precondition", ["choose from auto, sigma, adam, none"]),
             ({"objective": "dpo"}, "objective", ["choose from ga, npo, wga, rmu"]),
             ({"access": "full"}, "access", ["lora, stats, batch"]),
             ({"guard_tol": 0}, "guard_tol", ["must be positive"]),
@@ -310,7 +311,7 @@ def test_r2f_options_are_its_frozen_config(capsys):
     r2f_options = {o["name"]: o for o in listed["r2f"]["options"]}
     assert list(r2f_options) == list(R2F_DEFAULTS)
     assert r2f_options["stop"]["choices"] == ["shuffled", "perturbed", "none"]
-    assert r2f_options["precondition"]["choices"] == ["sigma", "adam", "none"] and r2f_options["guard_tol"]["choices"] is None
+    assert r2f_options["precondition"]["choices"] == ["auto", "sigma", "adam", "none"] and r2f_options["guard_tol"]["choices"] is None
     assert r2f_options["retain_weight"]["help"].startswith("λ of the added retain-descent term")
     assert next(o for o in listed["exact"]["options"] if o["name"] == "decoder")["default"] == "exact"
 
@@ -860,3 +861,23 @@ def test_r2f_retain_views_feed_the_retain_direction_every_question_view(tiny_set
         unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="exact",
                 out=tmp_path / f"k{k}", steps=1, batch_size=6, stop="none", retain_views=k, views=3)
         assert seen == {"forget": [3], "retain": [k]}, (k, seen)
+
+
+def test_black_box_runs_never_read_the_targets_statistics(tiny_setup, tmp_path):
+    """Keep-whitening reads the target's input statistics; a run restricted to probe gradients (access mode lora,
+    the paper's black-box case) takes Adam's normalisation instead under ``precondition=auto``, and an explicit
+    ``precondition=sigma`` there is refused naming the option. The resolved geometry is in the manifest."""
+    from r2f.methods import unlearn
+
+    common = dict(method="r2f", decoder="sketch", steps=1, seed=0)
+    runs = {"open": {}, "black_box": {"access": "lora"}}
+    for name, extra in runs.items():
+        out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / name,
+                      **common, **extra)
+        runs[name] = json.loads((out / "manifest.json").read_text())["method_info"]["precondition"]
+    assert runs == {"open": "sigma", "black_box": "adam"}
+    with pytest.raises(R2FInputError) as exc:
+        unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "refused",
+                access="lora", precondition="sigma", **common)
+    assert exc.value.source == "precondition" and "access mode 'lora'" in str(exc.value)
+    assert not (tmp_path / "refused").exists()

@@ -45,10 +45,11 @@ class DemoRow:
 
 
 #: report name -> its row. All run at the same step budget. The R2F rows run the method's own defaults (update
-#: rule, step size, stop rule); only the decoder differs between them.
+#: rule, step size, stop rule); only the decoder differs between them, and r2f_lora declares the black-box case
+#: (``access=lora``: the target exposes probe gradients only, so the rule reads no statistic of it either).
 DEMO_METHODS: Mapping[str, DemoRow] = MappingProxyType({
     "r2f": DemoRow("r2f", proxy_decoder="batch"),
-    "r2f_lora": DemoRow("r2f", proxy_decoder="lora"),  # the black-box case: a decoder that reads ∇A, ∇B only
+    "r2f_lora": DemoRow("r2f", {"access": "lora"}, proxy_decoder="lora"),  # the black-box case: ∇A, ∇B only
     "r2f_sketch": DemoRow("r2f", {"decoder": "sketch"}),
     "r2f_exact": DemoRow("exact"),
     "lora": DemoRow("lora"),
@@ -428,7 +429,8 @@ def bench_chosen_note(cfg: DemoConfig) -> str:
             parts.append(f"{', '.join(others)} (no bench entry) "
                          + ("keeps its" if len(others) == 1 else "keep their") + " demo options")
     if r2f_rows:
-        parts.append(f"the R2F rows ({', '.join(r2f_rows)}) run the method's defaults")
+        black_box = " (r2f_lora with access=lora: the black-box case)" if "r2f_lora" in r2f_rows else ""
+        parts.append(f"the R2F rows ({', '.join(r2f_rows)}) run the method's defaults{black_box}")
     return "; ".join(parts) + "."
 
 

@@ -10,9 +10,10 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
    from the retain file, else from the target's own answers to generic questions (``r2f.methods.guard``);
    per module, when ⟨D_f, D_r⟩ < 0 the conflicting component is removed (PCGrad-style), then
    λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight`` λ = 3);
-4. keep-whitening (``precondition="sigma"``): the forget and retain directions are taken in the geometry of
-   the input statistic Σ_keep of the retain (or self-answered) text, ΔW ∝ D·(Σ_keep + δI)⁻¹, so that the step
-   moves the layers' outputs least on the inputs the model must keep (``"adam"``: Adam's moments instead);
+4. keep-whitening (``precondition="sigma"``, what ``"auto"`` picks unless the run may read probe gradients only):
+   the forget and retain directions are taken in the geometry of the input statistic Σ_keep of the retain (or
+   self-answered) text, ΔW ∝ D·(Σ_keep + δI)⁻¹, so that the step moves the layers' outputs least on the inputs
+   the model must keep (``"adam"``, auto's choice in access mode lora: Adam's moments instead);
 5. step size (``step_rule="search"``): a backtracking line search on the relative step η of the probed
    weights: the largest η (from the last accepted one) whose step raises the forget NLL while the guard NLL
    rises by at most ``guard_tol`` nats/token this step and ``guard_budget`` over the run;
@@ -81,9 +82,10 @@ class R2FConfig(MethodConfig):
                                    "the engine's 64 summary items)")
     retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
     step_norm: Literal["module", "global"] = option("global", "module | global")
-    precondition: Literal["sigma", "adam", "none"] = option(
-        "sigma", "sigma (ΔW ∝ D·(Σ_keep + δI)⁻¹, Σ_keep over the guard's retain text) | adam (per-coordinate Adam "
-        "moments of the guarded direction) | none")
+    precondition: Literal["auto", "sigma", "adam", "none"] = option(
+        "auto", "auto (sigma, or adam when the run may read probe gradients only: access mode lora) | sigma (ΔW ∝ "
+        "D·(Σ_keep + δI)⁻¹, Σ_keep the target's input statistic over the guard's retain text) | adam (per-coordinate "
+        "Adam moments of the guarded direction) | none")
     min_step_ratio: float = option(0.1, "schedule: η_T / η of the cosine decay")
     stop: Literal["shuffled", "perturbed", "none"] = option("shuffled", "stop rule: shuffled | perturbed | none")
     stop_nll: float | None = option(None, "explicit stop threshold on the forget NLL (overrides every stop rule)")
@@ -126,7 +128,8 @@ class R2F(UpdateMethod):
             if self.objective == "npo" else None
         self.steer = self._steering(engine, model) if self.objective == "rmu" else None
         self.stats = self._stats(engine, model, gradients)
-        self.keep_root = self._keep_root(engine, model) if self.precondition == "sigma" else None
+        self.step_geometry = self._step_geometry()
+        self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.stop_window))
         self.engine = engine
@@ -139,6 +142,18 @@ class R2F(UpdateMethod):
         self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
         self.adam_t = 0
         return model
+
+    def _step_geometry(self) -> str:
+        """The resolved ``precondition``. Keep-whitening reads forward statistics of the target, which the black-box
+        case (``access=lora``: the target exposes probe gradients only) does not have; there ``auto`` is Adam's
+        per-coordinate normalisation, which needs nothing but the direction, and ``sigma`` is refused. (A decoder
+        that reads only ∇A, ∇B does not by itself make the run black-box: ``access`` says what the target allows.)"""
+        if self.precondition == "auto":
+            return "adam" if self.access == "lora" else "sigma"
+        if self.precondition == "sigma" and self.access == "lora":
+            raise R2FInputError("precondition=sigma reads the target's input statistics; access mode 'lora' allows "
+                                "probe gradients only (use precondition=adam)", source="precondition")
+        return self.precondition
 
     def _check_access(self) -> None:
         """``-o access=MODE`` bounds what the decoder may read; a decoder that needs more is refused."""
@@ -222,7 +237,8 @@ class R2F(UpdateMethod):
                                 "guard": {"source": self.guard_source, "items": len(self.engine.retain),
                                           "nll_start": self.guard_start},
                                 "stats": None if self.stats is None else {"source": self.guard_source,
-                                                                          "tokens": self.stats.tokens}}
+                                                                          "tokens": self.stats.tokens},
+                                "precondition": self.step_geometry}
         if self.steer is not None:
             info["steering"] = self.steer[2]
         spec = self.options.get("decoder") or DEFAULT_DECODER
@@ -358,7 +374,7 @@ class R2F(UpdateMethod):
         for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
             if not all_finite(d):
                 return {"step_size": ctx.lr, "numerical_fault": f"decoded gradient of {name} is not finite"}
-        if self.precondition == "adam":
+        if self.step_geometry == "adam":
             directions = self._adam(directions)
         unit = self._unit_steps(directions, params)
         if self.step_rule == "schedule":
