@@ -264,7 +264,7 @@ R2F_DEFAULTS = {
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
     "guard_budget": 0.08, "backtracks": 4, "guard_items": 64, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
-    "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard",
+    "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard+generated",
 }
 
 
@@ -874,8 +874,10 @@ def test_black_box_runs_never_read_the_targets_statistics(tiny_setup, tmp_path):
     for name, extra in runs.items():
         out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / name,
                       **common, **extra)
-        runs[name] = json.loads((out / "manifest.json").read_text())["method_info"]["precondition"]
-    assert runs == {"open": "sigma", "black_box": "adam"}
+        info = json.loads((out / "manifest.json").read_text())["method_info"]
+        runs[name] = (info["precondition"], info["keep"] and info["keep"]["text"])
+    # with a retain file, Σ_keep is taken over its items and the target's own answers to the generic questions
+    assert runs == {"open": ("sigma", "guard+generated"), "black_box": ("adam", None)}
     with pytest.raises(R2FInputError) as exc:
         unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], out=tmp_path / "refused",
                 access="lora", precondition="sigma", **common)

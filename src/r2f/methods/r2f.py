@@ -94,9 +94,9 @@ class R2FConfig(MethodConfig):
         "retain", "Σ statistics for decoders that use them: retain (generic text) | batch")
     stats_items: int = option(64, "retain items the Σ statistics are collected over")
     sigma_damp: float = option(0.05, "precondition=sigma: δ ÷ the mean eigenvalue of Σ_keep")
-    keep_text: Literal["guard", "guard+generated"] = option(
-        "guard", "precondition=sigma: Σ_keep's text: the guard's retain items | also the target's own answers to "
-        "generic questions when a retain file is given")
+    keep_text: Literal["guard+generated", "guard"] = option(
+        "guard+generated", "precondition=sigma: Σ_keep's text: the guard's retain items and, when a retain file is "
+        "given, the target's own answers to generic questions too | the guard's retain items only")
 
     def __post_init__(self) -> None:
         # checks a type cannot say; R2FInputError naming the option, as the type checks do
@@ -129,6 +129,7 @@ class R2F(UpdateMethod):
         self.steer = self._steering(engine, model) if self.objective == "rmu" else None
         self.stats = self._stats(engine, model, gradients)
         self.step_geometry = self._step_geometry()
+        self.keep_info: dict[str, Any] | None = None  # Σ_keep's text and item count, set by _keep_root
         self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.stop_window))
@@ -238,7 +239,8 @@ class R2F(UpdateMethod):
                                           "nll_start": self.guard_start},
                                 "stats": None if self.stats is None else {"source": self.guard_source,
                                                                           "tokens": self.stats.tokens},
-                                "precondition": self.step_geometry}
+                                "precondition": self.step_geometry,
+                                "keep": self.keep_info}
         if self.steer is not None:
             info["steering"] = self.steer[2]
         spec = self.options.get("decoder") or DEFAULT_DECODER
@@ -273,10 +275,13 @@ class R2F(UpdateMethod):
         ROME's C⁻¹ rule). δ keeps the directions the kept text never uses from dominating.
         """
         items = engine._summary_retain()[: int(self.stats_items)]
+        text = "guard"
         if self.keep_text == "guard+generated" and self.guard_source == "file":
             from r2f.methods.guard import self_answered_items
 
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
+            text = "guard+generated"
+        self.keep_info = {"text": text, "items": len(items)}
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
         stats = gradients.collect_input_stats(model, batches, self.probe, source="keep")
         return {module + ".weight": (keep_whitener(sigma, float(self.sigma_damp)),
