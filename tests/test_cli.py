@@ -142,3 +142,17 @@ def test_non_utf8_config_exits_2_naming_line_and_offset(tmp_path):
     r = _cli("world", "--out", str(tmp_path / "w"), "--config", str(cfg))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{cfg}:2" in r.stderr and "byte offset 13" in r.stderr and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--decoder", "sketch", "-o", "decoder=ls"], ["-o decoder", "--decoder"]),  # the flag given twice, two ways
+    (["-o", "lr=0.1"], ["-o lr", "the flag --lr"]),  # a flag is not a method option
+])
+def test_unlearn_option_colliding_with_a_flag_is_bad_input(args, words, tmp_path):
+    """`-o KEY=...` where KEY is one of unlearn's own flags: exit 2 with one line naming it (it used to be a
+    Python TypeError about a repeated keyword argument); nothing is written."""
+    r = _cli("unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.jsonl"), "--method", "r2f",
+             "--out", str(tmp_path / "o"), *args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+    assert not (tmp_path / "o").exists()

@@ -277,7 +277,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     with _stage(log, timings, "report"):
         report_runs = {name: {k: v for k, v in run.items() if k in ("eval", "manifest", "decoder_cos")}
                        for name, run in runs.items()}
-        report_runs["r2f"]["fidelity"] = fidelity
+        if "r2f" in report_runs:  # the learned decoder's fidelity goes with its row (absent when not run)
+            report_runs["r2f"]["fidelity"] = fidelity
         report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})",
                               notes=[bench_chosen_note(cfg)])
     report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder), "workers": workers}

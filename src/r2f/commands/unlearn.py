@@ -26,6 +26,12 @@ def _parse_options(pairs: list[str]) -> dict:
     return out
 
 
+#: unlearn's own keyword arguments besides the method options (a -o key among them would collide)
+_COMMAND_FLAGS = frozenset({"model", "forget", "retain", "method", "decoder", "out", "steps", "seed", "lr", "views",
+                            "batch_size", "save_every", "resume", "overwrite", "device", "max_failures",
+                            "allow_pickle", "trust_remote_code", "threads", "fsdp", "tokenizer", "max_length"})
+
+
 @app.command("unlearn")
 def unlearn_command(
     model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to unlearn from; never modified."),
@@ -71,10 +77,20 @@ def unlearn_command(
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
     import r2f
 
-    path = r2f.unlearn(model, forget, retain, method=method, decoder=decoder, out=out, steps=steps, seed=seed, lr=lr,
-                       views=views, batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
+    options = _parse_options(option)
+    # an option that is also a flag (-o decoder=..., -o views=...) is the flag given another way; both at once is
+    # ambiguous and refused, naming it
+    flags = {"decoder": decoder, "views": views}
+    for key in sorted(set(options) & (_COMMAND_FLAGS - set(flags))):
+        raise R2FInputError(f"'{key}' is the flag --{key.replace('_', '-')}, not a method option", source=f"-o {key}")
+    for key in set(options) & set(flags):
+        if flags[key] is not None:
+            raise R2FInputError(f"given both --{key} and -o {key}=...; give one", source=f"-o {key}")
+        flags[key] = options.pop(key)
+    path = r2f.unlearn(model, forget, retain, method=method, out=out, steps=steps, seed=seed, lr=lr,
+                       batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, **_parse_options(option))
+                       trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, **flags, **options)
     from r2f.distributed import is_main
 
     if not is_main():
