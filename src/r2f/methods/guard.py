@@ -29,11 +29,16 @@ def generic_questions() -> list[str]:
 @torch.no_grad()
 def self_answered_items(model, tokenizer, template, n: int | None = None,
                         max_new_tokens: int = 48) -> list[QAItem]:
-    """The target's greedy answers to the first ``n`` generic questions, as QA items (empty answers dropped)."""
+    """The target's greedy answers to the first ``n`` generic questions, as QA items (blank answers dropped)."""
     questions = generic_questions()[: n or None]
     was_training = model.training
     answers = generate_answers(model, tokenizer, questions, template, max_new_tokens=max_new_tokens,
                                desc="guard prompts")
     model.train(was_training)
-    return [QAItem(question=q, answer=a, source=GENERATED_SOURCE)
-            for q, a in zip(questions, answers) if a and a.strip()]
+    items = []
+    for q, a in zip(questions, answers):
+        try:  # an answer of whitespace or invisible characters (an untrained model's) is no QA item: dropped
+            items.append(QAItem(question=q, answer=a, source=GENERATED_SOURCE))
+        except ValueError:
+            continue
+    return items
