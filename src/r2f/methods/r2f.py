@@ -513,10 +513,11 @@ class R2F(UpdateMethod):
                 # confident model at the first steps), so try a longer one, short of any η that broke the guard
                 why = f"forget NLL did not rise ({f:.4f} <= {f0:.4f})"
                 longer = min(2 * eta, MAX_ETA)
-                if longer <= eta or (too_big is not None and longer >= too_big):
-                    break
-                eta = longer
-                continue
+                if longer > eta and (too_big is None or longer < too_big):
+                    eta = longer
+                    continue
+                # no longer step to try (η at its cap, or the next one broke the guard): a step this long may
+                # overshoot the forget NLL's rise, so shorter ones are tried, as after a guard break
             else:
                 accepted = True
                 break
