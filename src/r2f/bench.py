@@ -49,8 +49,6 @@ SELECTION_RULE = (f"highest mean forget quality over the tune seeds among the co
 BENCH_FORMAT = 1
 
 
-
-
 # R2F sets its own step size by line search, so its grid varies what bounds that search (guard_budget, default
 # 0.08: one step towards utility, 0.05, and the former default, 0.12) and how many question views it averages
 # (views, default 4), the two levers of utility on the validation worlds (docs/methods.md); baselines' one knob is

@@ -26,12 +26,6 @@ def _parse_options(pairs: list[str]) -> dict:
     return out
 
 
-#: unlearn's own keyword arguments besides the method options (a -o key among them would collide)
-_COMMAND_FLAGS = frozenset({"model", "forget", "retain", "method", "decoder", "out", "steps", "seed", "lr", "views",
-                            "batch_size", "save_every", "resume", "overwrite", "device", "max_failures",
-                            "allow_pickle", "trust_remote_code", "threads", "fsdp", "tokenizer", "max_length"})
-
-
 @app.command("unlearn")
 def unlearn_command(
     model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to unlearn from; never modified."),
@@ -77,11 +71,14 @@ def unlearn_command(
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
     import r2f
 
+    import inspect
+
     options = _parse_options(option)
-    # an option that is also a flag (-o decoder=..., -o views=...) is the flag given another way; both at once is
-    # ambiguous and refused, naming it
+    # r2f.unlearn's own keyword arguments: a -o key among them would collide. -o decoder=... and -o views=... are
+    # the flags given another way (both at once is ambiguous and refused); any other one is refused, naming it
+    own = {n for n, p in inspect.signature(r2f.unlearn).parameters.items() if p.kind is not p.VAR_KEYWORD}
     flags = {"decoder": decoder, "views": views}
-    for key in sorted(set(options) & (_COMMAND_FLAGS - set(flags))):
+    for key in sorted(set(options) & (own - set(flags))):
         raise R2FInputError(f"'{key}' is the flag --{key.replace('_', '-')}, not a method option", source=f"-o {key}")
     for key in set(options) & set(flags):
         if flags[key] is not None:

@@ -36,7 +36,8 @@ import torch
 from r2f import gradients
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.errors import R2FInputError
-from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like  # whole-module sums/checks also on FSDP row shards
+# whole-module sums/checks (and the input-side product) also on FSDP row shards
+from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
@@ -261,9 +262,12 @@ class R2F(UpdateMethod):
         """
         if self.stats != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
             return None
-        items = engine._summary_retain()[: int(self.stats_items)]
+        return self._input_stats(engine, model, engine._summary_retain()[: int(self.stats_items)], "retain")
+
+    def _input_stats(self, engine: Engine, model, items, source: str):
+        """Σ of the probed layers' inputs over ``items`` (forward passes only, 16 items a batch)."""
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
-        return gradients.collect_input_stats(model, batches, self.probe, source="retain")
+        return gradients.collect_input_stats(model, batches, self.probe, source=source)
 
     def _keep_root(self, engine: Engine, model) -> dict[str, tuple[torch.Tensor, bool]]:
         """Per probed weight, R = (Σ_keep + δ·s̄·I)^-1/2: Σ_keep = E[x xᵀ] of the module's inputs over the guard's
@@ -275,15 +279,15 @@ class R2F(UpdateMethod):
         ROME's C⁻¹ rule). δ keeps the directions the kept text never uses from dominating.
         """
         items = engine._summary_retain()[: int(self.stats_items)]
-        text = "guard"
         if self.keep_text == "guard+generated" and self.guard_source == "file":
             from r2f.methods.guard import self_answered_items
 
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
-            text = "guard+generated"
-        self.keep_info = {"text": text, "items": len(items)}
-        batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
-        stats = gradients.collect_input_stats(model, batches, self.probe, source="keep")
+            self.keep_info = {"text": "guard+generated", "items": len(items)}
+            stats = self._input_stats(engine, model, items, "keep")
+        else:  # the same items the decoder's Σ was taken over (when it takes one): no second pass
+            self.keep_info = {"text": "guard", "items": len(items)}
+            stats = self.stats if self.stats is not None else self._input_stats(engine, model, items, "keep")
         return {module + ".weight": (keep_whitener(sigma, float(self.sigma_damp)),
                                      gradients.is_transposed(model.get_submodule(module)))
                 for module, sigma in stats.sigma.items()}
