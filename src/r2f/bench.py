@@ -184,8 +184,8 @@ def _world(out: Path, bench: BenchConfig, seed: int, log: Callable[[str], None])
     cfg = bench.demo_config(seed)
     timings: dict[str, float] = {}
     prep = prepare(out, cfg, lambda m: log(f"seed {seed}: {m}"), timings)
-    retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
-    original = evaluate(prep.full, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec)
+    original = evaluate(prep.full, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
     return _World(cfg, prep, retain_eval, float(eval_summary(original)["model_utility"]), timings)
 
 
@@ -203,7 +203,7 @@ def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool
         score = Score(None, None, world.original_utility)
         record.update(status=f"diverged: {exc}")
     else:
-        ev = evaluate(run["dir"], world.prep.world, retain_log=world.retain_eval, **world.cfg.eval_kwargs)
+        ev = evaluate(run["dir"], world.prep.world, retain_log=world.retain_eval, spec=world.cfg.eval_spec)
         write_json_atomic(Path(run["dir"]) / "eval.json", ev)
         summary = eval_summary(ev)
         score = Score(summary.get("forget_quality"), summary.get("model_utility"), world.original_utility)

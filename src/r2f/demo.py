@@ -20,6 +20,7 @@ from typing import Any, Callable, Literal, Mapping
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.errors import R2FInputError
+from r2f.eval_spec import EvalSpec
 from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.methods import METHODS
 from r2f.models.cache import cache_dir, hash_config
@@ -116,9 +117,9 @@ class DemoConfig:
         return {"max_items": 48, "probe_seeds": 1} if self.quick else {}
 
     @property
-    def eval_kwargs(self) -> dict:
-        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate`` keywords)."""
-        return {"forget_split": self.forget, "max_items": self.eval_retain_items, "seed": self.seed}
+    def eval_spec(self) -> EvalSpec:
+        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate(..., spec=)``)."""
+        return EvalSpec(forget=self.forget, max_items=self.eval_retain_items, seed=self.seed)
 
 
 def _stage(log: Callable[[str], None], timings: dict, name: str):
@@ -261,7 +262,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
             cos_of[str(prep.decoder_lora)] = fid_lora["learned"]["cos_mean"]
 
     with _stage(log, timings, "unlearn+evaluate"):
-        retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
+        retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec)
         rows = ["original", "retrain", *cfg.methods]
         jobs = [(prep, cfg, name, out / "runs" / name, retain_eval) for name in rows]
         # small targets run on one thread each: the rows go side by side on the cores that are free
@@ -297,9 +298,9 @@ def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval:
 
     if name in ("original", "retrain"):
         model = prep.full if name == "original" else prep.retain
-        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)}
+        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)}
     run = run_method(prep, cfg, name, out)
-    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
     write_json_atomic(Path(run["dir"]) / "eval.json", ev)
     return {**run, "eval": ev}
 

@@ -26,6 +26,7 @@ from r2f.errors import R2FInputError
 from r2f.eval import functional as F
 from r2f.eval.registry import METRICS, register_metric
 from r2f.eval.suite import EvalContext, _resolve_model, _sanitize, requested_metrics, tokenizer_fingerprint
+from r2f.eval_spec import DEFAULT_MAX_NEW_TOKENS as EVAL_DEFAULTS
 from r2f.threads import threads_for, torch_threads
 
 #: The logical split of the held-out text (paragraphs, not QA items).
@@ -36,8 +37,8 @@ REALFACTS_METRICS = (
     "forget_gen_match", "neighbour_gen_match", "general_gen_match",
     "heldout_ppl", "mia_loss_forget_vs_neighbour",
 )  # fmt: skip
-#: Greedy budget of the generation match: the answers are one short sentence.
-DEFAULT_MAX_NEW_TOKENS = 32
+#: Greedy budget of the generation match: the answers are one short sentence (EvalSpec's default on realfacts).
+DEFAULT_MAX_NEW_TOKENS = EVAL_DEFAULTS["realfacts"]
 #: Longest window (tokens) of held-out text scored in one sequence; longer paragraphs are cut into windows.
 MAX_WINDOW = 512
 
