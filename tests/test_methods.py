@@ -639,16 +639,39 @@ def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_set
     assert len(err) == 1 and "needs access mode 'stats'" in err[0] and "allows 'lora'" in err[0]
     assert not out.exists() or not any(out.iterdir())
     ok = tmp_path / "allowed"
-    loads = []
+    loads, reads = [], []
     real_load = LearnedDecoder.load.__func__
     with pytest.MonkeyPatch.context() as mp:  # counted, not replaced: the run reads the file once
         mp.setattr(LearnedDecoder, "load", classmethod(lambda cls, path: loads.append(path) or real_load(cls, path)))
+        _count_file_reads(mp, files["lora"], reads)
         with pytest.raises(SystemExit) as exc:
             main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
-    assert exc.value.code in (0, None) and len(loads) == 1
+    # one open of the file: the weights, the metadata and the manifest's sha256 come from the same bytes
+    assert exc.value.code in (0, None) and len(loads) == 1 and reads == ["open"]
     dec = json.loads((ok / "manifest.json").read_text())["method_info"]["decoder"]
     assert dec["access"] == "lora"
     assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
+
+
+def _count_file_reads(mp: pytest.MonkeyPatch, path: Path, reads: list[str]) -> None:
+    """Record in ``reads`` every read of ``path``: Python's open and safetensors' own (Rust) file readers."""
+    import builtins
+    import io
+
+    import safetensors
+    import safetensors.torch
+
+    def counted(name, real):
+        def wrapper(file, *args, **kwargs):
+            if str(file) == str(path):
+                reads.append(name)
+            return real(file, *args, **kwargs)
+        return wrapper
+
+    mp.setattr(io, "open", counted("open", io.open))
+    mp.setattr(builtins, "open", counted("open", builtins.open))
+    for module, name in ((safetensors, "safe_open"), (safetensors.torch, "safe_open"), (safetensors.torch, "load_file")):
+        mp.setattr(module, name, counted(f"safetensors.{name}", getattr(module, name)))
 
 
 def test_manifest_records_which_parameters_a_run_changed(tiny_setup, tmp_path):

@@ -25,7 +25,6 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,7 +250,7 @@ class R2F(UpdateMethod):
                            "access": getattr(self.decoder_obj, "access", "lora"),
                            "base": getattr(self.decoder_obj, "base", None),
                            "file": str(path) if path.is_file() else None,
-                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}
+                           "sha256": getattr(self.decoder_obj, "sha256", None) if path.is_file() else None}
         return info
 
     def _stats(self, engine: Engine, model, gradients):
