@@ -317,8 +317,8 @@ def test_r2f_options_are_its_frozen_config(capsys):
 
 
 def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):
-    """The manifest's config and run key are the frozen RunSpec unlearn built, and a spec differing in one field
-    names that field when --resume meets the run."""
+    """The manifest's config and run key are the frozen, validated RunSpec unlearn built, and a spec differing in
+    one field names that field when --resume meets the run."""
     import dataclasses
 
     from r2f.methods import unlearn
@@ -334,6 +334,12 @@ def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):
                         man["source_model"]["fingerprint"]) == man["run_key"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.steps = 3
+    # validated whenever one is made, not only where unlearn checks its arguments
+    for field, value in (("steps", 0), ("lr", 0.0), ("lr", float("nan")), ("batch_size", 0), ("save_every", -1),
+                         ("max_failures", 0)):
+        with pytest.raises(R2FInputError) as exc:
+            dataclasses.replace(spec, **{field: value})
+        assert exc.value.source == "--" + field.replace("_", "-"), (field, value)
     with pytest.raises(R2FInputError, match="batch_size"):
         unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="npo", out=out,
                 steps=2, batch_size=2, save_every=1, gamma=0.5, resume=True)

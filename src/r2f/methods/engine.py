@@ -36,7 +36,7 @@ import torch
 from r2f.data.batching import QABatch, QAEncoder, batch_indices
 from r2f.data.schema import QAItem
 from r2f.data.templates import PromptTemplate, template_for
-from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum, is_main
+from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum
 from r2f.errors import R2FInputError
 from r2f.fsdp import is_sharded, merge_lora_shards, shard_model
 from r2f.methods.base import METHODS, LossMethod, Method, StepContext, UpdateMethod, get_method, register
@@ -203,7 +203,7 @@ class Engine:
             self._setup()
         if ckpt_root is not None:
             self.checkpoints = Checkpointer(ckpt_root, keep=cfg.keep_checkpoints, sharded=self.sharded,
-                                            device=self.device)
+                                            device=self.device, dp=self.dp)
         start, log, stop_reason, resumed_from, summary, prior_cost = 0, [], None, None, {}, None
         ckpt = self.checkpoints.latest() if (self.checkpoints is not None and resume) else None
         if ckpt is not None:
@@ -240,7 +240,7 @@ class Engine:
                 if self.checkpoints is not None and cfg.save_every > 0 and (
                         step % cfg.save_every == 0 or step == cfg.steps or stop_reason is not None):
                     with meter.stage("checkpoint"):
-                        if is_main() or self.sharded:  # every rank holds the same weights and state
+                        if self.dp.is_main or self.sharded:  # every rank holds the same weights and state
                             self.checkpoints.save(step, self.model, self.optimizer, self.method, {  # (FSDP: gathered)
                                 "run_key": jsonable(run_key), "log": log, "stop_reason": stop_reason,
                                 "summary": summary, "cost": meter.summary(), "numerics": self.rollback.record()})
