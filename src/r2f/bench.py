@@ -37,7 +37,8 @@ from r2f.demo import (BASELINES, CHOSEN_FILE, CHOSEN_FORMAT, DEMO_METHODS, R2F_R
 from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.parallel import run_jobs, worker_count
-from r2f.report.build import FQ_MIN, MU_RATIO
+from r2f.eval import evaluate
+from r2f.report.build import FQ_MIN, MU_RATIO, eval_summary, md_table
 
 # A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
 # world: the report's headline criterion. MU_RATIO is also the tuning constraint of :func:`select_config`.
@@ -178,8 +179,6 @@ class _World:
 
 
 def _world(out: Path, bench: BenchConfig, seed: int, log: Callable[[str], None]) -> _World:
-    from r2f.eval import evaluate
-    from r2f.report.build import eval_summary
 
     cfg = bench.demo_config(seed)
     timings: dict[str, float] = {}
@@ -192,9 +191,6 @@ def _world(out: Path, bench: BenchConfig, seed: int, log: Callable[[str], None])
 def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool) -> dict:
     """Run and evaluate one configuration on one world; the record of ``bench.json``. Module-level, positional
     arguments: :func:`r2f.parallel.run_jobs` workers run it."""
-    from r2f.eval import evaluate
-    from r2f.report.build import eval_summary
-
     t0 = time.perf_counter()
     record: dict = {"seed": world.cfg.seed, "config": config.label}
     try:
@@ -345,8 +341,6 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 def bench_markdown(result: dict) -> str:
     """``bench.md``: the summary, the per-seed values and the tuning trials."""
-    from r2f.report.build import md_table
-
     p = result["protocol"]
     seeds = [str(s) for s in p["report_seeds"]]
     per_seed = [[name] + [f"{_num(m['report'][s]['forget_quality'], '.2e')} / "
