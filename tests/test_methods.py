@@ -262,9 +262,10 @@ R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
-    "guard_budget": 0.08, "backtracks": 4, "guard_items": 64, "retain_views": 1, "step_norm": "global",
+    "guard_budget": 0.08, "backtracks": 4, "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
-    "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard+generated",
+    "stats": "retain", "stats_items": 64, "forgotten": None, "sigma_damp": 0.05,
+    "keep_text": "guard+generated",
 }
 
 

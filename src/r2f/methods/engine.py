@@ -175,9 +175,13 @@ class Engine:
         return float(torch.cat(vals).mean())
 
     def _summary_retain(self) -> list[QAItem]:
+        return self.retain_sample(self.config.summary_items)
+
+    def retain_sample(self, k: int) -> list[QAItem]:
+        """``k`` retain items in a fixed seeded order (the first ``summary_items`` are the summary's items)."""
         if not self.retain:
             return []
-        k = min(self.config.summary_items, len(self.retain))
+        k = min(k, len(self.retain))
         g = torch.Generator().manual_seed(self.config.seed + 12_345)
         return [self.retain[i] for i in torch.randperm(len(self.retain), generator=g)[:k].tolist()]
 
