@@ -344,7 +344,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
         title = f"r2f demo ({cfg.target}, realfacts {cfg.forget})" if cfg.bench == "realfacts" else \
             f"r2f demo ({cfg.target}, {cfg.forget})"
         report = build_report(report_runs, out, title=title,
-                              notes=[*([realfacts_note(cfg, prep)] if cfg.bench == "realfacts" else []),
+                              notes=[*([realfacts_note(cfg)] if cfg.bench == "realfacts" else []),
                                      bench_chosen_note(cfg)])
     report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder), "workers": workers}
     write_json_atomic(out / "report.json", report)
@@ -364,17 +364,18 @@ def fidelity_data(prep: Prepared, cfg: DemoConfig) -> dict:
             "max_batches": REALFACTS_FIDELITY_BATCHES, "decoders": decoders, "cost": False}
 
 
-def realfacts_note(cfg: DemoConfig, prep: Prepared) -> str:
+def realfacts_note(cfg: DemoConfig) -> str:
     """What the realfacts demo unlearns from, with what, and what it cannot show."""
     from r2f.data.realfacts import load_realfacts
 
     bench = load_realfacts(cfg.realfacts_data)
     subjects = bench.measurement.get("forget_subjects") or []
-    return (f"Target: {BASE_MODELS[cfg.target]} as shipped (no fine-tuning). Forget request: the realfacts forget "
-            f"split, {len(bench.splits['forget'])} facts about {len(subjects)} subjects ({', '.join(subjects)}); "
-            f"every method may train on its retain split ({len(bench.splits['retain'])} facts, never scored) and "
-            f"runs {cfg.steps} steps; the R2F rows decode with decoders trained on the world's proxy. Shares are of "
-            "facts whose true answer ranks first among 5 candidates (chance 0.2); there is no retain oracle.")
+    return (f"Target: {cfg.target}, {BASE_MODELS[cfg.target]} as shipped (no fine-tuning). Forget request: the "
+            f"realfacts forget split, {len(bench.splits['forget'])} facts about {len(subjects)} subjects "
+            f"({', '.join(subjects)}); every method may train on its retain split ({len(bench.splits['retain'])} "
+            f"facts, never scored) and runs {cfg.steps} steps; the R2F rows decode with decoders trained on the "
+            "world's proxy. Shares are of facts whose true answer ranks first among its candidates (chance 0.2 with "
+            "4 wrong ones); there is no retain oracle.")
 
 
 def evaluate_row(model: str | Path, prep: Prepared, cfg: DemoConfig, retain_eval: dict | None) -> dict:

@@ -91,7 +91,7 @@ class RealFactsContext(EvalContext):
     def scores(self, split: str, field: str) -> dict[str, list]:
         """As :meth:`EvalContext.scores`. The true answers and the wrong candidates of a split (``avg_loss`` only:
         all that the realfacts metrics read) come from :func:`candidate_nll`, one pass per prompt, when the model
-        can reuse a prompt's KV cache; the same values up to float rounding, in about a third of the time."""
+        can reuse a prompt's KV cache: the same values up to float rounding, in less than half the time."""
         if (field in ("answer", "perturbed") and (split, field) not in self._scores and not self.dp.active
                 and shares_prompts(self.model)):
             items = self.items(split)
