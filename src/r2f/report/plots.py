@@ -68,7 +68,7 @@ def known_shares(methods: dict[str, dict], colors: dict[str, str] | None = None)
         ax.bar([i + (k - 1) * width for i in range(len(names))], vals, width, hatch=hatch, edgecolor="white",
                color=[(colors or {}).get(n, "#4C72B0") for n in names], label=split)
     ax.axhline(0.2, color="grey", lw=0.8, ls="--")
-    ax.text(len(names) - 0.5, 0.2, "chance ", ha="right", va="bottom", fontsize=8, color="grey")
+    ax.text(-0.45, 0.2, "chance", ha="left", va="bottom", fontsize=8, color="grey")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=9)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of facts known")
