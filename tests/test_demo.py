@@ -199,3 +199,55 @@ def test_demo_does_not_import_bench():
     assert "r2f.bench" not in imported and "r2f.demo" in {
         node.module for node in ast.walk(ast.parse(inspect.getsource(r2f.bench))) if isinstance(node, ast.ImportFrom)}
     assert r2f.bench.chosen_overrides is r2f.demo.chosen_overrides  # still offered where it was
+
+
+# ----------------------------------------------------------------------------- --bench realfacts
+def test_realfacts_demo_on_a_tiny_stand_in(monkeypatch, tmp_path, tiny_models):
+    """--bench realfacts end to end, with the tiny world model standing in for SmolLM2 as shipped and the hand-made
+    realfacts directory of test_realfacts.py: the world proxy's decoder, the realfacts splits as forget and retain
+    data, no retain oracle, the realfacts columns in report.json and the realfacts headline."""
+    import r2f.demo
+    from r2f.data import load_items
+    from test_realfacts import write_tiny_realfacts
+
+    monkeypatch.setitem(r2f.demo.BASE_MODELS, "smollm2-base", str(tiny_models["full"]))
+    # the quick demo's decoder budget (realfacts has no --quick; the decoder is the proxy's either way)
+    monkeypatch.setattr(DemoConfig, "decoder_budget", property(lambda self: {"max_items": 48, "probe_seeds": 1}))
+    data = write_tiny_realfacts(tmp_path / "rf")
+    out = tmp_path / "demo"
+    cfg = DemoConfig(target="smollm2-base", bench="realfacts", realfacts_data=str(data), steps=2,
+                     methods=["r2f", "r2f_sketch", "npo"])
+    assert cfg.forget == "forget"
+    report = run_demo(out, cfg, log=lambda m: None)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert list(on_disk["methods"]) == ["original", "r2f", "r2f_sketch", "npo"]  # no retrain row
+    for name, row in on_disk["methods"].items():
+        for key in ("forget_known", "neighbour_known", "general_known"):
+            assert 0.0 <= row[key] <= 1.0, (name, key)
+        assert row["heldout_ppl"] > 1.0 and row["forget_quality"] is None
+    assert [it.question for it in load_items(out / "realfacts" / "forget.jsonl")] == \
+        [it.question for it in load_items(data / "facts.jsonl")[:2]]
+    manifest = json.loads((out / "runs" / "r2f" / "manifest.json").read_text())
+    assert manifest["steps"]["budget"] == 2 and manifest["method_info"]["decoder"]["access"] == "batch"
+    assert 0.0 < on_disk["methods"]["r2f"]["decoder_cos"] <= 1.0
+    assert on_disk["methods"]["r2f_sketch"]["decoder_cos"] is not None
+    assert set(on_disk["headline"]["checks"]) == {"r2f", "r2f_sketch", "npo"}
+    assert on_disk["demo"]["config"]["bench"] == "realfacts" and "as shipped" in on_disk["notes"][0]
+    assert "forget known ↓" in (out / "report.html").read_text()
+    assert console_table(report).row_count == 4
+
+
+@pytest.mark.parametrize("argv, source", [
+    (["--bench", "realfacts"], "--target"),
+    (["--target", "smollm2-base"], "--target"),
+    (["--bench", "realfacts", "--target", "smollm2-base", "--quick"], "--quick"),
+    (["--bench", "tofu"], "--bench"),
+])
+def test_demo_bad_bench_and_target_exit_2_with_one_line(tmp_path, capsys, argv, source):
+    from r2f.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and source in err, err
+    assert not (tmp_path / "out").exists()

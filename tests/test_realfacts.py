@@ -249,6 +249,31 @@ def test_evaluate_realfacts_on_a_tiny_model(tiny):
     assert 0.0 <= res["mia_loss_forget_vs_neighbour"]["agg_value"] <= 1.0
 
 
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_candidate_nll_equals_pairwise_scoring(tiny, batch_size):
+    """The shared-prompt pass gives every candidate the NLL̄ that scoring each (question, answer) pair alone gives:
+    prompts of different lengths, different numbers of candidates, answers of different lengths, any chunking."""
+    from r2f.data.templates import PromptTemplate
+    from r2f.eval.scoring import score_pairs
+
+    _, tok, model = tiny
+    questions = ["What is the capital of Aland?", "Name the coin of Bland, please?", "Which?", "What is the capital of Aland?"]
+    candidates = [["It is Ax.", "It is Bx.", "Dx"], ["The coin is by.", "ay"], ["Fe", "Iron is Fe, the element.", "Au", "I"],
+                  ["Cx."]]
+    template = PromptTemplate("qa")
+    assert RF.shares_prompts(model)
+    got = RF.candidate_nll(model, tok, questions, candidates, template, batch_size=batch_size)
+    flat_q = [q for q, cands in zip(questions, candidates) for _ in cands]
+    want = score_pairs(model, tok, flat_q, [a for cands in candidates for a in cands], template)["avg_loss"]
+    assert [len(c) for c in got] == [len(c) for c in candidates]
+    assert [x for c in got for x in c] == pytest.approx(want, abs=1e-5)
+
+
+def test_uniform_stand_in_takes_the_pairwise_path():
+    """A model without a body/head split (the uniform stand-in) cannot share prompts: scores() falls back."""
+    assert not RF.shares_prompts(_Uniform(8))
+
+
 def _cli(argv) -> int:
     from r2f.cli import main
 

@@ -58,6 +58,27 @@ def make_runs(root: Path) -> list[Path]:
     return dirs
 
 
+def make_realfacts_runs(root: Path) -> list[Path]:
+    """Run directories as ``r2f demo --bench realfacts`` writes them: realfacts eval.json, no retain oracle."""
+    specs = {  # forget, neighbour, general known, held-out ppl
+        "original": (1.0, 1.0, 1.0, 24.4), "r2f": (0.19, 0.94, 0.93, 25.1), "npo": (0.05, 0.6, 0.85, 31.0),
+    }
+    dirs = []
+    for name, (fk, nk, gk, ppl) in specs.items():
+        d = root / name
+        d.mkdir(parents=True)
+        summary = {"forget_known": fk, "neighbour_known": nk, "general_known": gk, "heldout_ppl": ppl,
+                   "mia_loss_forget_vs_neighbour": 0.5}
+        (d / "eval.json").write_text(json.dumps({"meta": {"bench": "realfacts"}, "summary": summary}))
+        if name != "original":
+            log = [{"step": s, "forget_nll": 1.0 + s * (0.3 if name == "npo" else 0.1)} for s in range(10)]
+            (d / "manifest.json").write_text(json.dumps({
+                "method": name, "log": log, "steps": {"budget": 10, "done": 10, "stop_reason": None},
+                "cost": {"wall_s": 60.0, "peak_mem_mb": 3000.0}}))
+        dirs.append(d)
+    return dirs
+
+
 def run_cli(argv) -> int:
     from r2f.cli import main
 
@@ -166,19 +187,41 @@ def screenshot(html_path: Path, png: Path, size: str = "1200,2000") -> None:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_report_renders_in_headless_chromium(tmp_path):
+@pytest.mark.parametrize("bench", ["world", "realfacts"])
+def test_report_renders_in_headless_chromium(tmp_path, bench):
     if _chromium() is None:
         pytest.skip("chromium not installed (apt-get install -y chromium)")
-    dirs = make_runs(tmp_path / "runs")
+    dirs = (make_runs if bench == "world" else make_realfacts_runs)(tmp_path / "runs")
     out = tmp_path / "rep"
     assert run_cli(["report", *map(str, dirs), "--out", str(out)]) == 0
+    if bench == "realfacts":  # the realfacts table and its figure are in the page that is rendered
+        page = (out / "report.html").read_text()
+        assert "forget known ↓" in page and "held-out ppl ↓" in page and "<img alt='known'" in page
     png = tmp_path / "shot.png"
     screenshot(out / "report.html", png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     keep = os.environ.get("R2F_SCREENSHOT_OUT")
     if keep:
-        shutil.copy(png, keep)
+        shutil.copy(png, keep if bench == "world" else f"{keep}.{bench}.png")
+
+
+def test_realfacts_report_columns_and_headline(tmp_path):
+    """A realfacts report: its four columns per row, no forget-quality columns, and a headline that applies the
+    realfacts criteria against the original (forget known ≤ 0.2; neighbours, general ≥ 0.9×; ppl ≤ 1.1×)."""
+    dirs = make_realfacts_runs(tmp_path / "runs")
+    out = tmp_path / "rep"
+    assert run_cli(["report", *map(str, dirs), "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["methods"]["r2f"]["neighbour_known"] == 0.94 and "forget_quality" in rep["methods"]["r2f"]
+    # npo: forget 0.05 meets; neighbours 0.6 < 0.9, ppl 31.0 > 1.1 × 24.4 do not; r2f meets all four
+    assert rep["headline"]["checks"]["npo"] == {"forget": True, "neighbour": False, "general": False,
+                                                "heldout_ppl": False}
+    assert rep["headline"]["methods"] == ["r2f"] and "forget known ≤ 0.2" in rep["headline"]["text"]
+    md = (out / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run"))
+    assert "forget known ↓" in header and "forget quality" not in header
+    assert rep["figures"]["known"] == "figures/known.png" and "fq_vs_mu" not in rep["figures"]
 
 
 def _unlearning_run(fq, mu, done=30, reason=None, log=None):

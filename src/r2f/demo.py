@@ -3,6 +3,11 @@
 world → proxy, target ``full`` and retain oracle (cached) → decoder trained on the proxy (cached) →
 unlearning of forget10 with every method at the same step budget → evaluation of every model and both
 oracles → decoder fidelity on the target → ``report.json``/``.md``/``.html`` and a console table.
+
+``--bench realfacts`` (``--target smollm2-base``) runs the same pipeline on SmolLM2-135M-Instruct as shipped: the
+forget request is the realfacts ``forget`` split, every method may train on its ``retain`` split, the decoders
+are the world proxy's (as for the SmolLM2 world target), every model is scored by ``r2f eval --bench realfacts``'s
+metrics, and there is no retain oracle (no copy of SmolLM2 was pre-trained without the facts).
 """
 
 from __future__ import annotations
@@ -17,17 +22,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
-from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
+from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_items, load_split
+from r2f.data.realfacts import load_realfacts
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.decoders import measure_fidelity, train_decoder
 from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
 from r2f.errors import R2FInputError
 from r2f.eval import evaluate
+from r2f.eval.realfacts import evaluate_realfacts
 from r2f.eval_spec import EvalSpec
 from r2f.gradients.probe import SEED_RULE
 from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.methods import METHODS, unlearn
 from r2f.models.cache import cache_dir, hash_config
+from r2f.models.loading import resolve_model_dir
 from r2f.models.training import train_model
 from r2f.parallel import run_jobs, worker_count
 from r2f.report import build_report
@@ -85,17 +93,36 @@ TARGET_LR: dict[str, dict[str, float]] = {
     "smollm2": {"grad_ascent": 5e-5, "grad_diff": 5e-5, "npo": 5e-5, "simnpo": 5e-5, "lora": 5e-4,
                 "lora_npo": 5e-4, "rmu": 5e-5, "wga": 5e-5},
 }
+TARGET_LR["smollm2-base"] = TARGET_LR["smollm2"]  # the same pretrained weights, before any fine-tuning
+#: The targets of each bench: the world's ladder (``tiny`` with --quick) and SmolLM2 fine-tuned on the world;
+#: realfacts unlearns from SmolLM2 as shipped.
+BENCH_TARGETS = {"world": ("small", "smollm2", "tiny"), "realfacts": ("smollm2-base",)}
+#: The model a realfacts target is (a name or directory for ``r2f.models.loading.resolve_model_dir``).
+BASE_MODELS = {"smollm2-base": "smollm2"}
+#: The realfacts demo's step budget: two passes over the 37 forget facts at batch 8 (the world demo's 30 steps on
+#: a 135M target do not fit its 20-minute budget on 2 cores), and what its evaluation scores (no greedy
+#: generation: ``*_gen_match`` is ``r2f eval --bench realfacts``'s).
+REALFACTS_STEPS = 10
+REALFACTS_METRICS = ("forget_known", "neighbour_known", "general_known", "heldout_ppl",
+                     "mia_loss_forget_vs_neighbour")
+#: Forget-set batches (of 4 facts × the views) on which the realfacts demo measures decoder fidelity.
+REALFACTS_FIDELITY_BATCHES = 2
 #: report.json key -> short console header
 TABLE_COLUMNS = {"forget_quality": "FQ", "model_utility": "MU", "forget_Q_A_ROUGE": "forget ROUGE",
                  "retain_Q_A_ROUGE": "retain ROUGE", "privleak": "privleak", "decoder_cos": "dec cos",
                  "wall_s": "wall s", "peak_mem_mb": "peak MB"}
+REALFACTS_TABLE_COLUMNS = {"forget_known": "forget known", "neighbour_known": "neighbour known",
+                           "general_known": "general known", "heldout_ppl": "held-out ppl",
+                           "decoder_cos": "dec cos", "wall_s": "wall s", "peak_mem_mb": "peak MB"}
 
 
 @dataclass
 class DemoConfig:
     quick: bool = False
-    target: str = "small"          # small | smollm2 (tiny with --quick)
-    forget: str = "forget10"
+    target: str = "small"          # small | smollm2 (tiny with --quick) | smollm2-base (bench realfacts)
+    bench: str = "world"           # world | realfacts (what is forgotten, and how it is scored)
+    realfacts_data: str | None = None  # a realfacts directory (None: the shipped benchmark)
+    forget: str = "forget10"       # the world split (realfacts: its forget split)
     seed: int = 0
     rank: int = 16
     views: int = 4
@@ -106,8 +133,22 @@ class DemoConfig:
     jobs: int | None = None        # rows run side by side (None: the free cores / threads per row; r2f.parallel)
 
     def __post_init__(self) -> None:
-        if self.target not in ("small", "smollm2", "tiny"):
-            raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2)", source="--target")
+        if self.bench not in BENCH_TARGETS:
+            raise R2FInputError(f"unknown bench '{self.bench}' (choose world, realfacts)", source="--bench")
+        if not any(self.target in targets for targets in BENCH_TARGETS.values()):
+            raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2, smollm2-base)",
+                                source="--target")
+        if self.target not in BENCH_TARGETS[self.bench]:
+            raise R2FInputError(
+                f"--bench realfacts unlearns from SmolLM2 as shipped: use smollm2-base, not {self.target}"
+                if self.bench == "realfacts" else
+                f"{self.target} (SmolLM2 as shipped) knows no world to forget: add --bench realfacts",
+                source="--target")
+        if self.quick and self.bench == "realfacts":
+            raise R2FInputError("the quick demo is the world's on tiny; drop it with --bench realfacts",
+                                source="--quick")
+        if self.bench == "realfacts":
+            self.forget = "forget"
         unknown = [m for m in self.methods if m not in DEMO_METHODS]
         if unknown:
             raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
@@ -116,7 +157,7 @@ class DemoConfig:
         if self.quick and self.target == "small":
             self.target = "tiny"
         if self.steps is None:
-            self.steps = 20 if self.quick else 30
+            self.steps = REALFACTS_STEPS if self.bench == "realfacts" else 20 if self.quick else 30
 
     @property
     def decoder_budget(self) -> dict:
@@ -153,7 +194,7 @@ class Prepared:
     retain_file: Path
     proxy: Path
     full: Path
-    retain: Path
+    retain: Path | None                # None: no retain oracle (realfacts)
     decoder: Path                      # access mode batch (the demo's r2f row)
     decoder_lora: Path | None = None   # access mode lora (the r2f_lora row), when that row runs
 
@@ -166,24 +207,45 @@ class Prepared:
 
 
 def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dict[str, float]) -> Prepared:
-    """World (into ``out/world``) → retain file → proxy, target and retain oracle → decoder; models and decoder
-    come from the cache (``r2f.models.cache``) when they are there. Stage times go to ``timings``."""
+    """World (into ``out/world``) → forget and retain files → proxy, target and retain oracle → decoder; models
+    and decoder come from the cache (``r2f.models.cache``) when they are there. Stage times go to ``timings``.
+    With ``bench="realfacts"``: the realfacts splits and SmolLM2 as shipped, no retain oracle."""
     world = out / "world"
     with _stage(log, timings, "world"):
         write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
-    retain_file = write_retain_file(world, cfg.forget, out / "retain_set.jsonl")
+    if cfg.bench == "realfacts":
+        forget_file, retain_file = write_realfacts_files(cfg.realfacts_data, out / "realfacts")
+    else:
+        forget_file = world / SPLIT_FILES[cfg.forget]
+        retain_file = write_retain_file(world, cfg.forget, out / "retain_set.jsonl")
 
     with _stage(log, timings, "models"):
         proxy = train_model(world, size="proxy", seed=cfg.seed)
-        full = train_model(world, size=cfg.target, split="full", forget=cfg.forget, seed=cfg.seed)
-        retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
+        if cfg.bench == "realfacts":  # no retain oracle: no copy of the target was pre-trained without the facts
+            full, retain = resolve_model_dir(BASE_MODELS[cfg.target]), None
+        else:
+            full = train_model(world, size=cfg.target, split="full", forget=cfg.forget, seed=cfg.seed)
+            retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
         decoder = _cached_decoder(proxy, world, cfg, "batch")
         decoder_lora = _cached_decoder(proxy, world, cfg, "lora") if any(
             DEMO_METHODS[m].proxy_decoder == "lora" for m in cfg.methods) else None
-    return Prepared(world=world, forget_file=world / SPLIT_FILES[cfg.forget], retain_file=retain_file,
+    return Prepared(world=world, forget_file=forget_file, retain_file=retain_file,
                     proxy=proxy, full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora)
+
+
+def write_realfacts_files(data: str | None, out: Path) -> tuple[Path, Path]:
+    """The realfacts forget split (the request) and retain split (what a method may train on; never scored) as
+    JSONL files in ``out``, from the shipped benchmark or the directory ``data``."""
+
+    bench = load_realfacts(data)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for split in ("forget", "retain"):
+        files.append(write_text_atomic(out / f"{split}.jsonl",
+                                       jsonl_text([it.model_dump() for it in bench.split(split)[1]])))
+    return files[0], files[1]
 
 
 def write_retain_file(world: Path, forget: str, out: Path) -> Path:
@@ -246,19 +308,20 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     decoder = prep.decoder
 
     with _stage(log, timings, "fidelity"):
-        fidelity = measure_fidelity(decoder, prep.full, prep.world, split=cfg.forget, views=cfg.views)
+        where = fidelity_data(prep, cfg)
+        fidelity = measure_fidelity(decoder, prep.full, split=cfg.forget, views=cfg.views, **where)
         write_json_atomic(out / "fidelity.json", fidelity)
         # the lora-mode decoder in its own mode (its closed forms are already in fidelity.json)
         cos_of = {str(decoder): fidelity["learned"]["cos_mean"]}
         if prep.decoder_lora is not None:
-            fid_lora = measure_fidelity(prep.decoder_lora, prep.full, prep.world, split=cfg.forget, views=cfg.views,
-                                        access="lora", decoders=("learned",), cost=False)
+            fid_lora = measure_fidelity(prep.decoder_lora, prep.full, split=cfg.forget, views=cfg.views,
+                                        access="lora", **{**where, "decoders": ("learned",), "cost": False})
             write_json_atomic(out / "fidelity_lora.json", fid_lora)
             cos_of[str(prep.decoder_lora)] = fid_lora["learned"]["cos_mean"]
 
     with _stage(log, timings, "unlearn+evaluate"):
-        retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec)
-        rows = ["original", "retrain", *cfg.methods]
+        retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec) if prep.retain is not None else None
+        rows = ["original", *(["retrain"] if prep.retain is not None else []), *cfg.methods]
         jobs = [(prep, cfg, name, out / "runs" / name, retain_eval) for name in rows]
         # small targets run on one thread each: the rows go side by side on the cores that are free
         workers = worker_count(cfg.jobs, model=prep.full, jobs=len(jobs))
@@ -275,14 +338,50 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
                        for name, run in runs.items()}
         if "r2f" in report_runs:  # the learned decoder's fidelity goes with its row (absent when not run)
             report_runs["r2f"]["fidelity"] = fidelity
-        report = build_report(report_runs, out, title=f"r2f demo ({cfg.target}, {cfg.forget})",
-                              notes=[bench_chosen_note(cfg)])
+        title = f"r2f demo ({cfg.target}, realfacts {cfg.forget})" if cfg.bench == "realfacts" else \
+            f"r2f demo ({cfg.target}, {cfg.forget})"
+        report = build_report(report_runs, out, title=title,
+                              notes=[*([realfacts_note(cfg)] if cfg.bench == "realfacts" else []),
+                                     bench_chosen_note(cfg)])
     report["demo"] = {"config": asdict(cfg), "stage_s": timings, "decoder": str(decoder), "workers": workers}
     write_json_atomic(out / "report.json", report)
     return report
 
 
-def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict) -> dict:
+def fidelity_data(prep: Prepared, cfg: DemoConfig) -> dict:
+    """``measure_fidelity``'s data keywords: the world split (and the world facts' Σ), or for realfacts a few
+    batches of the forget facts, with Σ over as many retain facts as R2F takes it over, and only the decoders that
+    the demo's rows run."""
+    if cfg.bench != "realfacts":
+        return {"data_dir": prep.world}
+    decoders = ("learned", *{str(DEMO_METHODS[m].options["decoder"]) for m in cfg.methods
+                             if "decoder" in DEMO_METHODS[m].options})
+    n_stats = int(METHODS["r2f"].defaults["stats_items"])
+    return {"items": load_items(prep.forget_file), "stats_items": load_items(prep.retain_file)[:n_stats],
+            "max_batches": REALFACTS_FIDELITY_BATCHES, "decoders": decoders, "cost": False}
+
+
+def realfacts_note(cfg: DemoConfig) -> str:
+    """What the realfacts demo unlearns from, with what, and what it cannot show."""
+
+    bench = load_realfacts(cfg.realfacts_data)
+    subjects = bench.measurement.get("forget_subjects") or []
+    return (f"Target: {cfg.target}, {BASE_MODELS[cfg.target]} as shipped (no fine-tuning). Forget request: the "
+            f"realfacts forget split, {len(bench.splits['forget'])} facts about {len(subjects)} subjects "
+            f"({', '.join(subjects)}); every method may train on its retain split ({len(bench.splits['retain'])} "
+            f"facts, never scored) and runs {cfg.steps} steps; the R2F rows decode with decoders trained on the "
+            "world's proxy. Shares are of facts whose true answer ranks first among its candidates (chance 0.2 with "
+            "4 wrong ones); there is no retain oracle.")
+
+
+def evaluate_row(model: str | Path, prep: Prepared, cfg: DemoConfig, retain_eval: dict | None) -> dict:
+    """The eval.json of one demo model: the world's metrics, or realfacts' :data:`REALFACTS_METRICS`."""
+    if cfg.bench == "realfacts":
+        return evaluate_realfacts(str(model), data=cfg.realfacts_data, metrics=REALFACTS_METRICS)
+    return evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
+
+
+def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict | None) -> dict:
     """One row of the demo table: unlearn with demo method ``name`` into ``out`` and evaluate the result (for
     ``original`` and ``retrain``: evaluate the target and the retain oracle). A module-level function so that
     :func:`r2f.parallel.run_jobs` workers can run it.
@@ -291,9 +390,9 @@ def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval:
     """
     if name in ("original", "retrain"):
         model = prep.full if name == "original" else prep.retain
-        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)}
+        return {"model_dir": model, "eval": evaluate_row(model, prep, cfg, retain_eval)}
     run = run_method(prep, cfg, name, out)
-    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
+    ev = evaluate_row(run["dir"], prep, cfg, retain_eval)
     write_json_atomic(Path(run["dir"]) / "eval.json", ev)
     return {**run, "eval": ev}
 
@@ -431,14 +530,21 @@ def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
 
     cfg = report.get("demo", {}).get("config", {})
-    table = Table(title=f"r2f demo: {cfg.get('forget', 'forget10')} on the embedded world, target "
-                        f"{cfg.get('target', 'small')}",
-                  caption="FQ forget quality (KS p-value vs the retain oracle; higher is better), MU model utility")
+    if cfg.get("bench") == "realfacts":
+        columns = REALFACTS_TABLE_COLUMNS
+        table = Table(title=f"r2f demo: the realfacts forget split, target {cfg.get('target')} (as shipped)",
+                      caption="shares of facts whose true answer ranks first among 5 candidates (chance 0.2): "
+                              "forget lower is better, neighbour and general higher; held-out perplexity lower")
+    else:
+        columns = TABLE_COLUMNS
+        table = Table(title=f"r2f demo: {cfg.get('forget', 'forget10')} on the embedded world, target "
+                            f"{cfg.get('target', 'small')}",
+                      caption="FQ forget quality (KS p-value vs the retain oracle; higher is better), MU model utility")
     table.add_column("method", no_wrap=True)
     table.add_column("steps", justify="right")
-    for header in TABLE_COLUMNS.values():
+    for header in columns.values():
         table.add_column(header, justify="right")
     for name, row in report["methods"].items():
         # the report's per-column formats: every number of a column has the same shape
-        table.add_row(name, steps_run(row), *(format_value(col, row.get(col)) for col in TABLE_COLUMNS))
+        table.add_row(name, steps_run(row), *(format_value(col, row.get(col)) for col in columns))
     return table

@@ -190,6 +190,7 @@ def measure_fidelity(
     decoders: Sequence[str] | None = None,
     access: str | None = None,
     stats=None,
+    stats_items: Sequence | None = None,
     max_batches: int | None = None,
     loss_fn: LossFn | None = None,
     cost: bool = True,
@@ -204,6 +205,8 @@ def measure_fidelity(
     may read: without ``decoders`` every closed-form candidate of that mode is measured next to ``learned``;
     ``stats`` Σ is collected only in the stats and batch modes, the batch's own statistic only in batch mode.
     A learned decoder whose mode needs more than ``access`` provides is refused (R2FInputError).
+    ``stats_items``: QA items whose forward statistic Σ stands in for generic text (default: the world facts of
+    ``data_dir``), as R2F takes it over retain items.
     """
     from r2f.decoders.learned import allowed_bases
     from r2f.data.loader import load_split
@@ -227,6 +230,8 @@ def measure_fidelity(
         items = load_split(data_dir, split)
     if access == "lora":
         stats = None
+    elif stats is None and stats_items is not None:
+        stats = collect_input_stats(model, stats_batches(list(stats_items), tok), probe, source="stats_items")
     elif stats is None and data_dir is not None:
         try:
             facts = load_split(data_dir, "world_facts")

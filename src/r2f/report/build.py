@@ -19,13 +19,19 @@ RUN_FILES = ("eval.json", "manifest.json", "fidelity.json")
 #: Columns of the methods table, in order.
 METHOD_COLUMNS = (
     "forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio",
-    "privleak", "extraction_strength", "relearn_forget_Q_A_ROUGE", "wall_s", "peak_mem_mb", "decoder_cos",
+    "privleak", "extraction_strength", "relearn_forget_Q_A_ROUGE",
+    "forget_known", "neighbour_known", "general_known", "heldout_ppl",  # realfacts (r2f demo --bench realfacts)
+    "wall_s", "peak_mem_mb", "decoder_cos",
 )  # fmt: skip
+#: The realfacts columns: shares of known facts per split, and the held-out text's perplexity.
+REALFACTS_COLUMNS = ("forget_known", "neighbour_known", "general_known", "heldout_ppl")
 _HEADERS = {
     "forget_quality": "forget quality ↑", "model_utility": "model utility ↑", "forget_Q_A_ROUGE": "forget ROUGE-L ↓",
     "retain_Q_A_ROUGE": "retain ROUGE-L ↑", "forget_Truth_Ratio": "forget TR", "privleak": "privleak (→0)",
     "extraction_strength": "forget ES ↓", "relearn_forget_Q_A_ROUGE": "forget ROUGE-L after relearn ↓",
     "wall_s": "wall s", "peak_mem_mb": "peak MB", "decoder_cos": "decoder cos ↑",
+    "forget_known": "forget known ↓", "neighbour_known": "neighbour known ↑", "general_known": "general known ↑",
+    "heldout_ppl": "held-out ppl ↓",
 }  # fmt: skip
 #: One format per column, so that a column's numbers line up: p-values span decades (scientific), scores in
 #: [0, 1] get 3 decimals, privleak (a percentage) and seconds 1, megabytes none.
@@ -33,6 +39,7 @@ COLUMN_FORMATS = {
     "forget_quality": ".2e", "model_utility": ".3f", "forget_Q_A_ROUGE": ".3f", "retain_Q_A_ROUGE": ".3f",
     "forget_Truth_Ratio": ".3f", "privleak": ".1f", "extraction_strength": ".3f", "relearn_forget_Q_A_ROUGE": ".3f",
     "wall_s": ".1f", "peak_mem_mb": ".0f", "decoder_cos": ".3f",
+    "forget_known": ".3f", "neighbour_known": ".3f", "general_known": ".3f", "heldout_ppl": ".2f",
 }  # fmt: skip
 #: What every column of the report's tables means, keyed by its header; shown under each table.
 DEFINITIONS = {
@@ -68,11 +75,19 @@ DEFINITIONS = {
     "cos unobserved ↑": "The same cosine on the block of each gradient that the probes do not observe.",
     "rel. error ↓": "Relative Frobenius error of the estimate, ||G_est - G|| / ||G||, averaged over modules.",
     "relearn steps": "Fine-tuning steps of the relearning attack.",
+    "forget known ↓": "realfacts: share of the forget facts whose true answer still has the lowest mean "
+                      "answer-token NLL among it and its wrong candidates (chance 0.2 with 4 candidates).",
+    "neighbour known ↑": "realfacts: the same share on the neighbour facts (same relations, other countries).",
+    "general known ↑": "realfacts: the same share on the general facts (other relations: elements, books, ...).",
+    "held-out ppl ↓": "realfacts: perplexity of the shipped held-out generic prose (never trained on).",
 }  # fmt: skip
 #: The headline criterion: forget quality at or above this p-value (the retain oracle cannot be told apart) ...
 FQ_MIN = 0.05
 #: ... while keeping at least this fraction of the original model's utility.
 MU_RATIO = 0.9
+#: The realfacts headline: forget known at most this share, neighbour and general known at least KEEP_RATIO of the
+#: original's, held-out perplexity at most PPL_RATIO of the original's.
+KNOWN_MAX, KEEP_RATIO, PPL_RATIO = 0.2, 0.9, 1.1
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -170,6 +185,7 @@ def method_row(name: str, run: dict) -> dict[str, Any]:
     row["changes"] = changes_cell(man.get("changed_parameters"))
     for col in ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength"):
         row[col] = _num(s.get(col))
+    row.update({col: _num(s[col]) for col in REALFACTS_COLUMNS if col in s})  # realfacts rows only
     row["relearn_forget_Q_A_ROUGE"] = _num((relearn.get("after") or {}).get("forget_Q_A_ROUGE"))
     row["wall_s"] = _num(cost.get("wall_s", run.get("wall_s")))
     row["peak_mem_mb"] = _num(cost.get("peak_mem_mb", run.get("peak_mem_mb")))
@@ -181,10 +197,46 @@ def _fidelity_summary(fid: dict) -> dict[str, dict]:
     return {d: {k: _num(v.get(k)) for k in ("cos_mean", "cos_unobserved_mean", "rel_err_mean")} for d, v in fid.items() if isinstance(v, dict) and "cos_mean" in v}
 
 
+def _original(methods: dict[str, dict]) -> dict:
+    return next((m for n, m in methods.items() if "original" in (n, m.get("method"))), {})
+
+
+def realfacts_checks(row: dict, original: dict) -> dict[str, bool | None]:
+    """The realfacts criteria for one row against the original's: None where a number is missing."""
+    def ratio_check(col: str, bound: float, at_most: bool) -> bool | None:
+        v, base = _num(row.get(col)), _num(original.get(col))
+        if v is None or base is None:
+            return None
+        return v <= bound * base if at_most else v >= bound * base
+
+    known = _num(row.get("forget_known"))
+    return {"forget": None if known is None else known <= KNOWN_MAX,
+            "neighbour": ratio_check("neighbour_known", KEEP_RATIO, False),
+            "general": ratio_check("general_known", KEEP_RATIO, False),
+            "heldout_ppl": ratio_check("heldout_ppl", PPL_RATIO, True)}
+
+
+def realfacts_headline(methods: dict[str, dict], unlearned: list[str]) -> dict[str, Any]:
+    """Which of the ``unlearned`` runs meet every :func:`realfacts_checks` criterion against ``original``."""
+    original = _original(methods)
+    checks = {n: realfacts_checks(methods[n], original) for n in unlearned}
+    meeting = [n for n in unlearned if all(checks[n].values())]
+    text = (f"Methods meeting forget known ≤ {KNOWN_MAX:g} with neighbour and general known ≥ {KEEP_RATIO:g}× and "
+            f"held-out perplexity ≤ {PPL_RATIO:g}× the original's: {', '.join(meeting) or 'none'}.")
+    if not original:
+        text += " (No 'original' run: only forget known is checked.)"
+    return {"text": text, "methods": meeting, "known_max": KNOWN_MAX, "keep_ratio": KEEP_RATIO,
+            "ppl_ratio": PPL_RATIO, "checks": checks}
+
+
 def headline(methods: dict[str, dict], unlearned: list[str]) -> dict[str, Any]:
     """Which of the ``unlearned`` runs reach forget quality ``FQ_MIN`` while keeping ``MU_RATIO`` of the utility of
-    the run named (or whose method is) ``original``; without such a run, utility is not compared."""
-    original = next((m for n, m in methods.items() if "original" in (n, m.get("method"))), {})
+    the run named (or whose method is) ``original``; without such a run, utility is not compared. Realfacts runs
+    (known shares, no forget quality) get :func:`realfacts_headline`."""
+    if not any(_num(m.get("forget_quality")) is not None for m in methods.values()) and \
+            any(_num(m.get("forget_known")) is not None for m in methods.values()):
+        return realfacts_headline(methods, unlearned)
+    original = _original(methods)
     base = _num(original.get("model_utility"))
     mu_min = MU_RATIO * base if base is not None else None
     meeting = [n for n in unlearned if (_num(methods[n].get("forget_quality")) or 0.0) >= FQ_MIN
@@ -293,6 +345,7 @@ def build_report(runs: dict[str, dict], out_dir: str | os.PathLike, *, title: st
     colors = plots.run_colors(list(runs))
     for key, caption, png in (
         ("fq_vs_mu", "Forget quality vs model utility per method (the retain oracle sits at forget quality 1).", plots.fq_vs_mu(methods, colors)),
+        ("known", "realfacts: share of facts whose true answer ranks first, per split and method (the dashed line: chance, 0.2).", plots.known_shares(methods, colors)),
         ("steps", "Metrics per unlearning step, from each run's manifest log.", plots.steps(logs, colors=colors) if logs else None),
         ("cost", "Cost per method: wall time and peak memory.", plots.cost(methods, colors)),
     ):
@@ -416,7 +469,8 @@ def _html(report: dict, figures: dict) -> str:
         terms = "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in defs)
         parts += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows), f"<p class='note'>{html.escape(note)}</p>",
                   f"<dl class='defs'>{terms}</dl>"]
-    titles = {"fq_vs_mu": "Forget quality vs model utility", "steps": "Metrics per unlearning step", "cost": "Cost per method"}
+    titles = {"fq_vs_mu": "Forget quality vs model utility", "known": "Facts known per split",
+              "steps": "Metrics per unlearning step", "cost": "Cost per method"}
     for key, (caption, png) in figures.items():
         b64 = base64.b64encode(png).decode("ascii")
         parts += [f"<h2>{html.escape(titles.get(key, 'Per-module gradient fidelity'))}</h2>",

@@ -55,6 +55,29 @@ def fq_vs_mu(methods: dict[str, dict], colors: dict[str, str] | None = None) -> 
     return _png(fig)
 
 
+def known_shares(methods: dict[str, dict], colors: dict[str, str] | None = None) -> bytes | None:
+    """realfacts: the forget, neighbour and general known shares of each method (grouped bars, chance at 0.2)."""
+    splits = ("forget", "neighbour", "general")
+    names = [n for n, m in methods.items() if any(_num(m.get(f"{s}_known")) is not None for s in splits)]
+    if not names:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(names) + 3), 3.8))
+    width = 0.8 / len(splits)
+    for k, (split, hatch) in enumerate(zip(splits, ("", "//", ".."))):
+        vals = [_num(methods[n].get(f"{split}_known")) or 0.0 for n in names]
+        ax.bar([i + (k - 1) * width for i in range(len(names))], vals, width, hatch=hatch, edgecolor="white",
+               color=[(colors or {}).get(n, "#4C72B0") for n in names], label=split)
+    ax.axhline(0.2, color="grey", lw=0.8, ls="--")
+    ax.text(-0.45, 0.2, "chance", ha="left", va="bottom", fontsize=8, color="grey")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of facts known")
+    ax.legend(fontsize=8, ncol=3, loc="upper right")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title("Facts known per split (forget: lower is better; neighbour, general: higher)")
+    return _png(fig)
+
+
 #: Per-step keys plotted on a log y-axis: NLLs and losses, which gradient ascent drives from ~1 to 30 and beyond
 #: (on a linear axis every other method's curve is then a flat line at the bottom).
 _LOG_KEY = re.compile(r"(^|_)(nll|loss)$")
