@@ -91,6 +91,7 @@ def evaluate(
     retain_tokenizer: Any = None,
     metrics: Iterable[str] | None = None,
     bench: str = "world",
+    documents: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on the ``forget`` split of ``data`` (``r2f eval``); returns the eval.json dict.
 
@@ -102,7 +103,8 @@ def evaluate(
     ``threads``: torch's intra-op threads (default: r2f.threads' policy; recorded in ``meta.threads``).
     ``bench="realfacts"`` evaluates real-world knowledge instead (docs/realfacts.md): the shipped benchmark, or the
     directory ``data``; no retain oracle, split options or relearning. ``max_new_tokens`` defaults to 200 on the
-    world and 32 on realfacts.
+    world and 32 on realfacts. ``documents``: a documents split (``forget10`` → ``data/documents/forget10.jsonl``) or
+    file whose document metrics (verbatim extraction, loss MIA; docs/metrics.md) are added (world only).
     Example: ``r2f.evaluate("runs/npo", "world", forget="forget05", out="runs/npo/eval.json")["summary"]``.
     """
     from r2f.distributed import is_main
@@ -119,7 +121,7 @@ def evaluate(
         raise R2FInputError("--out must be a file path (eval.json), not a directory", source=str(out))
     if bench == "realfacts":
         _check_realfacts_options(data, retain_model=retain_model, retain_log=retain_log, forget=forget,
-                                 retain_split=retain_split, relearn=relearn)
+                                 retain_split=retain_split, relearn=relearn, documents=documents)
     else:
         forget = forget or "forget10"
         if data is None:
@@ -146,7 +148,7 @@ def evaluate(
                                retain_tokenizer=retain_tokenizer, retain_log=retain_log, forget_split=forget,
                                retain_split=retain_split, metrics=metrics, relearn=relearn, relearn_lr=relearn_lr,
                                batch_size=batch_size, max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
-                               max_items=max_items, num_threads=threads_used.threads)
+                               max_items=max_items, num_threads=threads_used.threads, documents=documents)
     result.setdefault("meta", {})["threads"] = threads_used.to_dict()
     if out is not None and is_main():
         write_json_atomic(out, result)
@@ -157,9 +159,11 @@ def evaluate(
 BENCHES = ("world", "realfacts")
 
 
-def _check_realfacts_options(data, *, retain_model, retain_log, forget, retain_split, relearn) -> None:
+def _check_realfacts_options(data, *, retain_model, retain_log, forget, retain_split, relearn,
+                             documents=None) -> None:
     """``--bench realfacts`` has fixed splits and no retain oracle: the world-only options are refused."""
     world_only = {"--retain-model": retain_model is not None, "--retain-log": retain_log is not None,
+                  "--documents": documents is not None,
                   "--forget": forget is not None, "--retain-split": retain_split is not None, "--relearn": relearn > 0}
     for flag, given in world_only.items():
         if given:

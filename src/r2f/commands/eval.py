@@ -33,6 +33,11 @@ def eval_command(
     retain_split: Optional[str] = typer.Option(None, "--retain-split",
                                                help="Retain split scored for utility (default: the complement "
                                                     "of --forget, e.g. retain90 for forget10)."),
+    documents: Optional[str] = typer.Option(None, "--documents",
+                                            help="Also the document metrics (verbatim extraction ROUGE-L of forget, "
+                                                 "retain and holdout documents; loss MIA AUC forget vs holdout) of "
+                                                 "this documents split (e.g. forget10 = DATA/documents/forget10.jsonl) "
+                                                 "or file. World only; docs/metrics.md."),
     relearn: int = typer.Option(0, "--relearn", help="Relearning attack: N fine-tuning steps on half the forget split (0 = off)."),
     relearn_lr: float = typer.Option(1e-4, "--relearn-lr", help="Learning rate of the relearning attack."),
     batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
@@ -54,11 +59,13 @@ def eval_command(
     result = r2f.evaluate(model, data, out, retain_model=retain_model, retain_log=retain_log, forget=forget,
                           retain_split=retain_split, relearn=relearn, relearn_lr=relearn_lr, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, max_items=max_items, threads=threads,
-                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, bench=bench)
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, bench=bench,
+                          documents=documents)
     if not is_main():
         return
     s = result["summary"]
     headline = REALFACTS_HEADLINE if bench == "realfacts" else HEADLINE
+    headline += tuple(k for k in s if k.startswith("doc_"))
     parts = [f"{k}={s[k]:.4g}" for k in headline if isinstance(s.get(k), (int, float))]
     typer.echo(f"wrote {out} ({result['meta']['wall_s']:.1f}s): " + " ".join(parts))
     if result.get("relearn", {}).get("after"):

@@ -290,6 +290,7 @@ def evaluate(
     max_items: int | None = None,
     seed: int = 0,
     num_threads: int | None = None,
+    documents: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on a world/TOFU directory; returns the eval.json dict.
 
@@ -302,6 +303,9 @@ def evaluate(
     ``num_threads``: torch intra-op threads during the evaluation (restored afterwards); by default 1
     for models under 50M parameters, whose matrices are too small to gain from threads and lose up
     to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
+    ``documents``: also the document metrics (r2f.eval.documents: verbatim extraction and the loss MIA) of the
+    documents split of that name (``forget10`` → ``DATA/documents/forget10.jsonl``, with the retain and holdout
+    documents beside it) or of a documents file.
     """
     # Under torchrun every rank must call evaluate(): scoring and generation batches are split over the
     # ranks and gathered back in order (per-item numbers as in one process; EvalContext.dp); every rank
@@ -312,11 +316,13 @@ def evaluate(
             retain_log=retain_log, forget_split=forget_split, retain_split=retain_split, metrics=metrics,
             relearn=relearn, relearn_lr=relearn_lr, relearn_batch_size=relearn_batch_size, batch_size=batch_size,
             max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, max_items=max_items, seed=seed,
+            documents=documents,
         )  # fmt: skip
 
 
 def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, retain_log, forget_split, retain_split,
-              metrics, relearn, relearn_lr, relearn_batch_size, batch_size, max_new_tokens, stop_strings, k, max_items, seed) -> dict:
+              metrics, relearn, relearn_lr, relearn_batch_size, batch_size, max_new_tokens, stop_strings, k, max_items, seed,
+              documents=None) -> dict:
     t0 = time.perf_counter()
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either a retain model or a retain log, not both", source="--retain-log")
@@ -357,6 +363,15 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
     if relearn > 0:
         result["relearn"] = relearn_attack(ctx, steps=relearn, lr=relearn_lr, batch_size=relearn_batch_size, seed=seed)
 
+    doc_meta = None
+    if documents is not None:
+        from r2f.eval.documents import evaluate_documents
+
+        doc_metrics, doc_meta = evaluate_documents(m, tok, data_dir, documents, batch_size=batch_size,
+                                                   max_items=max_items)
+        result.update(doc_metrics)
+        names = names + list(doc_metrics)
+
     n_params = sum(p.numel() for p in m.parameters())
     result["summary"] = {n: result[n]["agg_value"] for n in names if n in result}
     result["meta"] = {
@@ -382,6 +397,8 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         "distributed": _dist_info(),
         "wall_s": round(time.perf_counter() - t0, 3),
     }
+    if doc_meta is not None:
+        result["meta"]["documents"] = doc_meta
     # meta first, like a header
     ordered = {"meta": result.pop("meta"), "summary": result.pop("summary")}
     ordered.update(result)
