@@ -191,6 +191,17 @@ def test_every_method_unlearns_documents(method, doc_setup, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_retain_documents_are_retain_units(doc_setup, tmp_path):
+    """--retain-kind documents: the retain file's documents are cut into units too (the retain term sees them)."""
+    from r2f.methods import unlearn
+
+    out = unlearn(str(doc_setup["model"]), doc_setup["retain"], doc_setup["docs"], method="grad_diff",
+                  out=tmp_path / "o", steps=1, batch_size=2, retain_kind="documents", chunk_tokens=16)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["data"]["retain"]["kind"] == "documents" and "kind" not in man["data"]["forget"]
+    assert man["config"]["documents"] == {"chunk_tokens": 16} and "retain_nll" in man["log"][0]
+
+
 def test_document_loss_is_the_lm_loss_on_every_token(doc_setup):
     """The engine's forget signal on one unit equals the mean next-token NLL of the chunk after BOS."""
     from transformers import AutoModelForCausalLM

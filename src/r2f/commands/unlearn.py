@@ -35,6 +35,8 @@ def unlearn_command(
                                     help="What --forget holds: auto (documents when its records have 'text' and no "
                                          "'question', or a .txt file), qa, or documents (e.g. the world's "
                                          "documents/forget10.jsonl biographies). docs/world.md."),
+    retain_kind: str = typer.Option("qa", "--retain-kind",
+                                    help="What --retain holds: qa (default), documents or auto (as --forget-kind)."),
     chunk_tokens: int = typer.Option(128, "--chunk-tokens",
                                      help="Documents: tokens per unit (chunk) the run draws; views are the chunk, its "
                                           "paraphrases' chunks and the chunk after preceding text."),
@@ -96,7 +98,7 @@ def unlearn_command(
                        batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, forget_kind=forget_kind,
-                       chunk_tokens=chunk_tokens, **flags, **options)
+                       retain_kind=retain_kind, chunk_tokens=chunk_tokens, **flags, **options)
     from r2f.distributed import is_main
 
     if not is_main():

@@ -70,7 +70,7 @@ def _validate(record: object, where: str, model: type[BaseModel] = QAItem) -> Ba
         raise R2FInputError(f"field '{field}': {kind}", source=where) from None
 
 
-def _record_model(record: object, kind: str) -> type[BaseModel]:
+def record_type(record: object, kind: str) -> type[BaseModel]:
     """The record type of a file, decided by ``kind`` or (``auto``) by its first record."""
     if kind == "documents" or (kind == "auto" and isinstance(record, dict) and "question" not in record
                                and "text" in record):
@@ -153,7 +153,7 @@ def _parse_jsonl(path: Path, text: str, kind: str = "qa") -> list:
             raise R2FInputError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=f"{path}:{lineno}") from None
         except (ValueError, RecursionError) as exc:  # e.g. integers beyond Python's digit limit, deep nesting
             raise R2FInputError(f"malformed JSON: {_first_line(exc)}", source=f"{path}:{lineno}") from None
-        model = model or _record_model(record, kind)
+        model = model or record_type(record, kind)
         items.append(_validate(record, f"{path}:{lineno}", model))
     return items
 
@@ -169,7 +169,7 @@ def _parse_json(path: Path, text: str, kind: str = "qa") -> list:
         data = data["data"]
     if not isinstance(data, list):
         raise R2FInputError("expected a list of records (or {\"data\": [...]})", source=str(path))
-    model = _record_model(data[0], kind) if data else QAItem
+    model = record_type(data[0], kind) if data else QAItem
     return [_validate(rec, f"{path}[{i}]", model) for i, rec in enumerate(data)]
 
 

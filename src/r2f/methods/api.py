@@ -16,7 +16,7 @@ import torch
 
 from r2f import distributed as dist
 from r2f.data.batching import CHUNK_TOKENS, DocUnit, document_units, is_documents
-from r2f.data.loader import FORGET_KINDS, _record_model, item_locations, read_records
+from r2f.data.loader import FORGET_KINDS, item_locations, read_records, record_type
 from r2f.data.schema import Document, QAItem
 from r2f.data.templates import template_for, untrainable
 from r2f.decoders import Decoder, resolve_decoder
@@ -109,7 +109,7 @@ def _data(spec, name: str, required: bool, kind: str = "qa") -> tuple[list[QAIte
         items, digest = read_records(path, kind)  # one read of the file for both
         return items, {"path": str(path), "sha256": digest, "items": len(items)}
     spec = list(spec)
-    model = Document if spec and isinstance(spec[0], Document) else _record_model(spec[0] if spec else None, kind)
+    model = Document if spec and isinstance(spec[0], Document) else record_type(spec[0] if spec else None, kind)
     items = [it if isinstance(it, model) else model.model_validate(it) for it in spec]
     if required and not items:
         raise R2FInputError("no records (empty split)", source=f"--{name}")
@@ -117,11 +117,11 @@ def _data(spec, name: str, required: bool, kind: str = "qa") -> tuple[list[QAIte
     return items, {"path": None, "sha256": hashlib.sha256(blob).hexdigest(), "items": len(items)}
 
 
-def _as_units(items: list[Document], info: dict, tokenizer, chunk_tokens: int,
-              max_length: int | None) -> list[DocUnit]:
-    """Forget documents as the units the engine draws (r2f.data.batching.document_units); ``info`` (the manifest's
+def _as_units(items: list[Document], info: dict, tokenizer, chunk_tokens: int, max_length: int | None,
+              flag: str = "--forget") -> list[DocUnit]:
+    """Documents as the units the engine draws (r2f.data.batching.document_units); ``info`` (the manifest's
     record of the file) gains the kind and the number of units."""
-    where = item_locations(info["path"]) if info.get("path") else [f"--forget[{i}]" for i in range(len(items))]
+    where = item_locations(info["path"]) if info.get("path") else [f"{flag}[{i}]" for i in range(len(items))]
     units = document_units(tokenizer, items, chunk_tokens, max_length, locations=where)
     info.update(kind="documents", units=len(units))
     return units
@@ -236,6 +236,7 @@ def unlearn(
     threads: int | None = None,
     fsdp: bool = False,
     forget_kind: str = "auto",
+    retain_kind: str = "qa",
     chunk_tokens: int = CHUNK_TOKENS,
     **options: Any,
 ) -> Path:
@@ -253,7 +254,9 @@ def unlearn(
     target with FSDP2 over the processes (docs/distributed.md; one process: nothing to shard, a plain run).
     ``forget_kind``: ``auto`` (default: documents when the records have ``text`` and no ``question``, or a ``.txt``
     file), ``qa`` or ``documents`` (e.g. the world's biographies); documents are cut into units of ``chunk_tokens``
-    tokens (docs/world.md § Documents as forget data) and ``steps`` defaults to 10 epochs of the units. Returns
+    tokens (docs/world.md § Documents as forget data) and ``steps`` defaults to 10 epochs of the units.
+    ``retain_kind`` (default ``qa``, as before): the same choice for ``retain`` (documents there are cut the same
+    way and keep, as retain data, whatever the method's retain term does). Returns
     ``out``, which holds the weights (safetensors), the tokenizer and ``manifest.json``.
     """
     # ---- validation: everything that can be wrong is reported before any work -------------------
@@ -301,15 +304,18 @@ def unlearn(
                             "start a new run", source=str(out))
     check_out_dir(out, overwrite=overwrite or resume, protect=[src_dir] if src_dir else [])
     forget_items, forget_info = _data(forget, "forget", required=True, kind=forget_kind)
-    retain_items, retain_info = _data(retain, "retain", required=False)
+    retain_items, retain_info = _data(retain, "retain", required=False, kind=retain_kind)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
     documents = None
-    if is_documents(forget_items):
+    if is_documents(forget_items) or is_documents(retain_items):
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
             raise R2FInputError("must be an integer >= 1", source="--chunk-tokens")
         tok0 = tokenizer if tokenizer is not None else _tokenizer_of(src_dir, trust_remote_code)
-        forget_items = _as_units(forget_items, forget_info, tok0, chunk_tokens, max_length)
+        if is_documents(forget_items):
+            forget_items = _as_units(forget_items, forget_info, tok0, chunk_tokens, max_length)
+        if is_documents(retain_items):
+            retain_items = _as_units(retain_items, retain_info, tok0, chunk_tokens, max_length, "--retain")
         documents = {"chunk_tokens": chunk_tokens}
     # the run, once: the manifest and the run key name the decoder as it was given (recorded before it is loaded)
     spec = RunSpec.build(meth, method, recorded_options(meth.options), len(forget_items), steps=steps, lr=lr,
