@@ -380,16 +380,16 @@ def test_a_model_trained_with_documents_is_its_own_cache_entry(world_dir):
     assert meta["documents"]["n_documents"] == 36
 
 
-@pytest.mark.slow
-def test_eval_documents_option_writes_document_metrics(world_dir, tiny_models, tmp_path):
+def test_eval_documents_option_writes_document_metrics(world_dir, doc_setup, tmp_path):
     from r2f.cli import main
 
     out = tmp_path / "eval.json"
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "--model", str(tiny_models["full"]), "--data", str(world_dir), "--documents", "forget10",
-              "--out", str(out), "--max-items", "2"])
+    with pytest.raises(SystemExit) as exc:  # a random tiny model: the layout is under test, not the numbers
+        main(["eval", "--model", str(doc_setup["model"]), "--data", str(world_dir), "--documents", "forget10",
+              "--out", str(out), "--max-items", "2", "--max-new-tokens", "4"])
     assert exc.value.code == 0
     ev = json.loads(out.read_text())
     for name in ("doc_forget_extraction", "doc_retain_extraction", "doc_holdout_extraction", "doc_mia_loss"):
         assert set(ev[name]) >= {"agg_value", "value_by_index"} and name in ev["summary"]
-    assert ev["meta"]["documents"]["split"] == "forget10"
+    assert ev["meta"]["documents"]["split"] == "forget10" and ev["meta"]["documents"]["documents"]["forget"] == 2
+    assert set(ev["doc_forget_extraction"]["value_by_index"]) == {"0", "1"}
