@@ -191,6 +191,18 @@ def test_every_method_unlearns_documents(method, doc_setup, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+@pytest.mark.parametrize("decoder", ["lora", "ls", "sigma", "exact"])
+def test_r2f_probe_and_decoders_on_documents(decoder, doc_setup, tmp_path):
+    """R2F's LoRA probe on document views, decoded by each built-in decoder (sigma: Σ from the retain text)."""
+    from r2f.methods import unlearn
+
+    out = unlearn(str(doc_setup["model"]), doc_setup["docs"], doc_setup["retain"], method="r2f", decoder=decoder,
+                  out=tmp_path / "o", steps=1, batch_size=2, chunk_tokens=16, stop="none", step_rule="schedule")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["steps"]["done"] == 1 and man["method_info"]["decoder"]["name"] == decoder
+    assert man["changed_parameters"]
+
+
 def test_retain_documents_are_retain_units(doc_setup, tmp_path):
     """--retain-kind documents: the retain file's documents are cut into units too (the retain term sees them)."""
     from r2f.methods import unlearn
