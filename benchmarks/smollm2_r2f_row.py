@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     def scored(model, cache: Path, retain_log=None) -> dict:
         if cache.is_file():
             return json.loads(cache.read_text())
-        result = evaluate(str(model), prep.world, retain_log=retain_log, **cfg.eval_kwargs)
+        result = evaluate(str(model), prep.world, retain_log=retain_log, spec=cfg.eval_spec)
         write_json_atomic(cache, result)
         return result
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,8 @@ def test_evaluate_writes_out_and_returns_the_dict(tmp_path, monkeypatch):
     out = tmp_path / "eval.json"
     result = r2f.evaluate("some/model", data, forget="forget05", retain_split="retain90", threads=1, out=out)
     assert result["summary"]["forget_quality"] == 0.5 and json.loads(out.read_text()) == result
-    assert seen["forget_split"] == "forget05" and seen["retain_split"] == "retain90" and seen["num_threads"] == 1
+    spec = seen["spec"]  # one checked EvalSpec, not loose keywords
+    assert (spec.forget, spec.retain_split, spec.threads, spec.max_new_tokens) == ("forget05", "retain90", 1, 200)
     with pytest.raises(R2FInputError, match="--out must be a file path"):
         r2f.evaluate("some/model", data, out=tmp_path)
     with pytest.raises(R2FInputError, match="--max-items"):
@@ -82,3 +84,78 @@ def test_eval_cli_names_retain_split(tmp_path, world_dir, capsys):
         main(["eval", "--model", "no/such/model", "--data", str(world_dir), "--forget", "proxy", "--out", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--retain-split" in err and "retain_split" not in err
+
+
+def test_the_eval_spec_is_checked_and_frozen_once():
+    """EvalSpec holds an evaluation's settings: the bench's defaults resolved, every value checked at construction
+    (an error naming the CLI flag), frozen; sequences given as lists are frozen as tuples."""
+    import dataclasses
+
+    from r2f.eval_spec import EvalSpec
+
+    world, facts = EvalSpec(), EvalSpec(bench="realfacts")
+    assert (world.forget, world.max_new_tokens, facts.forget, facts.max_new_tokens) == ("forget10", 200, None, 32)
+    assert EvalSpec(forget="forget05", max_new_tokens=7).forget == "forget05"
+    assert EvalSpec(metrics=["forget_quality"], stop_strings=["\n"]).metrics == ("forget_quality",)
+    assert EvalSpec(documents=Path("docs.jsonl")).documents == "docs.jsonl"  # a path is kept as its name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        world.batch_size = 4
+    for settings, source, words in (
+            ({"bench": "nope"}, "--bench", ["unknown bench 'nope'", "world, realfacts"]),
+            ({"batch_size": 0}, "--batch-size", ["must be >= 1"]),
+            ({"relearn": -1}, "--relearn", ["must be >= 0"]),
+            ({"relearn_lr": 0.0}, "--relearn-lr", ["positive"]),
+            ({"relearn_batch_size": 0}, "relearn_batch_size", [">= 1"]),
+            ({"max_items": 0}, "--max-items", [">= 1"]),
+            ({"max_new_tokens": 0}, "--max-new-tokens", [">= 1"]),
+            ({"threads": 0}, "--threads", [">= 1"]),
+            ({"k": 1.5}, "k", ["(0, 1]"]),
+            ({"batch_size": 2.5}, "--batch-size", ["expected int"]),
+            ({"metrics": "forget_quality"}, "metrics", ["expected tuple of str"]),
+            ({"bench": "realfacts", "forget": "forget05"}, "--forget", ["only for --bench world"]),
+            ({"bench": "realfacts", "retain_split": "retain95"}, "--retain-split", ["only for --bench world"]),
+            ({"bench": "realfacts", "relearn": 3}, "--relearn", ["only for --bench world"]),
+            ({"bench": "realfacts", "documents": "forget10"}, "--documents", ["only for --bench world"]),
+            ({"documents": 10}, "--documents", ["expected str"])):
+        with pytest.raises(R2FInputError) as exc:
+            EvalSpec(**settings)
+        assert exc.value.source == source and all(w in str(exc.value) for w in words), (settings, str(exc.value))
+
+
+def test_r2f_eval_takes_its_settings_defaults_and_help_from_the_spec():
+    """Every setting of EvalSpec but the Python-only ones is an r2f eval option with the spec's default and help."""
+    from r2f.eval_spec import PYTHON_ONLY, EvalSpec
+
+    params = _cli_params("eval")
+    shared = set(params) & {f.name for f in EvalSpec.fields()}
+    assert shared == {f.name for f in EvalSpec.fields()} - set(PYTHON_ONLY)
+    for name in shared - {"threads"}:  # --threads is every command's shared option (r2f.commands._app)
+        assert params[name].default == EvalSpec.defaults()[name], name
+        assert params[name].help == EvalSpec.help(name), name
+
+
+def test_the_suite_takes_one_spec_or_its_fields_as_keywords(monkeypatch):
+    """r2f.eval.evaluate(..., spec=EvalSpec(...)) or the same settings as keywords (the suite's older names
+    forget_split / num_threads included) reach the suite as one equal spec; both at once, or an unknown keyword,
+    is a TypeError as for any call."""
+    import r2f.eval.suite as suite
+    from r2f.demo import DemoConfig
+    from r2f.eval_spec import EvalSpec
+
+    seen = []
+    monkeypatch.setattr(suite, "_evaluate", lambda model, data_dir, spec, **kw: seen.append(spec) or {})
+    spec = EvalSpec(forget="forget05", max_items=4, threads=1, seed=3)
+    suite.evaluate("m", "d", spec=spec)
+    suite.evaluate("m", "d", forget_split="forget05", max_items=4, num_threads=1, seed=3)
+    suite.evaluate("m", "d", forget="forget05", max_items=4, threads=1, seed=3)
+    assert seen == [spec, spec, spec] and seen[0] is spec
+    with pytest.raises(TypeError, match="not both"):
+        suite.evaluate("m", "d", spec=spec, max_items=2)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_item'"):
+        suite.evaluate("m", "d", max_item=2)
+    with pytest.raises(TypeError, match="same setting"):
+        suite.evaluate("m", "d", forget="forget05", forget_split="forget05")
+    with pytest.raises(R2FInputError, match="realfacts"):
+        suite.evaluate("m", "d", spec=EvalSpec(bench="realfacts", threads=1))
+    # the demo (and r2f bench, r2f ledger's benchmarks) score every model with the spec its config builds
+    assert DemoConfig(quick=True, seed=2).eval_spec == EvalSpec(forget="forget10", max_items=48, seed=2)

@@ -109,7 +109,6 @@ def _stub_pipeline(monkeypatch, tmp_path):
 
     Utility 0.8 for the original; a run's FQ grows and its utility falls with the learning rate / guard budget,
     so the defaults win for every method but grad_ascent, whose default diverges."""
-    import r2f.eval
 
     def prepare(out, cfg, log, timings):
         out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +138,7 @@ def _stub_pipeline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(bench, "prepare", prepare)
     monkeypatch.setattr(bench, "run_method", run_method)
-    monkeypatch.setattr(r2f.eval, "evaluate", evaluate)
+    monkeypatch.setattr(bench, "evaluate", evaluate)
 
 
 def test_bench_json_and_md_from_a_stubbed_run(monkeypatch, tmp_path):

@@ -75,11 +75,10 @@ def test_prepare_retain_file_holds_the_retain_half_of_the_world_facts_only(monke
     """prepare()'s retain file (every method's retain data, in the demo and in r2f bench): the retain split and the
     world facts' retain half; no question that model utility scores (the evaluation half) and none to forget."""
     import r2f.demo
-    import r2f.models.training
     from r2f.data import load_items, load_split
 
     # models and decoder are the cache's business; here only the files prepare() writes matter
-    monkeypatch.setattr(r2f.models.training, "train_model", lambda world, **kw: tmp_path / kw.get("split", "proxy"))
+    monkeypatch.setattr(r2f.demo, "train_model", lambda world, **kw: tmp_path / kw.get("split", "proxy"))
     monkeypatch.setattr(r2f.demo, "_cached_decoder", lambda proxy, world, cfg, access: tmp_path / f"dec-{access}")
     prep = r2f.demo.prepare(tmp_path / "out", DemoConfig(), lambda m: None, {})
     held = {it.question for it in load_items(prep.retain_file)}
@@ -95,7 +94,7 @@ def test_prepare_retain_file_holds_the_retain_half_of_the_world_facts_only(monke
 
 def _captured_options(monkeypatch, tmp_path, cfg: DemoConfig) -> dict[str, dict]:
     """run_method's options per demo method, with r2f.methods.unlearn replaced by a recorder (no training)."""
-    import r2f.methods
+    import r2f.demo
     from r2f.demo import Prepared, run_method
 
     seen: dict[str, dict] = {}
@@ -106,7 +105,7 @@ def _captured_options(monkeypatch, tmp_path, cfg: DemoConfig) -> dict[str, dict]
         (out / "manifest.json").write_text("{}")
         return out
 
-    monkeypatch.setattr(r2f.methods, "unlearn", unlearn)
+    monkeypatch.setattr(r2f.demo, "unlearn", unlearn)
     prep = Prepared(world=tmp_path, forget_file=tmp_path / "f", retain_file=tmp_path / "r", proxy=tmp_path / "p",
                     full=tmp_path / "full", retain=tmp_path / "oracle", decoder=tmp_path / "dec",
                     decoder_lora=tmp_path / "dec_lora")

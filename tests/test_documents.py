@@ -191,6 +191,32 @@ def test_every_method_unlearns_documents(method, doc_setup, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+def test_chunk_tokens_and_documents_settings_are_checked_where_specs_are_made(doc_setup, tmp_path):
+    """--chunk-tokens is refused by unlearn before any work and by every RunSpec made with documents; --documents is
+    an EvalSpec setting, world only (refused with --bench realfacts before a model loads)."""
+    import dataclasses
+
+    import r2f
+    from r2f.eval_spec import EvalSpec
+    from r2f.methods import unlearn
+    from r2f.methods.api import RunSpec
+
+    for bad in (0, 2.5, True):
+        with pytest.raises(R2FInputError) as exc:
+            unlearn(str(doc_setup["model"]), doc_setup["docs"], doc_setup["retain"], method="npo",
+                    out=tmp_path / "o", steps=1, chunk_tokens=bad)
+        assert exc.value.source == "--chunk-tokens" and not (tmp_path / "o").exists()
+    spec = RunSpec(method="npo", options={}, steps=1, lr=1e-3, batch_size=2, seed=0, max_length=None, optimizer=None,
+                   documents={"chunk_tokens": 16})
+    assert spec.config()["documents"] == {"chunk_tokens": 16} and spec.engine_config().chunk_tokens == 16
+    with pytest.raises(R2FInputError, match="chunk-tokens"):
+        dataclasses.replace(spec, documents={"chunk_tokens": 0})
+    assert EvalSpec(documents="forget10").documents == "forget10" and EvalSpec().documents is None
+    with pytest.raises(R2FInputError) as exc:
+        r2f.evaluate("no-such-model", None, bench="realfacts", documents="forget10")
+    assert exc.value.source == "--documents" and "only for --bench world" in str(exc.value)
+
+
 @pytest.mark.parametrize("decoder", ["lora", "ls", "sigma", "exact"])
 def test_r2f_probe_and_decoders_on_documents(decoder, doc_setup, tmp_path):
     """R2F's LoRA probe on document views, decoded by each built-in decoder (sigma: Σ from the retain text)."""

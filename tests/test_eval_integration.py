@@ -163,6 +163,7 @@ def test_forget_quality_of_retain_against_itself_is_one(setup):
 
 def test_retain_log_equals_retain_model(setup, tmp_path):
     from r2f.eval import evaluate
+    from r2f.eval_spec import EvalSpec
     from r2f.io import write_json_atomic
 
     d, tok, m, r = setup
@@ -171,6 +172,9 @@ def test_retain_log_equals_retain_model(setup, tmp_path):
     names = ["forget_quality", "privleak"]
     a = evaluate(m, d, tokenizer=tok, retain_log=tmp_path / "retain.json", metrics=names)
     b = evaluate(m, d, tokenizer=tok, retain_model=(r, tok), metrics=names)
+    # the same settings as one EvalSpec: the same eval.json (but its wall time)
+    b_spec = evaluate(m, d, tokenizer=tok, retain_model=(r, tok), spec=EvalSpec(metrics=tuple(names)))
+    assert {**b_spec, "meta": {**b_spec["meta"], "wall_s": 0}} == {**b, "meta": {**b["meta"], "wall_s": 0}}
     for n in names:
         assert math.isclose(a[n]["agg_value"], b[n]["agg_value"], rel_tol=1e-9, abs_tol=1e-12)
     # without any reference: forget_quality is None, privleak uses AUC 0.5

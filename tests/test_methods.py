@@ -262,9 +262,10 @@ R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
-    "guard_budget": 0.08, "backtracks": 4, "guard_items": 64, "retain_views": 1, "step_norm": "global",
+    "guard_budget": 0.08, "backtracks": 4, "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
-    "stats": "retain", "stats_items": 64, "sigma_damp": 0.05, "keep_text": "guard+generated",
+    "stats": "retain", "stats_items": 64, "forgotten": None, "sigma_damp": 0.05,
+    "keep_text": "guard+generated",
 }
 
 
@@ -317,8 +318,8 @@ def test_r2f_options_are_its_frozen_config(capsys):
 
 
 def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):
-    """The manifest's config and run key are the frozen RunSpec unlearn built, and a spec differing in one field
-    names that field when --resume meets the run."""
+    """The manifest's config and run key are the frozen, validated RunSpec unlearn built, and a spec differing in
+    one field names that field when --resume meets the run."""
     import dataclasses
 
     from r2f.methods import unlearn
@@ -334,6 +335,12 @@ def test_the_run_spec_is_the_record_of_a_run(tiny_setup, tmp_path):
                         man["source_model"]["fingerprint"]) == man["run_key"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.steps = 3
+    # validated whenever one is made, not only where unlearn checks its arguments
+    for field, value in (("steps", 0), ("lr", 0.0), ("lr", float("nan")), ("batch_size", 0), ("save_every", -1),
+                         ("max_failures", 0)):
+        with pytest.raises(R2FInputError) as exc:
+            dataclasses.replace(spec, **{field: value})
+        assert exc.value.source == "--" + field.replace("_", "-"), (field, value)
     with pytest.raises(R2FInputError, match="batch_size"):
         unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="npo", out=out,
                 steps=2, batch_size=2, save_every=1, gamma=0.5, resume=True)
@@ -639,16 +646,39 @@ def test_r2f_refuses_a_decoder_whose_access_mode_the_run_does_not_allow(tiny_set
     assert len(err) == 1 and "needs access mode 'stats'" in err[0] and "allows 'lora'" in err[0]
     assert not out.exists() or not any(out.iterdir())
     ok = tmp_path / "allowed"
-    loads = []
+    loads, reads = [], []
     real_load = LearnedDecoder.load.__func__
     with pytest.MonkeyPatch.context() as mp:  # counted, not replaced: the run reads the file once
         mp.setattr(LearnedDecoder, "load", classmethod(lambda cls, path: loads.append(path) or real_load(cls, path)))
+        _count_file_reads(mp, files["lora"], reads)
         with pytest.raises(SystemExit) as exc:
             main(args + ["--decoder", str(files["lora"]), "--out", str(ok)])
-    assert exc.value.code in (0, None) and len(loads) == 1
+    # one open of the file: the weights, the metadata and the manifest's sha256 come from the same bytes
+    assert exc.value.code in (0, None) and len(loads) == 1 and reads == ["open"]
     dec = json.loads((ok / "manifest.json").read_text())["method_info"]["decoder"]
     assert dec["access"] == "lora"
     assert dec["sha256"] == hashlib.sha256(files["lora"].read_bytes()).hexdigest()
+
+
+def _count_file_reads(mp: pytest.MonkeyPatch, path: Path, reads: list[str]) -> None:
+    """Record in ``reads`` every read of ``path``: Python's open and safetensors' own (Rust) file readers."""
+    import builtins
+    import io
+
+    import safetensors
+    import safetensors.torch
+
+    def counted(name, real):
+        def wrapper(file, *args, **kwargs):
+            if str(file) == str(path):
+                reads.append(name)
+            return real(file, *args, **kwargs)
+        return wrapper
+
+    mp.setattr(io, "open", counted("open", io.open))
+    mp.setattr(builtins, "open", counted("open", builtins.open))
+    for module, name in ((safetensors, "safe_open"), (safetensors.torch, "safe_open"), (safetensors.torch, "load_file")):
+        mp.setattr(module, name, counted(f"safetensors.{name}", getattr(module, name)))
 
 
 def test_manifest_records_which_parameters_a_run_changed(tiny_setup, tmp_path):

@@ -52,6 +52,8 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
         prev = entry["guard_nll"]
     assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
     assert man["method_info"]["guard"]["source"] == ("file" if retain else "generated")
+    # the line search scores every retain item (up to guard_items = 512), not a sample of them
+    assert guard["scored"] == min(512, guard["items"]) and (guard["items"] > 64 or not retain)
     p_full, p_oracle = answer_prob(tiny_models["full"], forget), answer_prob(tiny_models["retain"], forget)
     p_after = answer_prob(out, forget)
     assert p_full > p_oracle + 0.2  # forgetting is measurable on this world
@@ -109,3 +111,42 @@ def test_rmu_objective_changes_only_the_layers_below_the_steered_one(world_dir, 
     assert all(torch.equal(before[k], after[k]) for k in probed if k.startswith("model.layers.1."))
     forget = load_split(world_dir, "forget10")
     assert answer_prob(out, forget) < answer_prob(tiny_models["full"], forget)
+
+
+def test_keep_forgotten_removes_exactly_the_relapsing_component():
+    """``_keep_forgotten``: a step −η·d with ⟨d, D_o⟩ > 0 would lower the earlier requests' NLL to first order; the
+    projection leaves ⟨d', D_o⟩ = 0 and changes d only along D_o; a non-conflicting d is left as it is."""
+    from r2f.methods.r2f import R2F
+
+    g = torch.Generator().manual_seed(0)
+    o = {"w": torch.randn(6, 5, generator=g), "v": torch.randn(4, generator=g)}
+    d = {"w": o["w"] + 0.3 * torch.randn(6, 5, generator=g), "v": -o["v"]}  # w conflicts, v does not
+    out = R2F._keep_forgotten(d, o)
+    assert float((out["w"] * o["w"]).sum()) == pytest.approx(0.0, abs=1e-5)
+    removed = d["w"] - out["w"]
+    cos = float((removed * o["w"]).sum() / (removed.norm() * o["w"].norm()))
+    assert cos == pytest.approx(1.0, abs=1e-5)  # only the D_o component was taken out
+    assert torch.equal(out["v"], d["v"])
+
+
+def test_second_request_is_shown_the_first_and_the_step_is_projected(world_dir, tiny_models, proxy_decoder, tmp_path):
+    """``forgotten`` (what ``r2f ledger apply`` passes): the second run of a two-request sequence, with the learned
+    decoder, reads the first request's items, records them, and logs their NLL per accepted step."""
+    from r2f.methods import unlearn
+
+    forget = [json.loads(line) for line in (world_dir / "forget10.jsonl").read_text().splitlines()]
+    authors = list(dict.fromkeys(it["author"] for it in forget))
+    files = []
+    for k, author in enumerate(authors[:2]):
+        files.append(tmp_path / f"request{k}.jsonl")
+        files[-1].write_text("".join(json.dumps(it) + "\n" for it in forget if it["author"] == author))
+    retain = world_dir / "retain90.jsonl"
+    first = unlearn(str(tiny_models["full"]), files[0], retain, method="r2f", decoder=proxy_decoder,
+                    out=tmp_path / "first", seed=0, steps=3)
+    second = unlearn(str(first), files[1], retain, method="r2f", decoder=proxy_decoder, out=tmp_path / "second",
+                     seed=0, steps=3, forgotten=str(files[0]))
+    man = json.loads((second / "manifest.json").read_text())
+    info = man["method_info"]["forgotten"]
+    assert info["file"] == str(files[0]) and info["items"] == sum(it["author"] == authors[0] for it in forget)
+    assert all("forgotten_nll" in e for e in man["log"] if e["step_size"] > 0)
+    assert json.loads((first / "manifest.json").read_text())["method_info"]["forgotten"] is None

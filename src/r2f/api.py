@@ -11,10 +11,12 @@ transformers) are imported on the first call, so ``import r2f`` stays cheap.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from r2f.errors import R2FInputError
+from r2f.eval_spec import BENCHES, EvalSpec  # noqa: F401  (BENCHES: what --bench takes, offered here too)
 
 if TYPE_CHECKING:
     import torch
@@ -111,61 +113,48 @@ def evaluate(
     from r2f.eval import evaluate as run_suite
     from r2f.io import write_json_atomic
     from r2f.models.loading import model_policy
-    from r2f.threads import check_threads, thread_choice
+    from r2f.threads import thread_choice
 
-    if bench not in BENCHES:
-        raise R2FInputError(f"unknown bench '{bench}'; choose from {', '.join(BENCHES)}", source="--bench")
+    # the settings, checked once (bench, world-only options, counts; errors name the flags): the suite takes them
+    spec = EvalSpec(bench=bench, forget=forget, retain_split=retain_split, metrics=metrics, relearn=relearn,
+                    relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
+                    threads=threads, documents=documents)
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
     if out is not None and Path(out).is_dir():
         raise R2FInputError("--out must be a file path (eval.json), not a directory", source=str(out))
-    if bench == "realfacts":
-        _check_realfacts_options(data, retain_model=retain_model, retain_log=retain_log, forget=forget,
-                                 retain_split=retain_split, relearn=relearn, documents=documents)
+    if spec.bench == "realfacts":
+        _check_realfacts_inputs(data, retain_model=retain_model, retain_log=retain_log)
     else:
-        forget = forget or "forget10"
         if data is None:
             raise R2FInputError("missing: the world / TOFU data directory", source="--data")
         if not Path(data).is_dir():
             raise R2FInputError("data directory not found", source=str(data))
         if isinstance(retain_log, (str, os.PathLike)) and not Path(retain_log).is_file():
             raise R2FInputError("retain log not found", source=str(retain_log))
-    if max_items is not None and max_items < 1:
-        raise R2FInputError("must be >= 1", source="--max-items")
-    check_threads(threads)
     # under torchrun every rank evaluates its share of the batches (r2f.distributed); rank 0 writes
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code):
         # chosen here (the suite would choose the same) so that eval.json can say which count ran and why
-        threads_used = thread_choice(model if tokenizer is None else (model, tokenizer), threads)
-        if bench == "realfacts":
-            from r2f.eval.realfacts import DEFAULT_MAX_NEW_TOKENS, evaluate_realfacts
+        threads_used = thread_choice(model if tokenizer is None else (model, tokenizer), spec.threads)
+        spec = replace(spec, threads=threads_used.threads)
+        if spec.bench == "realfacts":
+            from r2f.eval.realfacts import evaluate_realfacts
 
-            budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-            result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, metrics=metrics, batch_size=batch_size,
-                                        max_new_tokens=budget, max_items=max_items, num_threads=threads_used.threads)
+            result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, metrics=spec.metrics,
+                                        batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
+                                        max_items=spec.max_items, num_threads=spec.threads)
         else:
             result = run_suite(model, data, tokenizer=tokenizer, retain_model=retain_model,
-                               retain_tokenizer=retain_tokenizer, retain_log=retain_log, forget_split=forget,
-                               retain_split=retain_split, metrics=metrics, relearn=relearn, relearn_lr=relearn_lr,
-                               batch_size=batch_size, max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
-                               max_items=max_items, num_threads=threads_used.threads, documents=documents)
+                               retain_tokenizer=retain_tokenizer, retain_log=retain_log, spec=spec)
     result.setdefault("meta", {})["threads"] = threads_used.to_dict()
     if out is not None and is_main():
         write_json_atomic(out, result)
     return result
 
 
-#: What ``r2f eval --bench`` can evaluate against.
-BENCHES = ("world", "realfacts")
-
-
-def _check_realfacts_options(data, *, retain_model, retain_log, forget, retain_split, relearn,
-                             documents=None) -> None:
-    """``--bench realfacts`` has fixed splits and no retain oracle: the world-only options are refused."""
-    world_only = {"--retain-model": retain_model is not None, "--retain-log": retain_log is not None,
-                  "--documents": documents is not None,
-                  "--forget": forget is not None, "--retain-split": retain_split is not None, "--relearn": relearn > 0}
-    for flag, given in world_only.items():
+def _check_realfacts_inputs(data, *, retain_model, retain_log) -> None:
+    """``--bench realfacts`` has no retain oracle (its world-only settings are EvalSpec's to refuse)."""
+    for flag, given in {"--retain-model": retain_model is not None, "--retain-log": retain_log is not None}.items():
         if given:
             raise R2FInputError("only for --bench world (realfacts has fixed splits and no retain oracle)", source=flag)
     if data is not None and not Path(data).is_dir():

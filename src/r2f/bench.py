@@ -37,7 +37,8 @@ from r2f.demo import (BASELINES, CHOSEN_FILE, CHOSEN_FORMAT, DEMO_METHODS, R2F_R
 from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.parallel import run_jobs, worker_count
-from r2f.report.build import FQ_MIN, MU_RATIO
+from r2f.eval import evaluate
+from r2f.report.build import FQ_MIN, MU_RATIO, eval_summary, md_table
 
 # A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
 # world: the report's headline criterion. MU_RATIO is also the tuning constraint of :func:`select_config`.
@@ -178,23 +179,18 @@ class _World:
 
 
 def _world(out: Path, bench: BenchConfig, seed: int, log: Callable[[str], None]) -> _World:
-    from r2f.eval import evaluate
-    from r2f.report.build import eval_summary
 
     cfg = bench.demo_config(seed)
     timings: dict[str, float] = {}
     prep = prepare(out, cfg, lambda m: log(f"seed {seed}: {m}"), timings)
-    retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
-    original = evaluate(prep.full, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec)
+    original = evaluate(prep.full, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
     return _World(cfg, prep, retain_eval, float(eval_summary(original)["model_utility"]), timings)
 
 
 def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool) -> dict:
     """Run and evaluate one configuration on one world; the record of ``bench.json``. Module-level, positional
     arguments: :func:`r2f.parallel.run_jobs` workers run it."""
-    from r2f.eval import evaluate
-    from r2f.report.build import eval_summary
-
     t0 = time.perf_counter()
     record: dict = {"seed": world.cfg.seed, "config": config.label}
     try:
@@ -203,7 +199,7 @@ def _trial(world: _World, name: str, config: Config, out: Path, keep_model: bool
         score = Score(None, None, world.original_utility)
         record.update(status=f"diverged: {exc}")
     else:
-        ev = evaluate(run["dir"], world.prep.world, retain_log=world.retain_eval, **world.cfg.eval_kwargs)
+        ev = evaluate(run["dir"], world.prep.world, retain_log=world.retain_eval, spec=world.cfg.eval_spec)
         write_json_atomic(Path(run["dir"]) / "eval.json", ev)
         summary = eval_summary(ev)
         score = Score(summary.get("forget_quality"), summary.get("model_utility"), world.original_utility)
@@ -345,8 +341,6 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 def bench_markdown(result: dict) -> str:
     """``bench.md``: the summary, the per-seed values and the tuning trials."""
-    from r2f.report.build import md_table
-
     p = result["protocol"]
     seeds = [str(s) for s in p["report_seeds"]]
     per_seed = [[name] + [f"{_num(m['report'][s]['forget_quality'], '.2e')} / "

@@ -19,11 +19,19 @@ from typing import Any, Callable, Literal, Mapping
 
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_split
 from r2f.data.world import WorldConfig, jsonl_text, write_world
+from r2f.decoders import measure_fidelity, train_decoder
+from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
 from r2f.errors import R2FInputError
+from r2f.eval import evaluate
+from r2f.eval_spec import EvalSpec
+from r2f.gradients.probe import SEED_RULE
 from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
-from r2f.methods import METHODS
+from r2f.methods import METHODS, unlearn
 from r2f.models.cache import cache_dir, hash_config
+from r2f.models.training import train_model
 from r2f.parallel import run_jobs, worker_count
+from r2f.report import build_report
+from r2f.report.build import format_value, steps_run
 
 #: The decoder ``prepare`` trains on the proxy for a demo row, by its access mode (r2f.decoders.learned.ACCESS_MODES):
 #: ``batch`` is :attr:`Prepared.decoder` (the r2f row), ``lora`` :attr:`Prepared.decoder_lora` (the black-box case).
@@ -116,9 +124,9 @@ class DemoConfig:
         return {"max_items": 48, "probe_seeds": 1} if self.quick else {}
 
     @property
-    def eval_kwargs(self) -> dict:
-        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate`` keywords)."""
-        return {"forget_split": self.forget, "max_items": self.eval_retain_items, "seed": self.seed}
+    def eval_spec(self) -> EvalSpec:
+        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate(..., spec=)``)."""
+        return EvalSpec(forget=self.forget, max_items=self.eval_retain_items, seed=self.seed)
 
 
 def _stage(log: Callable[[str], None], timings: dict, name: str):
@@ -160,8 +168,6 @@ class Prepared:
 def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dict[str, float]) -> Prepared:
     """World (into ``out/world``) → retain file → proxy, target and retain oracle → decoder; models and decoder
     come from the cache (``r2f.models.cache``) when they are there. Stage times go to ``timings``."""
-    from r2f.models.training import train_model
-
     world = out / "world"
     with _stage(log, timings, "world"):
         write_world(world, WorldConfig(seed=cfg.seed), overwrite=True)
@@ -191,10 +197,6 @@ def write_retain_file(world: Path, forget: str, out: Path) -> Path:
 
 def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> Path:
     """The decoder of this proxy and access mode, trained once and then taken from the cache."""
-    from r2f.decoders import train_decoder
-    from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
-    from r2f.gradients.probe import SEED_RULE
-
     # the key names everything the file depends on, so a decoder from an older r2f is never picked up
     # (mode batch keeps the key it had before modes existed)
     key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
@@ -217,8 +219,6 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
     Returns ``{"manifest", "dir", "method", "options"}``: the run's manifest and directory, the engine method and
     the options it ran with (a proxy-trained decoder as its file; ``views`` included for methods that use a decoder).
     """
-    from r2f.methods import unlearn
-
     row = DEMO_METHODS[name]
     method, options = row.method, dict(row.options)
     if row.proxy_decoder is not None:
@@ -239,10 +239,6 @@ def run_method(prep: Prepared, cfg: DemoConfig, name: str, out: Path, overrides:
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str], None] = print, *,
              overwrite: bool = False) -> dict:
     """Run the demo into ``out`` (empty, or cleared first with ``overwrite``); returns the report dict."""
-    from r2f.decoders import measure_fidelity
-    from r2f.eval import evaluate
-    from r2f.report import build_report
-
     cfg = cfg or DemoConfig()
     out = fresh_out_dir(out, overwrite=overwrite)
     timings: dict[str, float] = {}
@@ -261,7 +257,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
             cos_of[str(prep.decoder_lora)] = fid_lora["learned"]["cos_mean"]
 
     with _stage(log, timings, "unlearn+evaluate"):
-        retain_eval = evaluate(prep.retain, prep.world, **cfg.eval_kwargs)
+        retain_eval = evaluate(prep.retain, prep.world, spec=cfg.eval_spec)
         rows = ["original", "retrain", *cfg.methods]
         jobs = [(prep, cfg, name, out / "runs" / name, retain_eval) for name in rows]
         # small targets run on one thread each: the rows go side by side on the cores that are free
@@ -293,13 +289,11 @@ def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval:
 
     Returns ``{"eval", "manifest", "dir", "method", "options"}`` (models only: ``{"eval", "model_dir"}``).
     """
-    from r2f.eval import evaluate
-
     if name in ("original", "retrain"):
         model = prep.full if name == "original" else prep.retain
-        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, **cfg.eval_kwargs)}
+        return {"model_dir": model, "eval": evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)}
     run = run_method(prep, cfg, name, out)
-    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, **cfg.eval_kwargs)
+    ev = evaluate(run["dir"], prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
     write_json_atomic(Path(run["dir"]) / "eval.json", ev)
     return {**run, "eval": ev}
 
@@ -333,8 +327,6 @@ class Config:
         """The ``run_method`` overrides of this entry for demo method ``name`` on ``target``."""
         out: dict = dict(self.options)
         if self.lr_scale != 1.0:
-            from r2f.methods import METHODS
-
             base = TARGET_LR.get(target, {}).get(name, METHODS[DEMO_METHODS[name].method].default_lr)
             out["lr"] = self.lr_scale * base
         return out
@@ -437,8 +429,6 @@ def bench_chosen_note(cfg: DemoConfig) -> str:
 
 def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
     from rich.table import Table
-
-    from r2f.report.build import format_value, steps_run
 
     cfg = report.get("demo", {}).get("config", {})
     table = Table(title=f"r2f demo: {cfg.get('forget', 'forget10')} on the embedded world, target "

@@ -141,6 +141,11 @@ class DataParallel:
         """True when the batches are rank slices of a global batch (more than one process)."""
         return self.world > 1
 
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes files and reports (rank 0; the one process when not active)."""
+        return self.rank == 0
+
     def count(self, local: torch.Tensor) -> torch.Tensor:
         """Denominator of a mean over the global batch: the local count summed over ranks when active, the local
         count otherwise (differentiable w.r.t. nothing)."""

@@ -408,6 +408,21 @@ def _prepare_pending(root: Path, resume: bool, restart: bool) -> Path:
     return pending
 
 
+def _earlier_requests_file(root: Path, chain: list[dict]) -> Path:
+    """The union of every earlier request's items, written (atomically) beside the pending run: what a method
+    keeps forgotten while it honours the next request (each item carries ``request``, its entry). Rebuilt from
+    the verified copies on every apply."""
+    from r2f.data.loader import load_items
+
+    lines = []
+    for k, e in enumerate(chain, start=1):
+        for it in load_items(root / ENTRIES / f"{k:04d}" / REQUEST_DIR / e["request"]["file"]):
+            lines.append(json.dumps({**it.model_dump(exclude_none=True), "request": k}, ensure_ascii=False))
+    path = root / PENDING / "earlier_requests.jsonl"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
 def apply(
     ledger: str | os.PathLike,
     forget: str | os.PathLike,
@@ -473,6 +488,9 @@ def apply(
         util = [(Path(p), *_data_file(p)) for p in util_paths]
         index = len(chain) + 1
         pending = _prepare_pending(root, resume, restart)
+        if chain and "forgotten" in (METHODS[method].defaults or {}) and "forgotten" not in options:
+            # a method that can keep earlier requests forgotten is shown them (their union, from the ledger's copies)
+            options["forgotten"] = str(_earlier_requests_file(root, chain))
 
         run = unlearn(str(parent_dir), forget, retain, method=method, decoder=decoder, out=pending, steps=steps,
                       seed=seed, lr=lr, views=views, batch_size=batch_size, save_every=save_every,

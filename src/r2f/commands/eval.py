@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from r2f.commands._app import app, threads_option
+from r2f.eval_spec import EvalSpec, flag
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
 #: Headline numbers of ``--bench realfacts``.
 REALFACTS_HEADLINE = ("forget_known", "neighbour_known", "general_known", "heldout_ppl", "forget_gen_match",
                       "mia_loss_forget_vs_neighbour")
+
+
+def _setting(name: str) -> Any:
+    """The option of an EvalSpec field: its flag, default and help are the spec's."""
+    return typer.Option(EvalSpec.defaults()[name], flag(name), help=EvalSpec.help(name))
 
 
 @app.command("eval")
@@ -23,28 +29,17 @@ def eval_command(
                                                              "with --bench realfacts, a realfacts directory instead "
                                                              "of the shipped one)."),
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
-    bench: str = typer.Option("world", "--bench", help="What to evaluate against: 'world' (TOFU-style metrics on "
-                                                       "--data) or 'realfacts' (real-world knowledge of a "
-                                                       "pre-trained model; docs/realfacts.md)."),
+    bench: str = _setting("bench"),
     retain_model: Optional[str] = typer.Option(None, "--retain-model", help="Retain-oracle model directory (for forget_quality / privleak)."),
     retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
-    forget: Optional[str] = typer.Option(None, "--forget", help="Forget split (forget01|forget05|forget10; default "
-                                                                "forget10). World only."),
-    retain_split: Optional[str] = typer.Option(None, "--retain-split",
-                                               help="Retain split scored for utility (default: the complement "
-                                                    "of --forget, e.g. retain90 for forget10)."),
-    documents: Optional[str] = typer.Option(None, "--documents",
-                                            help="Also the document metrics (verbatim extraction ROUGE-L of forget, "
-                                                 "retain and holdout documents; loss MIA AUC forget vs holdout) of "
-                                                 "this documents split (e.g. forget10 = DATA/documents/forget10.jsonl) "
-                                                 "or file. World only; docs/metrics.md."),
-    relearn: int = typer.Option(0, "--relearn", help="Relearning attack: N fine-tuning steps on half the forget split (0 = off)."),
-    relearn_lr: float = typer.Option(1e-4, "--relearn-lr", help="Learning rate of the relearning attack."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Sequences per forward / generation batch."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
-                                                 help="Greedy generation budget for ROUGE (default 200) or, with "
-                                                      "--bench realfacts, for the generation match (default 32)."),
-    max_items: Optional[int] = typer.Option(None, "--max-items", help="Use only the first N items of each split (quick checks)."),
+    forget: Optional[str] = _setting("forget"),
+    retain_split: Optional[str] = _setting("retain_split"),
+    documents: Optional[str] = _setting("documents"),
+    relearn: int = _setting("relearn"),
+    relearn_lr: float = _setting("relearn_lr"),
+    batch_size: int = _setting("batch_size"),
+    max_new_tokens: Optional[int] = _setting("max_new_tokens"),
+    max_items: Optional[int] = _setting("max_items"),
     threads: Optional[int] = threads_option(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from r2f.decoders.base import BUILTIN, Decoder
+from r2f.decoders.learned import LearnedDecoder
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import (
     LossFn,
@@ -20,18 +22,16 @@ from r2f.gradients.probe import (
     target_linears,
     to_weight_layout,
 )
+from r2f.io import write_json_atomic
+from r2f.models.cache import cache_dir
 
 
 def _default_pointer() -> Path:
-    from r2f.models.cache import cache_dir
-
     return cache_dir() / "decoders" / "default.json"
 
 
 def set_default_decoder(path: str | os.PathLike) -> None:
     """Record ``path`` as the learned decoder that ``--decoder learned`` (R2F's default) resolves to."""
-    from r2f.io import write_json_atomic
-
     pointer = _default_pointer()
     pointer.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(pointer, {"path": str(Path(path).resolve())})
@@ -39,8 +39,6 @@ def set_default_decoder(path: str | os.PathLike) -> None:
 
 def default_decoder_path() -> Path:
     """The learned decoder most recently written by ``r2f train-decoder`` (or ``r2f demo``) on this machine."""
-    import json
-
     pointer = _default_pointer()
     try:
         path = Path(json.loads(pointer.read_text(encoding="utf-8"))["path"])
@@ -68,8 +66,6 @@ def load_decoder(name_or_path: str | os.PathLike | Decoder) -> Decoder:
         raise R2FInputError(
             f"unknown decoder (not a file, nor one of {', '.join(sorted(BUILTIN))})", source=key
         )
-    from r2f.decoders.learned import LearnedDecoder
-
     return LearnedDecoder.load(path)
 
 

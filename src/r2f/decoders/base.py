@@ -22,6 +22,9 @@ class Decoder:
     #: what the decoder reads besides ∇A, ∇B (r2f.decoders.learned.ACCESS_MODES): ``lora`` (nothing), ``stats``
     #: (Σ of the target on generic text), ``batch`` (also the batch's own activation statistics)
     access: str = "lora"
+    #: sha256 of the file the decoder was read from, hashed from the bytes it was loaded from (one read of the file
+    #: per run: the manifest records it); None for a built-in or in-memory decoder
+    sha256: str | None = None
 
     @property
     def uses_stats(self) -> bool:

@@ -20,9 +20,11 @@ Design (ours; the paper's architecture is not available, see docs/decoder.md):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -38,6 +40,8 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 from r2f.decoders.algebra import ModuleAlgebra, factor_key, low_rank, sigma_inputs, stats_cache
 from r2f.decoders.base import Decoder, check_probe_meta
@@ -373,8 +377,6 @@ class LearnedDecoder(Decoder):
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
         meta = dict(self.meta)
@@ -389,25 +391,24 @@ class LearnedDecoder(Decoder):
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LearnedDecoder":
-        """Read a decoder file: safetensors only (never unpickles); metadata validated before anything is used."""
-        from safetensors import safe_open
+        """Read a decoder file: safetensors only (never unpickles); metadata validated before anything is used.
 
+        The file is read once: its metadata, its tensors and its sha256 (:attr:`sha256`, which the manifest
+        records) all come from the same bytes."""
         path = Path(path)
         if not path.is_file():
             raise R2FInputError("decoder file not found", source=str(path))
+        data = path.read_bytes()
         try:
-            with safe_open(str(path), framework="pt") as fh:
-                raw = (fh.metadata() or {}).get("r2f")
-        except Exception as exc:  # safetensors raises its own error types
-            raise R2FInputError(f"not a safetensors decoder file ({exc.__class__.__name__})", source=str(path)) from None
+            raw = (safetensors_metadata(data) or {}).get("r2f")
+        except ValueError as exc:
+            raise R2FInputError(f"not a safetensors decoder file ({exc})", source=str(path)) from None
         if raw is None:
             raise R2FInputError("safetensors file has no r2f decoder metadata", source=str(path))
         meta = parse_decoder_meta(raw, source=str(path))
         try:
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path))
-        except Exception as exc:
+            tensors = load_tensors(data)
+        except Exception as exc:  # safetensors raises its own error types
             raise R2FInputError(f"unreadable decoder weights ({exc.__class__.__name__})", source=str(path)) from None
         bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
         if bad:
@@ -417,7 +418,29 @@ class LearnedDecoder(Decoder):
             net.load_state_dict(tensors)
         except RuntimeError as exc:
             raise R2FInputError(f"decoder weights do not match: {str(exc).splitlines()[0]}", source=str(path)) from None
-        return cls(net, meta, source=str(path))
+        dec = cls(net, meta, source=str(path))
+        dec.sha256 = hashlib.sha256(data).hexdigest()
+        return dec
+
+
+def safetensors_metadata(data: bytes) -> dict | None:
+    """The ``__metadata__`` of a safetensors file's bytes (the format: an 8-byte little-endian header length, then
+    the JSON header); ValueError when the bytes do not start with such a header."""
+    if len(data) < 8:
+        raise ValueError("shorter than a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header length past the end of the file")
+    try:
+        header = json.loads(data[8:8 + n])
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    meta = header.get("__metadata__")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError("__metadata__ is not a JSON object")
+    return meta
 
 
 # ------------------------------------------------------------------------------ metadata schema
@@ -436,8 +459,6 @@ class ProbeMeta(BaseModel):
     @field_validator("target_modules")
     @classmethod
     def _regex(cls, value: str) -> str:
-        import re
-
         try:
             re.compile(value)
         except re.error as exc:

@@ -21,11 +21,13 @@ import torch
 
 from r2f.data.realfacts import BENCH, EVAL_SPLITS, RealFacts, load_realfacts
 from r2f.data.schema import QAItem
-from r2f.data.templates import PromptTemplate, template_for
+from r2f.data.templates import IGNORE_INDEX, PromptTemplate, template_for
 from r2f.errors import R2FInputError
 from r2f.eval import functional as F
 from r2f.eval.registry import METRICS, register_metric
 from r2f.eval.suite import EvalContext, _resolve_model, _sanitize, requested_metrics, tokenizer_fingerprint
+from r2f.eval_spec import DEFAULT_MAX_NEW_TOKENS as EVAL_DEFAULTS
+from r2f.models.answer_nll import sequence_nll
 from r2f.threads import threads_for, torch_threads
 
 #: The logical split of the held-out text (paragraphs, not QA items).
@@ -36,8 +38,8 @@ REALFACTS_METRICS = (
     "forget_gen_match", "neighbour_gen_match", "general_gen_match",
     "heldout_ppl", "mia_loss_forget_vs_neighbour",
 )  # fmt: skip
-#: Greedy budget of the generation match: the answers are one short sentence.
-DEFAULT_MAX_NEW_TOKENS = 32
+#: Greedy budget of the generation match: the answers are one short sentence (EvalSpec's default on realfacts).
+DEFAULT_MAX_NEW_TOKENS = EVAL_DEFAULTS["realfacts"]
 #: Longest window (tokens) of held-out text scored in one sequence; longer paragraphs are cut into windows.
 MAX_WINDOW = 512
 
@@ -105,9 +107,6 @@ def _windows(ids: list[int], bos: int | None, width: int) -> list[list[int]]:
 @torch.inference_mode()
 def text_nll(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8) -> tuple[list[float], list[int]]:
     """Summed NLL and token count of each text (teacher-forced, in windows of at most :data:`MAX_WINDOW`)."""
-    from r2f.data.templates import IGNORE_INDEX
-    from r2f.models.answer_nll import sequence_nll
-
     model.eval()
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or MAX_WINDOW
     width = max(2, min(MAX_WINDOW, int(limit)))

@@ -19,9 +19,11 @@ from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.distributed import describe as describe_processes
 from r2f.errors import R2FInputError
 from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
+from r2f.eval.documents import evaluate_documents
 from r2f.eval.registry import METRICS
 from r2f.eval.relearn import relearn_attack
 from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
+from r2f.eval_spec import EvalSpec
 from r2f.io import read_text
 from r2f.models.loading import load_model, model_fingerprint
 from r2f.threads import threads_for, torch_threads
@@ -277,20 +279,8 @@ def evaluate(
     retain_model=None,
     retain_tokenizer=None,
     retain_log: str | os.PathLike | dict | None = None,
-    forget_split: str = "forget10",
-    retain_split: str | None = None,
-    metrics: Iterable[str] | None = None,
-    relearn: int = 0,
-    relearn_lr: float = 1e-4,
-    relearn_batch_size: int = 8,
-    batch_size: int = 32,
-    max_new_tokens: int = 200,
-    stop_strings: Sequence[str] | None = None,
-    k: float = 0.4,
-    max_items: int | None = None,
-    seed: int = 0,
-    num_threads: int | None = None,
-    documents: str | None = None,
+    spec: EvalSpec | None = None,
+    **settings: Any,
 ) -> dict:
     """Evaluate ``model`` on a world/TOFU directory; returns the eval.json dict.
 
@@ -300,39 +290,35 @@ def evaluate(
     without either, ``forget_quality`` is ``None`` and ``privleak`` uses the reference AUC 0.5.
     A retain model or log whose tokenizer differs from the evaluated one is refused (R2FInputError).
     Nothing is modified: relearning (``relearn`` steps > 0) trains a deep copy.
-    ``num_threads``: torch intra-op threads during the evaluation (restored afterwards); by default 1
-    for models under 50M parameters, whose matrices are too small to gain from threads and lose up
+
+    The settings are one :class:`r2f.eval_spec.EvalSpec` (``spec=``), or its fields as keywords (``forget_split``
+    and ``num_threads`` stand for its ``forget`` and ``threads``), e.g. ``evaluate(m, "world", forget_split=
+    "forget05", max_items=48)``. ``threads``: torch intra-op threads during the evaluation (restored afterwards);
+    by default 1 for models under 50M parameters, whose matrices are too small to gain from threads and lose up
     to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
-    ``documents``: also the document metrics (r2f.eval.documents: verbatim extraction and the loss MIA) of the
-    documents split of that name (``forget10`` → ``DATA/documents/forget10.jsonl``, with the retain and holdout
+    ``documents`` (a spec field): also the document metrics (r2f.eval.documents: verbatim extraction and the loss MIA)
+    of the documents split of that name (``forget10`` → ``DATA/documents/forget10.jsonl``, with the retain and holdout
     documents beside it) or of a documents file.
     """
+    spec = EvalSpec.of(spec, settings)
+    if spec.bench != "world":
+        raise R2FInputError("this suite evaluates the world; realfacts is r2f.eval.evaluate_realfacts", source="--bench")
     # Under torchrun every rank must call evaluate(): scoring and generation batches are split over the
     # ranks and gathered back in order (per-item numbers as in one process; EvalContext.dp); every rank
     # returns the result.
-    with torch_threads(num_threads if num_threads is not None else threads_for(model)):
-        return _evaluate(
-            model, data_dir, tokenizer=tokenizer, retain_model=retain_model, retain_tokenizer=retain_tokenizer,
-            retain_log=retain_log, forget_split=forget_split, retain_split=retain_split, metrics=metrics,
-            relearn=relearn, relearn_lr=relearn_lr, relearn_batch_size=relearn_batch_size, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, max_items=max_items, seed=seed,
-            documents=documents,
-        )  # fmt: skip
+    with torch_threads(spec.threads if spec.threads is not None else threads_for(model)):
+        return _evaluate(model, data_dir, spec, tokenizer=tokenizer, retain_model=retain_model,
+                         retain_tokenizer=retain_tokenizer, retain_log=retain_log)
 
 
-def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, retain_log, forget_split, retain_split,
-              metrics, relearn, relearn_lr, relearn_batch_size, batch_size, max_new_tokens, stop_strings, k, max_items, seed,
-              documents=None) -> dict:
+def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retain_tokenizer, retain_log) -> dict:
     t0 = time.perf_counter()
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either a retain model or a retain log, not both", source="--retain-log")
-    names = requested_metrics(metrics, DEFAULT_METRICS)
-    if relearn < 0:
-        raise R2FInputError("must be >= 0", source="--relearn")
-    if batch_size < 1:
-        raise R2FInputError("must be >= 1", source="--batch-size")
+    names = requested_metrics(spec.metrics, DEFAULT_METRICS)
+    forget_split, batch_size, max_new_tokens, k = spec.forget, spec.batch_size, spec.max_new_tokens, spec.k
 
-    splits, split_info = _load_splits(data_dir, forget_split, retain_split, max_items)
+    splits, split_info = _load_splits(data_dir, forget_split, spec.retain_split, spec.max_items)
     m, tok, ident = _resolve_model(model, tokenizer, "model")
     template = template_for(tok)
     tok_sha = tokenizer_fingerprint(tok)
@@ -351,7 +337,7 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
         reference = {"forget_tr": {i: v["score"] for i, v in tr.items()}, "mia_min_k": mia, "source": "retain_model", "path": rident,
                      "model_fingerprint": _model_fingerprint(rident)}  # fmt: skip
 
-    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=stop_strings, k=k, reference=reference, dp=DataParallel.current())
+    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=spec.stop_strings, k=k, reference=reference, dp=DataParallel.current())
     result: dict[str, Any] = {}
     skipped_metrics = {}
     for name in names:
@@ -360,15 +346,14 @@ def _evaluate(model, data_dir, *, tokenizer, retain_model, retain_tokenizer, ret
             continue
         result[name] = ctx.metric(name)
 
-    if relearn > 0:
-        result["relearn"] = relearn_attack(ctx, steps=relearn, lr=relearn_lr, batch_size=relearn_batch_size, seed=seed)
+    if spec.relearn > 0:
+        result["relearn"] = relearn_attack(ctx, steps=spec.relearn, lr=spec.relearn_lr, batch_size=spec.relearn_batch_size,
+                                           seed=spec.seed)
 
     doc_meta = None
-    if documents is not None:
-        from r2f.eval.documents import evaluate_documents
-
-        doc_metrics, doc_meta = evaluate_documents(m, tok, data_dir, documents, batch_size=batch_size,
-                                                   max_items=max_items)
+    if spec.documents is not None:
+        doc_metrics, doc_meta = evaluate_documents(m, tok, data_dir, spec.documents, batch_size=batch_size,
+                                                   max_items=spec.max_items)
         result.update(doc_metrics)
         names = names + list(doc_metrics)
 

@@ -41,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from r2f.distributed import all_reduce_sum_, is_distributed
 from r2f.errors import R2FInputError
+from r2f.fsdp import is_sharded
 from r2f.models.answer_nll import mean_answer_nll
 
 #: Default target: the attention and MLP projections of the decoder blocks (lm_head excluded), under the names
@@ -526,8 +528,6 @@ def probe_gradients(
                     acc_g[i] = _accumulate(acc_g[i], g.t() if pm.transposed else g, decay, w)  # G is m × n
             del grads, loss
         if reduce:
-            from r2f.distributed import all_reduce_sum_
-
             all_reduce_sum_(acc_a + acc_b + (acc_g if with_exact else []))
         a_sig, a_tr = [None] * k, [None] * k
         if batch_stats:
@@ -562,8 +562,6 @@ def probe_gradients(
 
 def _reduce_batch_stats(modules: list[ProbedModule]) -> None:
     """Replace each module's per-batch statistic items by one item summed over every rank."""
-    from r2f.distributed import all_reduce_sum_, is_distributed
-
     if not is_distributed():
         return
     sums, scalars = [], []
@@ -608,8 +606,6 @@ def exact_gradients(
         weights = [m.weight for _, m in targets]
         for w in weights:
             w.requires_grad_(True)
-        from r2f.fsdp import is_sharded
-
         # FSDP: the forward uses unsharded copies of the weights, so autograd.grad w.r.t. the sharded parameters
         # would find them unused; a backward pass lets FSDP reduce-scatter each gradient into its shard (summed
         # over ranks: r2f.fsdp.shard_model), so the result is already the global batch's, one DTensor per weight
@@ -635,8 +631,6 @@ def exact_gradients(
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
     if reduce and not sharded:
-        from r2f.distributed import all_reduce_sum_
-
         all_reduce_sum_(list(out.values()))
     return out
 

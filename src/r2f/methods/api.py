@@ -36,6 +36,28 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_EPOCHS = 10  # OpenUnlearning's TOFU recipe: 10 epochs over the forget set
 
 
+def check_run_settings(*, steps: int | None, lr: float | None, batch_size: int, save_every: int,
+                       max_failures: int) -> None:
+    """The run's own settings, checked where :func:`unlearn` is called (None: the default, resolved later) and again
+    by every :class:`RunSpec` made; R2FInputError naming the flag."""
+    if batch_size < 1:
+        raise R2FInputError("must be at least 1", source="--batch-size")
+    if steps is not None and steps < 1:
+        raise R2FInputError("must be at least 1", source="--steps")
+    if save_every < 0:
+        raise R2FInputError("must be >= 0", source="--save-every")
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+        raise R2FInputError("must be an integer >= 1", source="--max-failures")
+    if lr is not None and not (lr > 0 and lr == lr):
+        raise R2FInputError("must be positive", source="--lr")
+
+
+def check_chunk_tokens(chunk_tokens: Any) -> None:
+    """Tokens per document unit (``--chunk-tokens``): an integer >= 1; R2FInputError naming the flag."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise R2FInputError("must be an integer >= 1", source="--chunk-tokens")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """An unlearning run, validated and built once in :func:`unlearn`, where the CLI, the Python API and the demo
@@ -55,6 +77,12 @@ class RunSpec:
     max_failures: int = 3
     fsdp: bool = False
     documents: Mapping[str, Any] | None = None  # forget documents: how they were cut into units (chunk_tokens)
+
+    def __post_init__(self) -> None:
+        check_run_settings(steps=self.steps, lr=self.lr, batch_size=self.batch_size, save_every=self.save_every,
+                           max_failures=self.max_failures)
+        if self.documents is not None:
+            check_chunk_tokens(self.documents.get("chunk_tokens"))
 
     @classmethod
     def build(cls, meth, method: str, recorded: dict[str, Any], n_forget: int, *, steps: int | None, lr: float | None,
@@ -93,6 +121,20 @@ class RunSpec:
                             save_every=self.save_every, max_length=self.max_length, max_failures=self.max_failures,
                             fsdp=self.fsdp, **({"chunk_tokens": int(self.documents["chunk_tokens"])}
                                                if self.documents else {}))
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads, checked by :func:`unlearn`: the source model (a directory, or an in-memory model with its
+    tokenizer) and the forget and retain items with their records (path, sha256, count) for the manifest."""
+
+    model: Any                            # as given: a directory, "smollm2" or an in-memory model
+    src_dir: Path | None                  # the resolved model directory (None: in memory)
+    tokenizer: Any                        # an in-memory model's tokenizer (None with a directory)
+    forget: list[QAItem] | list[DocUnit]
+    forget_info: dict[str, Any]
+    retain: list[QAItem] | list[DocUnit]
+    retain_info: dict[str, Any] | None
 
 
 def _data(spec, name: str, required: bool, kind: str = "qa") -> tuple[list[QAItem] | list[Document], dict | None]:
@@ -273,16 +315,7 @@ def unlearn(
         if views < 1:
             raise R2FInputError("must be at least 1", source="--views")
         options["views"] = views
-    if batch_size < 1:
-        raise R2FInputError("must be at least 1", source="--batch-size")
-    if steps is not None and steps < 1:
-        raise R2FInputError("must be at least 1", source="--steps")
-    if save_every < 0:
-        raise R2FInputError("must be >= 0", source="--save-every")
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
-        raise R2FInputError("must be an integer >= 1", source="--max-failures")
-    if lr is not None and not (lr > 0 and lr == lr):
-        raise R2FInputError("must be positive", source="--lr")
+    check_run_settings(steps=steps, lr=lr, batch_size=batch_size, save_every=save_every, max_failures=max_failures)
     check_threads(threads)
     if decoder is not None:
         options["decoder"] = decoder if isinstance(decoder, Decoder) else str(decoder)  # an object: injected
@@ -309,19 +342,19 @@ def unlearn(
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
     documents = None
     if is_documents(forget_items) or is_documents(retain_items):
-        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise R2FInputError("must be an integer >= 1", source="--chunk-tokens")
+        check_chunk_tokens(chunk_tokens)
         tok0 = tokenizer if tokenizer is not None else _tokenizer_of(src_dir, trust_remote_code)
         if is_documents(forget_items):
             forget_items = _as_units(forget_items, forget_info, tok0, chunk_tokens, max_length)
         if is_documents(retain_items):
             retain_items = _as_units(retain_items, retain_info, tok0, chunk_tokens, max_length, "--retain")
         documents = {"chunk_tokens": chunk_tokens}
+    # every rank takes its slice of each global batch (one process: all of it); passed on, not looked up again
+    dp = DataParallel.current()
     # the run, once: the manifest and the run key name the decoder as it was given (recorded before it is loaded)
     spec = RunSpec.build(meth, method, recorded_options(meth.options), len(forget_items), steps=steps, lr=lr,
                          batch_size=batch_size, seed=seed, max_length=max_length, save_every=save_every,
-                         max_failures=max_failures, fsdp=bool(fsdp) and DataParallel.current().active,
-                         documents=documents)
+                         max_failures=max_failures, fsdp=bool(fsdp) and dp.active, documents=documents)
     if meth.uses_decoder:  # loaded once, here (an unknown one: exit 2 before the model loads); the method gets it
         meth.options["decoder"] = resolve_decoder(meth.options.get("decoder"))
     ckpt_root = out / CHECKPOINTS
@@ -337,15 +370,15 @@ def unlearn(
     # core slow a small model's run many times over
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads), \
             model_threads_for(src_dir if src_dir is not None else model) as chosen:  # _run loads the model
-        path = _run(spec, meth, model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, out,
-                    resume, device, chosen.to_dict())
+        inputs = RunInputs(model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info)
+        path = _run(spec, meth, inputs, out, resume=resume, device=device, dp=dp, threads=chosen.to_dict())
     dist.barrier()  # the other ranks return once rank 0's output is in place (a failing rank ends the job)
     return path
 
 
-def _run(spec: RunSpec, meth, model, src_dir, tokenizer, forget_items, forget_info, retain_items, retain_info, out,
-         resume, device, threads: dict | None = None) -> Path:
-    dp = DataParallel.current()  # every rank takes its slice of each global batch (one process: all of it)
+def _run(spec: RunSpec, meth, inputs: RunInputs, out: Path, *, resume: bool, device, dp: DataParallel,
+         threads: dict | None = None) -> Path:
+    """Load, run the engine and write ``out`` (``dp``: the run's data-parallel context; its main rank writes)."""
     fsdp = spec.fsdp  # one process: nothing to shard
 
     ckpt_root = out / CHECKPOINTS
@@ -353,34 +386,34 @@ def _run(spec: RunSpec, meth, model, src_dir, tokenizer, forget_items, forget_in
     meter = CostMeter(device=device or "cpu")
     with meter:
         with meter.stage("load"):
-            if src_dir is not None:
-                net, tok = load_model(src_dir)
-                source = {"path": str(model), "fingerprint": model_fingerprint(src_dir)}
+            if inputs.src_dir is not None:
+                net, tok = load_model(inputs.src_dir)
+                source = {"path": str(inputs.model), "fingerprint": model_fingerprint(inputs.src_dir)}
             else:
-                net, tok = copy.deepcopy(model), tokenizer
+                net, tok = copy.deepcopy(inputs.model), inputs.tokenizer
                 source = {"path": None, "fingerprint": _state_fingerprint(net)}
             if device is not None and not fsdp:  # FSDP moves only each rank's rows there (r2f.fsdp.shard_model)
                 net.to(device)
-        _check_trainable(forget_items, forget_info, tok, meth, spec.max_length)
+        _check_trainable(inputs.forget, inputs.forget_info, tok, meth, spec.max_length)
         config = spec.config()
-        run_key = spec.run_key(forget_info["sha256"], retain_info["sha256"] if retain_info else None,
-                               source["fingerprint"])
+        run_key = spec.run_key(inputs.forget_info["sha256"],
+                               inputs.retain_info["sha256"] if inputs.retain_info else None, source["fingerprint"])
 
         # A finished run with the same configuration: nothing to redo.
         if resume and (out / MANIFEST).is_file():
             prev = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
             if prev.get("run_key") == json.loads(json.dumps(run_key, default=str)):
                 return out
-        if not resume and ckpt_root.is_dir() and dist.is_main():
+        if not resume and ckpt_root.is_dir() and dp.is_main:
             shutil.rmtree(ckpt_root)  # --overwrite: a fresh run never resumes another run's checkpoints
 
         before = _tensor_digests(net)
-        engine = Engine(net, tok, forget_items, retain_items, meth, spec.engine_config(), device=device, dp=dp)
+        engine = Engine(net, tok, inputs.forget, inputs.retain, meth, spec.engine_config(), device=device, dp=dp)
         result = engine.run(ckpt_root if spec.save_every > 0 or resume else None, resume=resume, run_key=run_key,
                             cost=meter, desc=progress_label(out, spec.method))
         # FSDP: the unsharded weights, gathered one tensor at a time to rank 0 (a collective: every rank takes part)
         full = full_state_dict(result.model) if fsdp else None
-        if not dist.is_main():
+        if not dp.is_main:
             return out  # same weights as rank 0, which writes them
         with meter.stage("save"):
             with atomic_dir(out, overwrite=True) as tmp:
@@ -393,7 +426,7 @@ def _run(spec: RunSpec, meth, model, src_dir, tokenizer, forget_items, forget_in
                     "config": config,
                     "decoder": config["options"].get("decoder") if meth.uses_decoder else None,
                     "method_info": result.method_info,
-                    "data": {"forget": forget_info, "retain": retain_info},
+                    "data": {"forget": inputs.forget_info, "retain": inputs.retain_info},
                     "source_model": source,
                     "steps": {"budget": spec.steps, "done": result.steps_done,
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import _remove_duplicate_names, load_file, load_model, save_file, save_model
 
-from r2f import distributed as dist
+from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.errors import R2FInputError
 from r2f.fsdp import full_state_dict, full_tensor, load_full_state_dict, shard_state_tensor
 from r2f.io import atomic_dir, write_json_atomic
@@ -42,13 +42,15 @@ def latest_checkpoint(root: Path) -> Path | None:
 class Checkpointer:
     """Saves and loads the checkpoints of one run under ``root`` (keeping the newest ``keep``).
 
-    ``sharded``: the model is FSDP-sharded (r2f.fsdp); ``device``: where a one-process load puts the weights.
+    ``sharded``: the model is FSDP-sharded (r2f.fsdp); ``device``: where a one-process load puts the weights;
+    ``dp``: the run's data-parallel context (its main rank alone keeps the gathered tensors and writes).
     """
 
     def __init__(self, root: Path, *, keep: int = 1, sharded: bool = False,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, dp: DataParallel = ONE_PROCESS):
         self.root = Path(root)
         self.keep = keep
+        self.dp = dp
         self.sharded = sharded
         self.device = device
 
@@ -74,7 +76,7 @@ class Checkpointer:
         }
         # FSDP: every rank calls this (the gathers are collectives, in the same order everywhere); rank 0 alone
         # keeps the full tensors and writes, so a checkpoint has the one-process format and resumes either way
-        keep = dist.is_main()
+        keep = self.dp.is_main
         if optimizer is not None:
             sd = optimizer.state_dict()
             for pid, pstate in sd["state"].items():

@@ -36,7 +36,7 @@ import torch
 from r2f.data.batching import CHUNK_TOKENS, DocBatch, DocUnit, QABatch, QAEncoder, batch_indices, document_units
 from r2f.data.schema import Document, QAItem
 from r2f.data.templates import PromptTemplate, pad_id, template_for
-from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum, is_main
+from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum
 from r2f.errors import R2FInputError
 from r2f.fsdp import is_sharded, merge_lora_shards, shard_model
 from r2f.methods.base import METHODS, LossMethod, Method, StepContext, UpdateMethod, get_method, register
@@ -188,9 +188,13 @@ class Engine:
         return float(torch.cat(vals).mean())
 
     def _summary_retain(self) -> list[QAItem]:
+        return self.retain_sample(self.config.summary_items)
+
+    def retain_sample(self, k: int) -> list[QAItem]:
+        """``k`` retain items in a fixed seeded order (the first ``summary_items`` are the summary's items)."""
         if not self.retain:
             return []
-        k = min(self.config.summary_items, len(self.retain))
+        k = min(k, len(self.retain))
         g = torch.Generator().manual_seed(self.config.seed + 12_345)
         return [self.retain[i] for i in torch.randperm(len(self.retain), generator=g)[:k].tolist()]
 
@@ -216,7 +220,7 @@ class Engine:
             self._setup()
         if ckpt_root is not None:
             self.checkpoints = Checkpointer(ckpt_root, keep=cfg.keep_checkpoints, sharded=self.sharded,
-                                            device=self.device)
+                                            device=self.device, dp=self.dp)
         start, log, stop_reason, resumed_from, summary, prior_cost = 0, [], None, None, {}, None
         ckpt = self.checkpoints.latest() if (self.checkpoints is not None and resume) else None
         if ckpt is not None:
@@ -253,7 +257,7 @@ class Engine:
                 if self.checkpoints is not None and cfg.save_every > 0 and (
                         step % cfg.save_every == 0 or step == cfg.steps or stop_reason is not None):
                     with meter.stage("checkpoint"):
-                        if is_main() or self.sharded:  # every rank holds the same weights and state
+                        if self.dp.is_main or self.sharded:  # every rank holds the same weights and state
                             self.checkpoints.save(step, self.model, self.optimizer, self.method, {  # (FSDP: gathered)
                                 "run_key": jsonable(run_key), "log": log, "stop_reason": stop_reason,
                                 "summary": summary, "cost": meter.summary(), "numerics": self.rollback.record()})

@@ -25,7 +25,6 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from r2f import gradients
 from r2f.data.batching import is_documents, shuffled_unit_pairs
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
+from r2f.data.loader import load_items
 from r2f.errors import R2FInputError
 # whole-module sums/checks (and the input-side product) also on FSDP row shards
 from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like
@@ -46,7 +46,7 @@ from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
 from r2f.methods.wga import wga_loss
-from r2f.models.answer_nll import answer_token_nll_flat
+from r2f.models.answer_nll import answer_token_nll_flat, answer_token_scores
 
 #: Largest relative step the line search tries (a 5 % change of the probed weights in one step).
 MAX_ETA = 0.05
@@ -80,8 +80,8 @@ class R2FConfig(MethodConfig):
     guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
     guard_budget: float = option(0.08, "search: largest rise of the guard NLL over the whole run (r2f bench's choice)")
     backtracks: int = option(4, "search: halvings of η tried before the run stops (as many doublings too)")
-    guard_items: int = option(64, "guard items the line search scores (retain file, else self-answered; at most "
-                                   "the engine's 64 summary items)")
+    guard_items: int = option(512, "guard items the line search scores (retain file, else self-answered; all of "
+                                    "them up to this many)")
     retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
     step_norm: Literal["module", "global"] = option("global", "module | global")
     precondition: Literal["auto", "sigma", "adam", "none"] = option(
@@ -95,6 +95,8 @@ class R2FConfig(MethodConfig):
     stats: Literal["retain", "batch"] = option(
         "retain", "Σ statistics for decoders that use them: retain (generic text) | batch")
     stats_items: int = option(64, "retain items the Σ statistics are collected over")
+    forgotten: str | None = option(
+        None, "QA file of items earlier requests unlearned (r2f ledger passes it): kept forgotten (docs/methods.md)")
     sigma_damp: float = option(0.05, "precondition=sigma: δ ÷ the mean eigenvalue of Σ_keep")
     keep_text: Literal["guard+generated", "guard"] = option(
         "guard+generated", "precondition=sigma: Σ_keep's text: the guard's retain items and, when a retain file is "
@@ -137,9 +139,12 @@ class R2F(UpdateMethod):
         self.window = max(1, int(self.stop_window))
         self.engine = engine
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
-        self.guard_items = engine._summary_retain()[: int(self.options["guard_items"])]
-        self.guard_start = self._guard_nll(model) if self.guard_items else None
+        self.guard_items = engine.retain_sample(int(self.options["guard_items"]))
+        self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_items else (None, None)
         self.last_guard: float | None = self.guard_start
+        # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
+        self.forgotten_items = load_items(self.forgotten) if self.forgotten else []
+        self.forgotten_item_start = self._forgotten_nlls(model) if self.forgotten_items else None
         self.next_eta: float | None = None
         self.halt: str | None = None
         self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
@@ -238,7 +243,11 @@ class R2F(UpdateMethod):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
                                 "guard": {"source": self.guard_source, "items": len(self.engine.retain),
-                                          "nll_start": self.guard_start},
+                                          "scored": len(self.guard_items),
+                                          "nll_start": self.guard_start, "top1_start": self.guard_top1_start},
+                                "forgotten": None if not self.forgotten_items else {
+                                    "file": str(self.forgotten), "items": len(self.forgotten_items),
+                                    "nll_start": float(self.forgotten_item_start.mean())},
                                 "stats": None if self.stats is None else {"source": self.guard_source,
                                                                           "tokens": self.stats.tokens},
                                 "precondition": self.step_geometry,
@@ -252,7 +261,7 @@ class R2F(UpdateMethod):
                            "access": getattr(self.decoder_obj, "access", "lora"),
                            "base": getattr(self.decoder_obj, "base", None),
                            "file": str(path) if path.is_file() else None,
-                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None}
+                           "sha256": getattr(self.decoder_obj, "sha256", None) if path.is_file() else None}
         return info
 
     def _stats(self, engine: Engine, model, gradients):
@@ -382,11 +391,16 @@ class R2F(UpdateMethod):
         g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
         g_r = self.decoded(model, retain.views(int(self.retain_views)), self.retain_loss) \
             if (self.guard != "none" or self.retain_weight) and retain is not None else None
+        g_o = self.decoded(model, self._forgotten_batch(model).views(1), self.retain_loss) \
+            if self.forgotten_items else None
         params = dict(model.named_parameters())
         if self.keep_root is not None:  # the guard works in the whitened geometry D·R; mapped back, ΔW ∝ D·Σ_keep⁻¹
             g_f = self._whiten(g_f)
             g_r = None if g_r is None else self._whiten(g_r)
+            g_o = None if g_o is None else self._whiten(g_o)
         directions, out = self._guarded_directions(g_f, g_r, params)
+        if g_o is not None:
+            directions = self._keep_forgotten(directions, g_o)
         if self.keep_root is not None:
             directions = self._whiten(directions)
         for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
@@ -435,6 +449,41 @@ class R2F(UpdateMethod):
         if g_r is not None and directions:
             out = {"guard_conflicts": n_conflict / len(directions), "cos_forget_retain": cos_sum / len(directions)}
         return directions, out
+
+    @torch.no_grad()
+    def _forgotten_nlls(self, model) -> torch.Tensor:
+        """Per earlier-request item, its mean answer NLL (forward passes only)."""
+        was_training = model.training
+        model.eval()
+        vals = []
+        for i in range(0, len(self.forgotten_items), 32):
+            s, n = sequence_nll(model, self.engine.make_batch(self.forgotten_items[i:i + 32]).inputs)
+            vals.append(s / n.clamp_min(1))
+        model.train(was_training)
+        return torch.cat(vals).float().cpu()
+
+    def _forgotten_batch(self, model) -> QABatch:
+        """The step's batch of earlier requests' items: the ``batch_size`` whose NLL fell most since this run
+        started (the ones coming back; a fixed batch in turn protected only itself and let others return)."""
+        k = min(len(self.forgotten_items), self.engine.config.batch_size)
+        fall = self.forgotten_item_start - self._forgotten_nlls(model)
+        order = torch.argsort(fall, descending=True, stable=True)[:k].tolist()
+        return self.engine.make_batch([self.forgotten_items[i] for i in order])
+
+    @staticmethod
+    def _keep_forgotten(directions, g_o) -> dict[str, torch.Tensor]:
+        """Per module, the retain guard's projection mirrored for the earlier requests' items: remove the part of
+        the step that would lower their NLL (the step is −η·d, so ⟨d, D_o⟩ > 0 is a first-order relapse)."""
+        out = {}
+        for name, d in directions.items():
+            o = g_o.get(name)
+            if o is not None:
+                o = o.detach().float()
+                oo, dot = scalar((o * o).sum()), scalar((d * o).sum())
+                if oo > 0 and dot > 0:
+                    d = d - (dot / oo) * o
+            out[name] = d
+        return out
 
     def _adam(self, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Adam's bias-corrected m̂/(√v̂+ε) of the guarded directions (β = 0.9, 0.999), kept across steps.
@@ -486,8 +535,21 @@ class R2F(UpdateMethod):
         per_item = s / n.clamp_min(1)
         return self.engine.dp.mean(per_item)
 
-    def _guard_nll(self, model) -> float:
-        return self.engine.mean_nll(model, self.guard_items, chunk=32)
+    @torch.no_grad()
+    def _guard_scores(self, model) -> tuple[float, float]:
+        """The guard items' mean answer NLL (the mean over items of each item's mean token NLL) and the share of
+        their answer tokens that are the model's top-1 prediction (one forward pass)."""
+        was_training = model.training
+        model.eval()
+        nlls, hits, tokens = [], 0, 0
+        for i in range(0, len(self.guard_items), 32):
+            b = self.engine.make_batch(self.guard_items[i:i + 32])
+            nll, top1, rows, counts = answer_token_scores(model, b.inputs)
+            sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
+            nlls.append(sums / counts.clamp_min(1))
+            hits, tokens = hits + int(top1.sum()), tokens + int(counts.sum())
+        model.train(was_training)
+        return float(torch.cat(nlls).mean()), hits / max(tokens, 1)
 
     def _line_search(self, model, forget: QABatch, params, directions, unit, ctx: StepContext) -> dict[str, Any]:
         """The largest η (from the last accepted η, doubled after a first-try success) whose step raises the
@@ -503,18 +565,18 @@ class R2F(UpdateMethod):
         # both at the step's starting weights: the engine's logged forget signal of this batch, and the guard
         # NLL the previous accepted trial measured (same weights; kept in the checkpointed state)
         f0 = ctx.signals["forget_nll"] if "forget_nll" in ctx.signals else self._forget_batch_nll(model, forget)
-        g0 = self.last_guard if self.last_guard is not None else self._guard_nll(model)
+        g0 = self.last_guard if self.last_guard is not None else self._guard_scores(model)[0]
         base = {n: params[n].detach().clone() for n in directions}
         # first trial: the last accepted η (doubled after a first-try success), else --lr; ctx.lr and the
         # engine's step_scale both carry the halving after a rolled-back numerical fault
         eta = min(self.next_eta * ctx.engine.step_scale if self.next_eta is not None else ctx.lr, MAX_ETA)
         accepted, why, trials = False, "", 0
-        f = g = float("nan")
+        f = g = acc = float("nan")
         too_big: float | None = None  # the smallest η seen to break the guard this step
         halvings = 0
         for trials in range(1, 2 * (int(self.backtracks) + 1) + 1):
             self._apply(params, directions, unit, eta, base=base)
-            f, g = self._forget_batch_nll(model, forget), self._guard_nll(model)
+            f, (g, acc) = self._forget_batch_nll(model, forget), self._guard_scores(model)
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
             elif g - g0 > float(self.guard_tol):
@@ -549,8 +611,9 @@ class R2F(UpdateMethod):
         # the stop rule reads the whole forget set's NLL after the step: one batch's NLL swings by ±50 %
         # between batches and made the run stop late, well past the oracle's level
         forget_all = self.engine.mean_nll(model, self.engine.forget, chunk=32)
+        o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
         return {"step_size": eta, "trials": trials, "forget_nll_after": f, "forget_set_nll": forget_all,
-                "guard_nll": g}
+                "guard_nll": g, "guard_top1": acc, **({"forgotten_nll": o} if o is not None else {})}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
         if self.halt is not None:

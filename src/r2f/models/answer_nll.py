@@ -41,6 +41,14 @@ def _body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 def answer_token_nll_flat(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(NLL of every answer token, its row index, answer-token count per row) for a right-padded QA batch."""
+    nll, _, rows, counts = answer_token_scores(model, batch)
+    return nll, rows, counts
+
+
+def answer_token_scores(model: nn.Module, batch: dict
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NLL of every answer token, whether it is the model's top-1 token, its row index, answer-token count per
+    row) for a right-padded QA batch: one forward pass."""
     dev = next(model.parameters()).device
     inputs = {k: batch[k].to(dev) for k in MODEL_KEYS if k in batch}
     target = batch["labels"].to(dev)[:, 1:]
@@ -54,7 +62,7 @@ def answer_token_nll_flat(model: nn.Module, batch: dict) -> tuple[torch.Tensor, 
         hidden = body(**inputs).last_hidden_state[:, :-1][keep]
         logits = head(hidden)
     nll = F.cross_entropy(logits.float(), target[keep], reduction="none")
-    return nll, rows, keep.sum(1)
+    return nll, logits.argmax(-1) == target[keep], rows, keep.sum(1)
 
 
 def sequence_nll(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
