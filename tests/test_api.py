@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,7 @@ def test_the_eval_spec_is_checked_and_frozen_once():
     assert (world.forget, world.max_new_tokens, facts.forget, facts.max_new_tokens) == ("forget10", 200, None, 32)
     assert EvalSpec(forget="forget05", max_new_tokens=7).forget == "forget05"
     assert EvalSpec(metrics=["forget_quality"], stop_strings=["\n"]).metrics == ("forget_quality",)
+    assert EvalSpec(documents=Path("docs.jsonl")).documents == "docs.jsonl"  # a path is kept as its name
     with pytest.raises(dataclasses.FrozenInstanceError):
         world.batch_size = 4
     for settings, source, words in (
@@ -112,7 +114,9 @@ def test_the_eval_spec_is_checked_and_frozen_once():
             ({"metrics": "forget_quality"}, "metrics", ["expected tuple of str"]),
             ({"bench": "realfacts", "forget": "forget05"}, "--forget", ["only for --bench world"]),
             ({"bench": "realfacts", "retain_split": "retain95"}, "--retain-split", ["only for --bench world"]),
-            ({"bench": "realfacts", "relearn": 3}, "--relearn", ["only for --bench world"])):
+            ({"bench": "realfacts", "relearn": 3}, "--relearn", ["only for --bench world"]),
+            ({"bench": "realfacts", "documents": "forget10"}, "--documents", ["only for --bench world"]),
+            ({"documents": 10}, "--documents", ["expected str"])):
         with pytest.raises(R2FInputError) as exc:
             EvalSpec(**settings)
         assert exc.value.source == source and all(w in str(exc.value) for w in words), (settings, str(exc.value))

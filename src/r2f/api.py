@@ -93,6 +93,7 @@ def evaluate(
     retain_tokenizer: Any = None,
     metrics: Iterable[str] | None = None,
     bench: str = "world",
+    documents: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on the ``forget`` split of ``data`` (``r2f eval``); returns the eval.json dict.
 
@@ -104,7 +105,8 @@ def evaluate(
     ``threads``: torch's intra-op threads (default: r2f.threads' policy; recorded in ``meta.threads``).
     ``bench="realfacts"`` evaluates real-world knowledge instead (docs/realfacts.md): the shipped benchmark, or the
     directory ``data``; no retain oracle, split options or relearning. ``max_new_tokens`` defaults to 200 on the
-    world and 32 on realfacts.
+    world and 32 on realfacts. ``documents``: a documents split (``forget10`` → ``data/documents/forget10.jsonl``) or
+    file whose document metrics (verbatim extraction, loss MIA; docs/metrics.md) are added (world only).
     Example: ``r2f.evaluate("runs/npo", "world", forget="forget05", out="runs/npo/eval.json")["summary"]``.
     """
     from r2f.distributed import is_main
@@ -116,7 +118,7 @@ def evaluate(
     # the settings, checked once (bench, world-only options, counts; errors name the flags): the suite takes them
     spec = EvalSpec(bench=bench, forget=forget, retain_split=retain_split, metrics=metrics, relearn=relearn,
                     relearn_lr=relearn_lr, batch_size=batch_size, max_new_tokens=max_new_tokens, max_items=max_items,
-                    threads=threads)
+                    threads=threads, documents=documents)
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either --retain-model or --retain-log, not both", source="--retain-log")
     if out is not None and Path(out).is_dir():

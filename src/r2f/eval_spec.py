@@ -12,6 +12,7 @@ imports torch, and the CLI builds its help from this module at start-up.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
@@ -27,7 +28,7 @@ DEFAULT_FORGET = "forget10"
 #: The greedy generation budget when none is given, per bench.
 DEFAULT_MAX_NEW_TOKENS: Mapping[str, int] = {"world": 200, "realfacts": 32}
 #: The settings that are the world suite's alone (realfacts has fixed splits and no retain oracle).
-WORLD_ONLY = ("forget", "retain_split", "relearn")
+WORLD_ONLY = ("forget", "retain_split", "relearn", "documents")
 #: Python names of :func:`r2f.eval.evaluate`'s keywords that predate the spec -> the spec's field.
 SUITE_ALIASES: Mapping[str, str] = {"forget_split": "forget", "num_threads": "threads"}
 
@@ -56,6 +57,10 @@ class EvalSpec(TypedRecord):
     forget: str | None = option(None, "Forget split (forget01|forget05|forget10; default forget10). World only.")
     retain_split: str | None = option(None, "Retain split scored for utility (default: the complement of --forget, "
                                             "e.g. retain90 for forget10).")
+    documents: str | None = option(None, "Also the document metrics (verbatim extraction ROUGE-L of forget, retain "
+                                         "and holdout documents; loss MIA AUC forget vs holdout) of this documents "
+                                         "split (e.g. forget10 = DATA/documents/forget10.jsonl) or file. World only; "
+                                         "docs/metrics.md.")
     metrics: tuple[str, ...] | None = option(None, "Python only: the metric names to compute (r2f.eval.METRICS; "
                                                    "default: every metric of the bench).")
     relearn: int = option(0, "Relearning attack: N fine-tuning steps on half the forget split (0 = off).")
@@ -79,6 +84,8 @@ class EvalSpec(TypedRecord):
                     object.__setattr__(self, name, tuple(value))
                 except TypeError:
                     pass  # not iterable: the type check below names it
+        if isinstance(self.documents, os.PathLike):  # a documents file given as a path is kept as its name
+            object.__setattr__(self, "documents", os.fspath(self.documents))
         hints = self.types()
         for f in self.fields():
             check_value(f.name, getattr(self, f.name), hints[f.name], source=source(f.name))

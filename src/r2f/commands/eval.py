@@ -34,6 +34,7 @@ def eval_command(
     retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
     forget: Optional[str] = _setting("forget"),
     retain_split: Optional[str] = _setting("retain_split"),
+    documents: Optional[str] = _setting("documents"),
     relearn: int = _setting("relearn"),
     relearn_lr: float = _setting("relearn_lr"),
     batch_size: int = _setting("batch_size"),
@@ -53,11 +54,13 @@ def eval_command(
     result = r2f.evaluate(model, data, out, retain_model=retain_model, retain_log=retain_log, forget=forget,
                           retain_split=retain_split, relearn=relearn, relearn_lr=relearn_lr, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, max_items=max_items, threads=threads,
-                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, bench=bench)
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, bench=bench,
+                          documents=documents)
     if not is_main():
         return
     s = result["summary"]
     headline = REALFACTS_HEADLINE if bench == "realfacts" else HEADLINE
+    headline += tuple(k for k in s if k.startswith("doc_"))
     parts = [f"{k}={s[k]:.4g}" for k in headline if isinstance(s.get(k), (int, float))]
     typer.echo(f"wrote {out} ({result['meta']['wall_s']:.1f}s): " + " ".join(parts))
     if result.get("relearn", {}).get("after"):

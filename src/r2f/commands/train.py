@@ -23,6 +23,9 @@ def train(
     no_cache: bool = typer.Option(False, "--no-cache", help="Retrain even if the cache has this model."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
     threads: Optional[int] = threads_option(),
+    documents: bool = typer.Option(False, "--documents",
+                                   help="Also train on the same authors' biographies (the world's documents/ files) "
+                                        "as documents; a model of its own (own cache key), never the default."),
 ) -> None:
     """Train a Llama-shaped model with its own BPE tokenizer on the world, or fine-tune SmolLM2 (cached by data +
     config hash)."""
@@ -32,5 +35,5 @@ def train(
     check_out_dir(out, overwrite=overwrite, protect=[data])
     with requested_threads(threads):
         path = train_model(data, size=size, split=split, forget=forget, out=out, seed=seed, use_cache=not no_cache,
-                           overwrite=overwrite)
+                           overwrite=overwrite, documents=documents)
     typer.echo(f"model ready at {path}")

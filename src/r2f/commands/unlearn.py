@@ -29,7 +29,17 @@ def _parse_options(pairs: list[str]) -> dict:
 @app.command("unlearn")
 def unlearn_command(
     model: str = typer.Option(..., "--model", help="Model directory (or 'smollm2') to unlearn from; never modified."),
-    forget: Path = typer.Option(..., "--forget", help="Forget split (JSON/JSONL, TOFU-shaped)."),
+    forget: Path = typer.Option(..., "--forget", help="Forget split (JSON/JSONL, TOFU-shaped QA items or "
+                                                     "{\"text\": ...} documents; or a .txt document)."),
+    forget_kind: str = typer.Option("auto", "--forget-kind",
+                                    help="What --forget holds: auto (documents when its records have 'text' and no "
+                                         "'question', or a .txt file), qa, or documents (e.g. the world's "
+                                         "documents/forget10.jsonl biographies). docs/world.md."),
+    retain_kind: str = typer.Option("qa", "--retain-kind",
+                                    help="What --retain holds: qa (default), documents or auto (as --forget-kind)."),
+    chunk_tokens: int = typer.Option(128, "--chunk-tokens",
+                                     help="Documents: tokens per unit (chunk) the run draws; views are the chunk, its "
+                                          "paraphrases' chunks and the chunk after preceding text."),
     retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL). Optional for r2f: without it the guard uses the target's own answers to generic questions."),
     method: str = typer.Option("r2f", "--method",
                                help="Method name (docs/methods.md). The names are those the method registry "
@@ -87,7 +97,8 @@ def unlearn_command(
     path = r2f.unlearn(model, forget, retain, method=method, out=out, steps=steps, seed=seed, lr=lr,
                        batch_size=batch_size, save_every=save_every, resume=resume, overwrite=overwrite,
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
-                       trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, **flags, **options)
+                       trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, forget_kind=forget_kind,
+                       retain_kind=retain_kind, chunk_tokens=chunk_tokens, **flags, **options)
     from r2f.distributed import is_main
 
     if not is_main():

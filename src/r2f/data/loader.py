@@ -13,9 +13,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from r2f.data.schema import QAItem
+from r2f.data.schema import Document, QAItem
 from r2f.errors import R2FInputError
 from r2f.io import decode_text, read_bytes, read_text
 
@@ -50,16 +50,32 @@ HALVES_RULE = ("records grouped by their 'kind' field (records without one form 
                "retain half")
 
 
-def _validate(record: object, where: str) -> QAItem:
+#: What a forget file holds: ``auto`` (documents when its first record has ``text`` and no ``question``, or the file
+#: is a ``.txt``; QA items otherwise), ``qa`` or ``documents`` (the ``text`` of every record, e.g. the world's
+#: biographies, which are long-answer QA items too).
+FORGET_KINDS = ("auto", "qa", "documents")
+#: A plain-text file is one document.
+TEXT_SUFFIXES = (".txt",)
+
+
+def _validate(record: object, where: str, model: type[BaseModel] = QAItem) -> BaseModel:
     if not isinstance(record, dict):
         raise R2FInputError(f"expected a JSON object, got {type(record).__name__}", source=where)
     try:
-        return QAItem.model_validate(record)
+        return model.model_validate(record)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "record"
         kind = "missing" if err["type"] == "missing" else err["msg"]
         raise R2FInputError(f"field '{field}': {kind}", source=where) from None
+
+
+def record_type(record: object, kind: str) -> type[BaseModel]:
+    """The record type of a file, decided by ``kind`` or (``auto``) by its first record."""
+    if kind == "documents" or (kind == "auto" and isinstance(record, dict) and "question" not in record
+                               and "text" in record):
+        return Document
+    return QAItem
 
 
 def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QAItem]:
@@ -69,23 +85,45 @@ def load_items(path: str | os.PathLike, *, allow_empty: bool = False) -> list[QA
 
 def read_items(path: str | os.PathLike, *, allow_empty: bool = False) -> tuple[list[QAItem], str]:
     """:func:`load_items` and the sha256 of the file's bytes (what a manifest records), from one read of the file."""
+    return read_records(path, "qa", allow_empty=allow_empty)
+
+
+def read_records(path: str | os.PathLike, kind: str = "auto", *,
+                 allow_empty: bool = False) -> tuple[list[QAItem] | list[Document], str]:
+    """The records of a forget (or retain) file, QA items or :class:`Document` s by ``kind`` (:data:`FORGET_KINDS`),
+    and the sha256 of its bytes. A ``.txt`` file is one document (its whole text); a JSON/JSONL file of documents
+    holds ``{"text": ..., "paraphrases": [...]}`` records. Every problem: one line naming the file and line."""
+    if kind not in FORGET_KINDS:
+        raise R2FInputError(f"unknown kind '{kind}' (choose {', '.join(FORGET_KINDS)})", source="--forget-kind")
     path = Path(path)
     if not path.is_file():
         raise R2FInputError("file not found", source=str(path))
     data = read_bytes(path)
     text = decode_text(data, path)
-    items = _parse_json(path, text) if _is_json_list(path, text) else _parse_jsonl(path, text)
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        if kind == "qa":
+            raise R2FInputError("a .txt file is one document, not QA items", source=str(path))
+        items: list = [_validate({"text": text}, str(path), Document)] if text.strip() or not allow_empty else []
+    else:
+        items = _parse_json(path, text, kind) if _is_json_list(path, text) else _parse_jsonl(path, text, kind)
     if not items and not allow_empty:
         raise R2FInputError("no records (empty split)", source=str(path))
     return items, hashlib.sha256(data).hexdigest()
+
+
+def load_documents(path: str | os.PathLike) -> list[Document]:
+    """The documents of a ``.txt`` / JSON / JSONL file (:func:`read_records` with ``kind="documents"``)."""
+    return read_records(path, "documents")[0]
 
 
 def item_locations(path: str | os.PathLike) -> list[str]:
     """Where each record of :func:`load_items` ``(path)`` sits: ``FILE:LINE`` (JSONL) or ``FILE[INDEX]`` (JSON)."""
     path = Path(path)
     text = read_text(path)
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return [str(path)]
     if _is_json_list(path, text):
-        return [f"{path}[{i}]" for i in range(len(_parse_json(path, text)))]
+        return [f"{path}[{i}]" for i in range(len(_parse_json(path, text, "auto")))]
     return [f"{path}:{n}" for n, line in enumerate(_lines(text), start=1) if line.strip()]
 
 
@@ -104,8 +142,8 @@ def _looks_like_jsonl(text: str) -> bool:
     return len(lines) > 1 and lines[0].lstrip().startswith("{") and lines[0].rstrip().endswith("}")
 
 
-def _parse_jsonl(path: Path, text: str) -> list[QAItem]:
-    items = []
+def _parse_jsonl(path: Path, text: str, kind: str = "qa") -> list:
+    items, model = [], None
     for lineno, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
@@ -115,11 +153,12 @@ def _parse_jsonl(path: Path, text: str) -> list[QAItem]:
             raise R2FInputError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=f"{path}:{lineno}") from None
         except (ValueError, RecursionError) as exc:  # e.g. integers beyond Python's digit limit, deep nesting
             raise R2FInputError(f"malformed JSON: {_first_line(exc)}", source=f"{path}:{lineno}") from None
-        items.append(_validate(record, f"{path}:{lineno}"))
+        model = model or record_type(record, kind)
+        items.append(_validate(record, f"{path}:{lineno}", model))
     return items
 
 
-def _parse_json(path: Path, text: str) -> list[QAItem]:
+def _parse_json(path: Path, text: str, kind: str = "qa") -> list:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -130,7 +169,8 @@ def _parse_json(path: Path, text: str) -> list[QAItem]:
         data = data["data"]
     if not isinstance(data, list):
         raise R2FInputError("expected a list of records (or {\"data\": [...]})", source=str(path))
-    return [_validate(rec, f"{path}[{i}]") for i, rec in enumerate(data)]
+    model = record_type(data[0], kind) if data else QAItem
+    return [_validate(rec, f"{path}[{i}]", model) for i, rec in enumerate(data)]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""The TOFU-shaped record every r2f dataset uses."""
+"""The records r2f reads: TOFU-shaped question–answer items, and documents (forget data given as plain text)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,29 @@ class QAItem(BaseModel):
     @property
     def author(self) -> str | None:
         return (self.model_extra or {}).get("author")
+
+
+class Document(BaseModel):
+    """A forget document: its ``text`` (unlearned with the LM loss on every token, no question/answer split) and,
+    optionally, ``paraphrases`` of the whole text (extra views; docs/world.md § Documents). Extra fields are kept.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    text: str = Field(min_length=1)
+    paraphrases: list[str] = Field(default_factory=list)
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not visible(value):
+            raise ValueError("must not be blank (only whitespace or invisible characters)")
+        return value
+
+    @field_validator("paraphrases")
+    @classmethod
+    def _paraphrases_not_blank(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            if not visible(text):
+                raise ValueError(f"paraphrase {i} must not be blank (only whitespace or invisible characters)")
+        return value

@@ -19,6 +19,7 @@ from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.distributed import describe as describe_processes
 from r2f.errors import R2FInputError
 from r2f.eval import metrics as _metrics  # noqa: F401  (registers the metrics)
+from r2f.eval.documents import evaluate_documents
 from r2f.eval.registry import METRICS
 from r2f.eval.relearn import relearn_attack
 from r2f.eval.scoring import QA_STOP_STRINGS, generate_answers, score_pairs
@@ -295,6 +296,9 @@ def evaluate(
     "forget05", max_items=48)``. ``threads``: torch intra-op threads during the evaluation (restored afterwards);
     by default 1 for models under 50M parameters, whose matrices are too small to gain from threads and lose up
     to 100x to OpenMP spin-waits on a busy CPU, unchanged otherwise.
+    ``documents`` (a spec field): also the document metrics (r2f.eval.documents: verbatim extraction and the loss MIA)
+    of the documents split of that name (``forget10`` → ``DATA/documents/forget10.jsonl``, with the retain and holdout
+    documents beside it) or of a documents file.
     """
     spec = EvalSpec.of(spec, settings)
     if spec.bench != "world":
@@ -346,6 +350,13 @@ def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retai
         result["relearn"] = relearn_attack(ctx, steps=spec.relearn, lr=spec.relearn_lr, batch_size=spec.relearn_batch_size,
                                            seed=spec.seed)
 
+    doc_meta = None
+    if spec.documents is not None:
+        doc_metrics, doc_meta = evaluate_documents(m, tok, data_dir, spec.documents, batch_size=batch_size,
+                                                   max_items=spec.max_items)
+        result.update(doc_metrics)
+        names = names + list(doc_metrics)
+
     n_params = sum(p.numel() for p in m.parameters())
     result["summary"] = {n: result[n]["agg_value"] for n in names if n in result}
     result["meta"] = {
@@ -371,6 +382,8 @@ def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retai
         "distributed": _dist_info(),
         "wall_s": round(time.perf_counter() - t0, 3),
     }
+    if doc_meta is not None:
+        result["meta"]["documents"] = doc_meta
     # meta first, like a header
     ordered = {"meta": result.pop("meta"), "summary": result.pop("summary")}
     ordered.update(result)

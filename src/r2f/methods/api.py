@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from r2f import distributed as dist
-from r2f.data.loader import item_locations, read_items
-from r2f.data.schema import QAItem
+from r2f.data.batching import CHUNK_TOKENS, DocUnit, document_units, is_documents
+from r2f.data.loader import FORGET_KINDS, item_locations, read_records, record_type
+from r2f.data.schema import Document, QAItem
 from r2f.data.templates import template_for, untrainable
 from r2f.decoders import Decoder, resolve_decoder
 from r2f.distributed import DataParallel
@@ -51,6 +52,12 @@ def check_run_settings(*, steps: int | None, lr: float | None, batch_size: int, 
         raise R2FInputError("must be positive", source="--lr")
 
 
+def check_chunk_tokens(chunk_tokens: Any) -> None:
+    """Tokens per document unit (``--chunk-tokens``): an integer >= 1; R2FInputError naming the flag."""
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
+        raise R2FInputError("must be an integer >= 1", source="--chunk-tokens")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """An unlearning run, validated and built once in :func:`unlearn`, where the CLI, the Python API and the demo
@@ -69,15 +76,18 @@ class RunSpec:
     save_every: int = 0
     max_failures: int = 3
     fsdp: bool = False
+    documents: Mapping[str, Any] | None = None  # forget documents: how they were cut into units (chunk_tokens)
 
     def __post_init__(self) -> None:
         check_run_settings(steps=self.steps, lr=self.lr, batch_size=self.batch_size, save_every=self.save_every,
                            max_failures=self.max_failures)
+        if self.documents is not None:
+            check_chunk_tokens(self.documents.get("chunk_tokens"))
 
     @classmethod
     def build(cls, meth, method: str, recorded: dict[str, Any], n_forget: int, *, steps: int | None, lr: float | None,
               batch_size: int, seed: int, max_length: int | None, save_every: int, max_failures: int,
-              fsdp: bool) -> "RunSpec":
+              fsdp: bool, documents: Mapping[str, Any] | None = None) -> "RunSpec":
         per_epoch = -(-n_forget // min(batch_size, n_forget))
         optimizer = None
         if meth.optimizer == "adamw":
@@ -88,7 +98,8 @@ class RunSpec:
                    steps=steps if steps is not None else DEFAULT_EPOCHS * per_epoch,
                    lr=lr if lr is not None else meth.default_lr, batch_size=batch_size, seed=seed,
                    max_length=max_length, optimizer=MappingProxyType(optimizer) if optimizer else None,
-                   save_every=save_every, max_failures=max_failures, fsdp=fsdp)
+                   save_every=save_every, max_failures=max_failures, fsdp=fsdp,
+                   documents=MappingProxyType(dict(documents)) if documents else None)
 
     def config(self) -> dict[str, Any]:
         """The manifest's ``config``."""
@@ -96,6 +107,8 @@ class RunSpec:
                "batch_size": self.batch_size, "seed": self.seed, "max_length": self.max_length}
         if self.optimizer is not None:
             out["optimizer"] = dict(self.optimizer)
+        if self.documents is not None:  # only for documents: a QA run's config (and run key) is as it was
+            out["documents"] = dict(self.documents)
         return out
 
     def run_key(self, forget_sha256: str, retain_sha256: str | None, source_fingerprint: str) -> dict[str, Any]:
@@ -106,7 +119,8 @@ class RunSpec:
     def engine_config(self) -> EngineConfig:
         return EngineConfig(steps=self.steps, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
                             save_every=self.save_every, max_length=self.max_length, max_failures=self.max_failures,
-                            fsdp=self.fsdp)
+                            fsdp=self.fsdp, **({"chunk_tokens": int(self.documents["chunk_tokens"])}
+                                               if self.documents else {}))
 
 
 @dataclass(frozen=True)
@@ -117,26 +131,49 @@ class RunInputs:
     model: Any                            # as given: a directory, "smollm2" or an in-memory model
     src_dir: Path | None                  # the resolved model directory (None: in memory)
     tokenizer: Any                        # an in-memory model's tokenizer (None with a directory)
-    forget: list[QAItem]
+    forget: list[QAItem] | list[DocUnit]
     forget_info: dict[str, Any]
-    retain: list[QAItem]
+    retain: list[QAItem] | list[DocUnit]
     retain_info: dict[str, Any] | None
 
 
-def _data(spec, name: str, required: bool) -> tuple[list[QAItem], dict | None]:
+def _data(spec, name: str, required: bool, kind: str = "qa") -> tuple[list[QAItem] | list[Document], dict | None]:
+    """A forget/retain argument's records (QA items or documents, by ``kind``: :data:`FORGET_KINDS`) and what the
+    manifest records of them."""
+    if kind not in FORGET_KINDS:
+        raise R2FInputError(f"unknown kind '{kind}' (choose {', '.join(FORGET_KINDS)})", source=f"--{name}-kind")
     if spec is None:
         if required:
             raise R2FInputError("missing", source=f"--{name}")
         return [], None
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec)
-        items, digest = read_items(path)  # one read of the file for both
+        items, digest = read_records(path, kind)  # one read of the file for both
         return items, {"path": str(path), "sha256": digest, "items": len(items)}
-    items = [it if isinstance(it, QAItem) else QAItem.model_validate(it) for it in spec]
+    spec = list(spec)
+    model = Document if spec and isinstance(spec[0], Document) else record_type(spec[0] if spec else None, kind)
+    items = [it if isinstance(it, model) else model.model_validate(it) for it in spec]
     if required and not items:
         raise R2FInputError("no records (empty split)", source=f"--{name}")
     blob = "".join(json.dumps(it.model_dump(), sort_keys=True) + "\n" for it in items).encode()
     return items, {"path": None, "sha256": hashlib.sha256(blob).hexdigest(), "items": len(items)}
+
+
+def _as_units(items: list[Document], info: dict, tokenizer, chunk_tokens: int, max_length: int | None,
+              flag: str = "--forget") -> list[DocUnit]:
+    """Documents as the units the engine draws (r2f.data.batching.document_units); ``info`` (the manifest's
+    record of the file) gains the kind and the number of units."""
+    where = item_locations(info["path"]) if info.get("path") else [f"{flag}[{i}]" for i in range(len(items))]
+    units = document_units(tokenizer, items, chunk_tokens, max_length, locations=where)
+    info.update(kind="documents", units=len(units))
+    return units
+
+
+def _tokenizer_of(src_dir: Path, trust_remote_code: bool):
+    """The tokenizer of a model directory, before the model loads (documents are cut into units up front)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(src_dir, trust_remote_code=trust_remote_code)
 
 
 def _model_dir(model) -> Path | None:
@@ -205,6 +242,8 @@ def progress_label(out: Path, method: str) -> str:
 
 def _check_trainable(items: Sequence[QAItem], info: dict, tok, meth, max_length: int | None) -> None:
     """Refuse forget items with no answer token to unlearn (exit 2, naming the record), before any work."""
+    if is_documents(items):  # units: every document gave tokens (document_units refuses one that does not)
+        return
     template = template_for(tok)
     k = max(1, int(meth.options.get("views", 1) or 1))
     for i, it in enumerate(items):
@@ -238,6 +277,9 @@ def unlearn(
     trust_remote_code: bool = False,
     threads: int | None = None,
     fsdp: bool = False,
+    forget_kind: str = "auto",
+    retain_kind: str = "qa",
+    chunk_tokens: int = CHUNK_TOKENS,
     **options: Any,
 ) -> Path:
     """Unlearn ``forget`` from ``model`` with ``method``; write a Hugging Face model directory to ``out``.
@@ -251,7 +293,12 @@ def unlearn(
     (bit-identical on CPU). ``allow_pickle`` / ``trust_remote_code`` let the model load from pickle weights / run
     the code shipped in its directory. ``threads`` sets torch's intra-op threads (default: r2f.threads' policy,
     from the model's size and the free cores; recorded in the manifest). ``fsdp=True`` under torchrun shards the
-    target with FSDP2 over the processes (docs/distributed.md; one process: nothing to shard, a plain run). Returns
+    target with FSDP2 over the processes (docs/distributed.md; one process: nothing to shard, a plain run).
+    ``forget_kind``: ``auto`` (default: documents when the records have ``text`` and no ``question``, or a ``.txt``
+    file), ``qa`` or ``documents`` (e.g. the world's biographies); documents are cut into units of ``chunk_tokens``
+    tokens (docs/world.md § Documents as forget data) and ``steps`` defaults to 10 epochs of the units.
+    ``retain_kind`` (default ``qa``, as before): the same choice for ``retain`` (documents there are cut the same
+    way and keep, as retain data, whatever the method's retain term does). Returns
     ``out``, which holds the weights (safetensors), the tokenizer and ``manifest.json``.
     """
     # ---- validation: everything that can be wrong is reported before any work -------------------
@@ -289,16 +336,25 @@ def unlearn(
         raise R2FInputError("--resume: no run here to resume (the directory does not exist); drop --resume to "
                             "start a new run", source=str(out))
     check_out_dir(out, overwrite=overwrite or resume, protect=[src_dir] if src_dir else [])
-    forget_items, forget_info = _data(forget, "forget", required=True)
-    retain_items, retain_info = _data(retain, "retain", required=False)
+    forget_items, forget_info = _data(forget, "forget", required=True, kind=forget_kind)
+    retain_items, retain_info = _data(retain, "retain", required=False, kind=retain_kind)
     if meth.needs_retain and not retain_items:
         raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
+    documents = None
+    if is_documents(forget_items) or is_documents(retain_items):
+        check_chunk_tokens(chunk_tokens)
+        tok0 = tokenizer if tokenizer is not None else _tokenizer_of(src_dir, trust_remote_code)
+        if is_documents(forget_items):
+            forget_items = _as_units(forget_items, forget_info, tok0, chunk_tokens, max_length)
+        if is_documents(retain_items):
+            retain_items = _as_units(retain_items, retain_info, tok0, chunk_tokens, max_length, "--retain")
+        documents = {"chunk_tokens": chunk_tokens}
     # every rank takes its slice of each global batch (one process: all of it); passed on, not looked up again
     dp = DataParallel.current()
     # the run, once: the manifest and the run key name the decoder as it was given (recorded before it is loaded)
     spec = RunSpec.build(meth, method, recorded_options(meth.options), len(forget_items), steps=steps, lr=lr,
                          batch_size=batch_size, seed=seed, max_length=max_length, save_every=save_every,
-                         max_failures=max_failures, fsdp=bool(fsdp) and dp.active)
+                         max_failures=max_failures, fsdp=bool(fsdp) and dp.active, documents=documents)
     if meth.uses_decoder:  # loaded once, here (an unknown one: exit 2 before the model loads); the method gets it
         meth.options["decoder"] = resolve_decoder(meth.options.get("decoder"))
     ckpt_root = out / CHECKPOINTS

@@ -33,9 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from r2f.data.batching import QABatch, QAEncoder, batch_indices
-from r2f.data.schema import QAItem
-from r2f.data.templates import PromptTemplate, template_for
+from r2f.data.batching import CHUNK_TOKENS, DocBatch, DocUnit, QABatch, QAEncoder, batch_indices, document_units
+from r2f.data.schema import Document, QAItem
+from r2f.data.templates import PromptTemplate, pad_id, template_for
 from r2f.distributed import DataParallel, all_reduce_sum_, barrier, global_sum
 from r2f.errors import R2FInputError
 from r2f.fsdp import is_sharded, merge_lora_shards, shard_model
@@ -62,6 +62,7 @@ class EngineConfig:
     max_failures: int = 3         # numerically failed steps (NaN/Inf) after which the run stops (R2FNumericalError)
     summary_items: int = 64       # retain items in the start/end summary signals
     fsdp: bool = False            # shard the target with FSDP2 (r2f.fsdp) when more than one process runs
+    chunk_tokens: int = CHUNK_TOKENS  # tokens per unit of a document (r2f.data.batching.document_units)
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Engine:
 
     ``dp``: the data-parallel context of the run (default: this process's place in the running process group,
     :meth:`DataParallel.current`); every batch is this rank's slice of the global batch when it is active.
+    ``forget`` / ``retain``: QA items, or documents (:class:`r2f.data.schema.Document`, cut here into the units of
+    :func:`r2f.data.batching.document_units`) or such units; batches of units are :class:`DocBatch` es.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem] | None,
@@ -116,8 +119,8 @@ class Engine:
                                     source="--batch-size")
         self.model = model
         self.tokenizer = tokenizer
-        self.forget = list(forget)
-        self.retain = list(retain) if retain else []
+        self.forget = self._units(forget, config)
+        self.retain = self._units(retain, config) if retain else []
         self.method = method
         self.config = config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -142,7 +145,17 @@ class Engine:
         return self.rollback.failures
 
     # -- data -------------------------------------------------------------------------------------
-    def make_batch(self, items: Sequence[QAItem], indices: Sequence[int] | None = None) -> QABatch:
+    def _units(self, records: Sequence, config: EngineConfig) -> list:
+        """QA items as given; documents as their units (chunks with views)."""
+        records = list(records)
+        if records and isinstance(records[0], Document):
+            return document_units(self.tokenizer, records, config.chunk_tokens, config.max_length)
+        return records
+
+    def make_batch(self, items: Sequence[QAItem] | Sequence[DocUnit],
+                   indices: Sequence[int] | None = None) -> QABatch | DocBatch:
+        if items and isinstance(items[0], DocUnit):
+            return DocBatch(items, indices or [], pad_id(self.tokenizer), self.config.max_length, self.device)
         return QABatch(items, indices or [], self.tokenizer, self.template, self.config.max_length, self.device,
                        encoder=self.encoder)
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 
 from r2f import gradients
+from r2f.data.batching import is_documents, shuffled_unit_pairs
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.data.loader import load_items
 from r2f.errors import R2FInputError
@@ -307,14 +308,21 @@ class R2F(UpdateMethod):
         ``shuffled`` (default) pairs each forget question with another forget item's answer (same ``kind``
         when the data has it): a wrong fact in the very format the model was trained on, which is what a
         model that never learned the item scores. ``perturbed`` uses the data's perturbed answers (their
-        phrasing may differ from the trained format, which raises the threshold).
+        phrasing may differ from the trained format, which raises the threshold). On documents, ``shuffled`` pairs
+        the first half of each unit with the second half of another document's unit at the same chunk position
+        (:func:`r2f.data.batching.shuffled_unit_pairs`); ``perturbed`` has no text to use there (no threshold).
         """
         if self.stop_nll is not None:
             return float(self.stop_nll)
         if self.stop == "none":
             return None
-        pairs = _shuffled_pairs(engine.forget) if self.stop == "shuffled" else \
-            [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
+        documents = is_documents(engine.forget)
+        if documents:  # a unit's first half with another document's second half; no perturbed text to use
+            bos = [engine.tokenizer.bos_token_id] if engine.tokenizer.bos_token_id is not None else []
+            pairs = shuffled_unit_pairs(engine.forget, bos) if self.stop == "shuffled" else []
+        else:
+            pairs = _shuffled_pairs(engine.forget) if self.stop == "shuffled" else \
+                [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
         if not pairs:
             return None
         vals = []
@@ -322,7 +330,8 @@ class R2F(UpdateMethod):
             for i in range(0, len(pairs), 16):
                 chunk = pairs[i: i + 16]
                 b = engine.make_batch([engine.forget[0]] * len(chunk))
-                s, n = sequence_nll(model, b.encode([q for q, _ in chunk], [a for _, a in chunk]))
+                inputs = b.collate(chunk) if documents else b.encode([q for q, _ in chunk], [a for _, a in chunk])
+                s, n = sequence_nll(model, inputs)
                 vals += (s / n.clamp_min(1)).tolist()
         return sum(vals) / len(vals)
 
