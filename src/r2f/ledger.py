@@ -33,6 +33,8 @@ import math
 import os
 import shlex
 import shutil
+# Model, method and evaluation imports are made inside the functions that use them: the CLI imports this module
+# at start-up (commands/ledger.py) and `r2f --help` must not load torch (tests/test_imports.py).
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 

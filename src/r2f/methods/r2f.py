@@ -26,6 +26,7 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,14 +35,16 @@ import torch
 
 from r2f import gradients
 from r2f.data.batching import is_documents, shuffled_unit_pairs
-from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.data.loader import load_items
+from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
+from r2f.decoders.learned import ACCESS_MODES
 from r2f.errors import R2FInputError
 # whole-module sums/checks (and the input-side product) also on FSDP row shards
 from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
+from r2f.methods.guard import GENERATED_SOURCE, self_answered_items
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
@@ -165,8 +168,6 @@ class R2F(UpdateMethod):
 
     def _check_access(self) -> None:
         """``-o access=MODE`` bounds what the decoder may read; a decoder that needs more is refused."""
-        from r2f.decoders.learned import ACCESS_MODES
-
         needs = getattr(self.decoder_obj, "access", "lora")
         if self.access is None:
             return
@@ -184,8 +185,6 @@ class R2F(UpdateMethod):
         if self.retain_data == "file" and not engine.retain:
             raise R2FInputError("retain_data=file needs a retain file", source="--retain")
         if self.retain_data == "generated" or not engine.retain:
-            from r2f.methods.guard import GENERATED_SOURCE, self_answered_items
-
             engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
             return GENERATED_SOURCE
         return "file"
@@ -204,8 +203,6 @@ class R2F(UpdateMethod):
     # -- pieces -----------------------------------------------------------------------------------
     def _checked_probe(self, gradients, model):
         """The probe, validated against the model and the decoder before any step (R2FInputError: exit 2)."""
-        import re
-
         try:
             probe = gradients.ProbeConfig(**self._probe_kwargs())
         except (TypeError, ValueError) as exc:
@@ -290,8 +287,6 @@ class R2F(UpdateMethod):
         """
         items = engine._summary_retain()[: int(self.stats_items)]
         if self.keep_text == "guard+generated" and self.guard_source == "file":
-            from r2f.methods.guard import self_answered_items
-
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
             self.keep_info = {"text": "guard+generated", "items": len(items)}
             stats = self._input_stats(engine, model, items, "keep")
