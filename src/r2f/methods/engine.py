@@ -176,6 +176,10 @@ class Engine:
     @torch.no_grad()
     def mean_nll(self, model, items: Sequence[QAItem], chunk: int | None = None) -> float:
         """Mean over items of the per-item mean answer-token NLL (the logged signal)."""
+        return float(self.item_nlls(model, items, chunk).mean())
+
+    def item_nlls(self, model, items: Sequence[QAItem], chunk: int | None = None) -> torch.Tensor:
+        """Per item, its mean answer-token NLL (eval mode, ``chunk`` items a forward pass)."""
         chunk = chunk or max(1, self.config.batch_size)
         was_training = model.training
         model.eval()
@@ -185,7 +189,7 @@ class Engine:
             s, n = sequence_nll(model, b.inputs)
             vals.append(s / n.clamp_min(1))
         model.train(was_training)
-        return float(torch.cat(vals).mean())
+        return torch.cat(vals)
 
     def _summary_retain(self) -> list[QAItem]:
         return self.retain_sample(self.config.summary_items)

@@ -448,14 +448,7 @@ class R2F(UpdateMethod):
     @torch.no_grad()
     def _forgotten_nlls(self, model) -> torch.Tensor:
         """Per earlier-request item, its mean answer NLL (forward passes only)."""
-        was_training = model.training
-        model.eval()
-        vals = []
-        for i in range(0, len(self.forgotten_items), 32):
-            s, n = sequence_nll(model, self.engine.make_batch(self.forgotten_items[i:i + 32]).inputs)
-            vals.append(s / n.clamp_min(1))
-        model.train(was_training)
-        return torch.cat(vals).float().cpu()
+        return self.engine.item_nlls(model, self.forgotten_items, chunk=32).float().cpu()
 
     def _forgotten_batch(self, model) -> QABatch:
         """The step's batch of earlier requests' items: the ``batch_size`` whose NLL fell most since this run
