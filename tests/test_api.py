@@ -69,6 +69,22 @@ def test_evaluate_writes_out_and_returns_the_dict(tmp_path, monkeypatch):
         r2f.evaluate("some/model", data, max_items=0)
 
 
+def test_evaluate_hands_realfacts_its_spec(monkeypatch):
+    """r2f.evaluate(..., bench="realfacts") hands evaluate_realfacts the one checked EvalSpec, not loose keywords."""
+    import r2f.eval.realfacts
+
+    seen = {}
+
+    def fake_realfacts(model, **kw):
+        seen.update(kw)
+        return {"summary": {}, "meta": {}}
+
+    monkeypatch.setattr(r2f.eval.realfacts, "evaluate_realfacts", fake_realfacts)
+    r2f.evaluate("some/model", bench="realfacts", batch_size=4, threads=1)
+    assert set(seen) == {"tokenizer", "data", "spec"}
+    assert (seen["spec"].bench, seen["spec"].batch_size, seen["spec"].max_new_tokens) == ("realfacts", 4, 32)
+
+
 def test_errors_name_cli_flags(tmp_path, world_dir):
     with pytest.raises(R2FInputError, match="pass --retain-split"):
         r2f.evaluate("no/such/model", world_dir, forget="proxy")  # proxy has no retain split of its own

@@ -182,6 +182,20 @@ def test_retain_log_equals_retain_model(setup, tmp_path):
     assert c["forget_quality"]["agg_value"] is None and c["privleak"]["reference_auc"] == 0.5
 
 
+def test_eval_json_records_its_spec(setup, tmp_path):
+    """eval.json's meta.spec is the EvalSpec the result was computed with: read back, it rebuilds an equal spec."""
+    from r2f.eval import evaluate
+    from r2f.eval_spec import EvalSpec
+    from r2f.io import write_json_atomic
+
+    d, tok, m, _ = setup
+    spec = EvalSpec(metrics=("forget_Truth_Ratio",), batch_size=3, max_items=4, k=0.2, stop_strings=("\n",), seed=5)
+    write_json_atomic(tmp_path / "eval.json", evaluate(m, d, tokenizer=tok, spec=spec))
+    meta = json.loads((tmp_path / "eval.json").read_text())["meta"]
+    assert EvalSpec(**meta["spec"]) == spec
+    assert meta["spec"]["forget"] == meta["forget_split"] == "forget10"  # the resolved default is what is recorded
+
+
 def test_refuses_mismatched_references(setup, tmp_path):
     from r2f.eval import evaluate
 

@@ -249,6 +249,29 @@ def test_evaluate_realfacts_on_a_tiny_model(tiny):
     assert 0.0 <= res["mia_loss_forget_vs_neighbour"]["agg_value"] <= 1.0
 
 
+def test_evaluate_realfacts_takes_one_spec_and_records_it(tiny, tmp_path):
+    """evaluate_realfacts takes its settings as one EvalSpec (or its fields as keywords: the same result), refuses a
+    world spec or both at once, and writes the spec into meta.spec, from which an equal EvalSpec is rebuilt."""
+    from r2f.eval_spec import EvalSpec
+    from r2f.io import write_json_atomic
+
+    d, tok, model = tiny
+    spec = EvalSpec(bench="realfacts", metrics=("forget_known", "heldout_ppl"), batch_size=3, max_items=1, threads=1)
+    res = RF.evaluate_realfacts((model, tok), data=d, spec=spec)
+    by_keywords = RF.evaluate_realfacts((model, tok), data=d, metrics=["forget_known", "heldout_ppl"], batch_size=3,
+                                        max_items=1, num_threads=1)
+    assert {**res, "meta": {**res["meta"], "wall_s": 0}} == {**by_keywords, "meta": {**by_keywords["meta"], "wall_s": 0}}
+    assert res["meta"]["sizes"]["forget"] == 1 and res["meta"]["batch_size"] == 3
+    write_json_atomic(tmp_path / "eval.json", res)
+    assert EvalSpec(**json.loads((tmp_path / "eval.json").read_text())["meta"]["spec"]) == spec
+    with pytest.raises(R2FInputError, match="realfacts"):
+        RF.evaluate_realfacts((model, tok), data=d, spec=EvalSpec())
+    with pytest.raises(TypeError, match="not both"):
+        RF.evaluate_realfacts((model, tok), data=d, spec=spec, batch_size=2)
+    with pytest.raises(R2FInputError, match="--batch-size"):
+        RF.evaluate_realfacts((model, tok), data=d, batch_size=0)
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_candidate_nll_equals_pairwise_scoring(tiny, batch_size):
     """The shared-prompt pass gives every candidate the NLL̄ that scoring each (question, answer) pair alone gives:

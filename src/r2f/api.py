@@ -140,9 +140,7 @@ def evaluate(
         if spec.bench == "realfacts":
             from r2f.eval.realfacts import evaluate_realfacts
 
-            result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, metrics=spec.metrics,
-                                        batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens,
-                                        max_items=spec.max_items, num_threads=spec.threads)
+            result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, spec=spec)
         else:
             result = run_suite(model, data, tokenizer=tokenizer, retain_model=retain_model,
                                retain_tokenizer=retain_tokenizer, retain_log=retain_log, spec=spec)

@@ -166,7 +166,10 @@ class DemoConfig:
 
     @property
     def eval_spec(self) -> EvalSpec:
-        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate(..., spec=)``)."""
+        """The evaluation settings every model of a run is scored with (``r2f.eval.evaluate(..., spec=)``; on
+        realfacts ``r2f.eval.evaluate_realfacts``: its :data:`REALFACTS_METRICS`, every fact)."""
+        if self.bench == "realfacts":
+            return EvalSpec(bench="realfacts", metrics=REALFACTS_METRICS, seed=self.seed)
         return EvalSpec(forget=self.forget, max_items=self.eval_retain_items, seed=self.seed)
 
 
@@ -377,7 +380,7 @@ def realfacts_note(cfg: DemoConfig) -> str:
 def evaluate_row(model: str | Path, prep: Prepared, cfg: DemoConfig, retain_eval: dict | None) -> dict:
     """The eval.json of one demo model: the world's metrics, or realfacts' :data:`REALFACTS_METRICS`."""
     if cfg.bench == "realfacts":
-        return evaluate_realfacts(str(model), data=cfg.realfacts_data, metrics=REALFACTS_METRICS)
+        return evaluate_realfacts(str(model), data=cfg.realfacts_data, spec=cfg.eval_spec)
     return evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
 
 

@@ -27,6 +27,7 @@ from r2f.eval import functional as F
 from r2f.eval.registry import METRICS, register_metric
 from r2f.eval.suite import EvalContext, _resolve_model, _sanitize, requested_metrics, tokenizer_fingerprint
 from r2f.eval_spec import DEFAULT_MAX_NEW_TOKENS as EVAL_DEFAULTS
+from r2f.eval_spec import EvalSpec
 from r2f.models.answer_nll import sequence_nll
 from r2f.threads import threads_for, torch_threads
 
@@ -308,30 +309,30 @@ def evaluate_realfacts(
     *,
     tokenizer=None,
     data: str | os.PathLike | None = None,
-    metrics: Iterable[str] | None = None,
-    batch_size: int = 32,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    max_items: int | None = None,
-    num_threads: int | None = None,
+    spec: EvalSpec | None = None,
+    **settings: Any,
 ) -> dict:
     """Evaluate ``model`` on the realfacts benchmark (shipped, or the directory ``data``); the eval.json dict.
 
     ``model``: a model directory or ``smollm2``, a ``(model, tokenizer)`` pair, or a model with ``tokenizer=``.
     Prompts use the model's chat template when its tokenizer has one (SmolLM2), the QA template otherwise.
+    The settings are one :class:`r2f.eval_spec.EvalSpec` with ``bench="realfacts"`` (``spec=``), or its fields as
+    keywords (``num_threads`` for ``threads``), as for :func:`r2f.eval.evaluate`; eval.json's ``meta.spec`` records it.
     """
     t0 = time.perf_counter()
-    names = requested_metrics(metrics, REALFACTS_METRICS)
-    if batch_size < 1:
-        raise R2FInputError("must be >= 1", source="--batch-size")
-    if max_new_tokens < 1:
-        raise R2FInputError("must be >= 1", source="--max-new-tokens")
+    # keywords mean realfacts (this function's bench); a spec must say so itself
+    spec = EvalSpec.of(spec, settings if spec is not None else {"bench": "realfacts", **settings},
+                       caller="evaluate_realfacts")
+    if spec.bench != "realfacts":
+        raise R2FInputError("this evaluates realfacts; the world is r2f.eval.evaluate", source="--bench")
+    names = requested_metrics(spec.metrics, REALFACTS_METRICS)
     bench = load_realfacts(data)
     m, tok, ident = _resolve_model(model, tokenizer, "model")
-    ctx = realfacts_context(m, tok, bench, template=template_for(tok), batch_size=batch_size,
-                            max_new_tokens=max_new_tokens, max_items=max_items)
+    ctx = realfacts_context(m, tok, bench, template=template_for(tok), batch_size=spec.batch_size,
+                            max_new_tokens=spec.max_new_tokens, max_items=spec.max_items)
     result: dict[str, Any] = {}
     skipped = {}
-    with torch_threads(num_threads if num_threads is not None else threads_for(m)):
+    with torch_threads(spec.threads if spec.threads is not None else threads_for(m)):
         for name in names:
             if not ctx.available(name):
                 skipped[name] = "needs split(s): " + ", ".join(sorted(s for s in METRICS[name].needs if not ctx.has(s)))
@@ -349,8 +350,9 @@ def evaluate_realfacts(
         "forget_subjects": list(bench.measurement.get("forget_subjects") or []),
         "kept_by": bench.measurement.get("model"),
         "known_rule": "true answer's mean answer-token NLL strictly below every wrong candidate's",
-        "generation": {"max_new_tokens": max_new_tokens, "greedy": True, "stop_strings": list(ctx.stop_strings)},
-        "batch_size": batch_size,
+        "generation": {"max_new_tokens": spec.max_new_tokens, "greedy": True, "stop_strings": list(ctx.stop_strings)},
+        "batch_size": spec.batch_size,
+        "spec": spec.to_dict(),  # how the result was computed: EvalSpec(**meta["spec"]) rebuilds the settings
         "skipped_metrics": skipped,
         "wall_s": round(time.perf_counter() - t0, 3),
     }

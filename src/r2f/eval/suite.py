@@ -305,13 +305,15 @@ def evaluate(
         raise R2FInputError("this suite evaluates the world; realfacts is r2f.eval.evaluate_realfacts", source="--bench")
     # Under torchrun every rank must call evaluate(): scoring and generation batches are split over the
     # ranks and gathered back in order (per-item numbers as in one process; EvalContext.dp); every rank
-    # returns the result.
+    # returns the result. The process group is read here, once, and handed down.
+    dp = DataParallel.current()
     with torch_threads(spec.threads if spec.threads is not None else threads_for(model)):
         return _evaluate(model, data_dir, spec, tokenizer=tokenizer, retain_model=retain_model,
-                         retain_tokenizer=retain_tokenizer, retain_log=retain_log)
+                         retain_tokenizer=retain_tokenizer, retain_log=retain_log, dp=dp)
 
 
-def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retain_tokenizer, retain_log) -> dict:
+def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retain_tokenizer, retain_log,
+              dp: DataParallel) -> dict:
     t0 = time.perf_counter()
     if retain_model is not None and retain_log is not None:
         raise R2FInputError("give either a retain model or a retain log, not both", source="--retain-log")
@@ -331,13 +333,13 @@ def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retai
         rm, rtok, rident = _resolve_model(retain_model, retain_tokenizer, "retain model")
         if tokenizer_fingerprint(rtok) != tok_sha:
             raise R2FInputError("the retain model's tokenizer differs from the evaluated model's (vocab, special tokens or chat template)", source=str(rident))
-        rctx = EvalContext(rm, rtok, {s: splits[s] for s in ("forget", "holdout") if s in splits}, template=template, batch_size=batch_size, k=k, dp=DataParallel.current())
+        rctx = EvalContext(rm, rtok, {s: splits[s] for s in ("forget", "holdout") if s in splits}, template=template, batch_size=batch_size, k=k, dp=dp)
         tr = rctx.metric("forget_Truth_Ratio")["value_by_index"]
         mia = rctx.metric("mia_min_k")["agg_value"] if rctx.has("holdout") else None
         reference = {"forget_tr": {i: v["score"] for i, v in tr.items()}, "mia_min_k": mia, "source": "retain_model", "path": rident,
                      "model_fingerprint": _model_fingerprint(rident)}  # fmt: skip
 
-    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=spec.stop_strings, k=k, reference=reference, dp=DataParallel.current())
+    ctx = EvalContext(m, tok, splits, template=template, batch_size=batch_size, max_new_tokens=max_new_tokens, stop_strings=spec.stop_strings, k=k, reference=reference, dp=dp)
     result: dict[str, Any] = {}
     skipped_metrics = {}
     for name in names:
@@ -378,6 +380,7 @@ def _evaluate(model, data_dir, spec: EvalSpec, *, tokenizer, retain_model, retai
         "generation": {"max_new_tokens": max_new_tokens, "greedy": True, "stop_strings": list(ctx.stop_strings)},
         "batch_size": batch_size,
         "min_k": k,
+        "spec": spec.to_dict(),  # how the result was computed: EvalSpec(**meta["spec"]) rebuilds the settings
         "model_utility_inputs": list(_metrics.UTILITY_INPUTS),
         "distributed": _dist_info(),
         "wall_s": round(time.perf_counter() - t0, 3),
