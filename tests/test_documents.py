@@ -247,12 +247,13 @@ def test_document_loss_is_the_lm_loss_on_every_token(doc_setup):
     from r2f.data.batching import document_tokens
     from r2f.data.schema import Document
     from r2f.methods import get_method
+    from r2f.distributed import ONE_PROCESS
     from r2f.methods.engine import Engine, EngineConfig
 
     model = AutoModelForCausalLM.from_pretrained(doc_setup["model"]).eval()
     tok = doc_setup["tok"]
     engine = Engine(model, tok, [Document(text=TEXTS[1])], None, get_method("grad_ascent"),
-                    EngineConfig(steps=1, lr=1e-3, chunk_tokens=1000))
+                    EngineConfig(steps=1, lr=1e-3, chunk_tokens=1000), dp=ONE_PROCESS)
     ids = [tok.bos_token_id] + document_tokens(tok, TEXTS[1])
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, :-1]

@@ -29,6 +29,7 @@ def test_wga_loss_on_a_real_batch_matches_logits_by_hand(tiny_setup):  # noqa: F
 
     from r2f.data.loader import load_items
     from r2f.methods import get_method
+    from r2f.distributed import ONE_PROCESS
     from r2f.methods.engine import Engine, EngineConfig, StepContext
 
     model = AutoModelForCausalLM.from_pretrained(tiny_setup["model"])
@@ -36,7 +37,7 @@ def test_wga_loss_on_a_real_batch_matches_logits_by_hand(tiny_setup):  # noqa: F
     method = get_method("wga")
     assert {k: method.options[k] for k in ("beta", "gamma", "alpha")} == {"beta": 1.0, "gamma": 1.0, "alpha": 1.0}
     engine = Engine(model, tok, load_items(tiny_setup["forget"]), load_items(tiny_setup["retain"]), method,
-                    EngineConfig(steps=1, lr=1e-3, batch_size=4))
+                    EngineConfig(steps=1, lr=1e-3, batch_size=4), dp=ONE_PROCESS)
     method.setup(engine)
     forget, retain = engine.forget_batch(0), engine.retain_batch(0)
     ctx = StepContext(step=0, total_steps=1, lr=1e-3, seed=0, engine=engine)

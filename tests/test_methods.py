@@ -710,6 +710,7 @@ def test_r2f_guard_projects_out_retain_conflict(tiny_setup):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r2f.data.loader import load_items
+    from r2f.distributed import ONE_PROCESS
     from r2f.methods import Engine, EngineConfig, get_method
 
     tok = AutoTokenizer.from_pretrained(tiny_setup["model"])
@@ -720,7 +721,7 @@ def test_r2f_guard_projects_out_retain_conflict(tiny_setup):
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         meth = get_method("r2f", decoder="exact", guard=guard, stop="none", retain_weight=0.0,
                           precondition="none", step_rule="schedule", step_norm="module")
-        eng = Engine(model, tok, forget, retain, meth, EngineConfig(steps=1, lr=1e-3, batch_size=4))
+        eng = Engine(model, tok, forget, retain, meth, EngineConfig(steps=1, lr=1e-3, batch_size=4), dp=ONE_PROCESS)
         eng.model = meth.setup(eng)
         fb, rb = eng.forget_batch(0), eng.retain_batch(0)
         g_r = meth.decoded(model, [rb.inputs], meth.retain_loss)

@@ -96,16 +96,18 @@ def linear_schedule(step: int, total: int, warmup_ratio: float) -> float:
 class Engine:
     """Runs ``method`` on ``model`` over ``forget`` (and ``retain``) for ``config.steps`` steps.
 
-    ``dp``: the data-parallel context of the run (default: this process's place in the running process group,
-    :meth:`DataParallel.current`); every batch is this rank's slice of the global batch when it is active.
+    ``dp``: the data-parallel context of the run, given by the caller (``r2f.methods.api.unlearn`` reads the
+    process group once; one process: :data:`r2f.distributed.ONE_PROCESS`), never looked up here, so that what
+    the losses divide by is visible where the engine is built; every batch is this rank's slice of the global
+    batch when it is active.
     ``forget`` / ``retain``: QA items, or documents (:class:`r2f.data.schema.Document`, cut here into the units of
     :func:`r2f.data.batching.document_units`) or such units; batches of units are :class:`DocBatch` es.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, forget: Sequence[QAItem], retain: Sequence[QAItem] | None,
                  method: Method, config: EngineConfig, *, device: torch.device | str | None = None,
-                 template: PromptTemplate | None = None, dp: DataParallel | None = None):
-        self.dp = dp if dp is not None else DataParallel.current()
+                 template: PromptTemplate | None = None, dp: DataParallel):
+        self.dp = dp
         if not forget:
             raise R2FInputError("no forget items", source="--forget")
         if method.needs_retain and not retain:
