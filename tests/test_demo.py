@@ -8,6 +8,7 @@ import json
 import pytest
 
 from r2f.demo import DEMO_METHODS, DemoConfig, console_table, run_demo
+from test_methods import tiny_setup  # noqa: F401  (the random tiny Llama and its data files)
 
 REQUIRED = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "privleak", "wall_s",
             "peak_mem_mb")
@@ -24,9 +25,11 @@ def test_quick_demo_end_to_end(tmp_path, tiny_models):
     for name in DEMO_METHODS:
         assert on_disk["methods"][name]["wall_s"] > 0 and on_disk["methods"][name]["peak_mem_mb"] > 0
     assert on_disk["methods"]["retrain"]["forget_quality"] == 1.0
-    # r2f_exact's cos 1.0 is a label, true because its row ran the exact method, whose direction is autograd's
-    # gradient (test_decoders.py::test_exact_decoder_and_decoded_gradients_api checks that)
+    # r2f_exact's cosine is measured like every row's (fidelity.json's exact entry), not written in by the demo
     assert json.loads((out / "runs" / "r2f_exact" / "manifest.json").read_text())["method"] == "exact"
+    fid = json.loads((out / "fidelity.json").read_text())
+    assert on_disk["methods"]["r2f_exact"]["decoder_cos"] == fid["exact"]["cos_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert on_disk["methods"]["r2f_sketch"]["decoder_cos"] == fid["sketch"]["cos_mean"] < 1.0
     assert 0.0 < on_disk["methods"]["r2f"]["decoder_cos"] <= 1.0
     # the black-box row: a decoder trained in access mode lora, measured in that mode, recorded in the manifest
     assert 0.0 < on_disk["methods"]["r2f_lora"]["decoder_cos"] <= 1.0
@@ -181,6 +184,35 @@ def test_demo_rows_that_decode_with_the_proxy_trained_decoder_get_its_file(monke
         DEMO_METHODS["r2f"].options["decoder"] = "sketch"
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEMO_METHODS["r2f"].proxy_decoder = "lora"
+
+
+def test_demo_measures_the_decoder_of_every_row_that_runs_one(tmp_path):
+    """fidelity_data names every decoder the rows decode with (exact included: its row's cosine is measured, not
+    assumed), besides the learned decoder and the closed forms of its mode; rows that decode nothing add none."""
+    from r2f.decoders.fidelity import mode_candidates
+    from r2f.demo import Prepared, fidelity_data, row_decoder
+
+    prep = Prepared(world=tmp_path, forget_file=tmp_path / "f", retain_file=tmp_path / "r", proxy=tmp_path,
+                    full=tmp_path, retain=None, decoder=tmp_path / "dec")
+    default = ("learned", *mode_candidates("batch"))  # what measure_fidelity measures when not told
+    assert "exact" not in default
+    assert fidelity_data(prep, DemoConfig())["decoders"] == (*default, "exact")
+    assert fidelity_data(prep, DemoConfig(methods=["r2f", "npo", "rmu"]))["decoders"] == default
+    assert [row_decoder(DEMO_METHODS[n]) for n in ("r2f", "r2f_lora", "r2f_sketch", "r2f_exact", "npo")] == \
+        [None, None, "sketch", "exact", None]
+
+
+def test_exact_decoder_fidelity_is_measured_one(tiny_setup):
+    """The exact decoder's cosine comes out of measure_fidelity as every decoder's does: 1 to rounding (a closed
+    form from the same probe does not reach it), so the demo's r2f_exact row can read it from there."""
+    from r2f.data.loader import load_items
+    from r2f.decoders import measure_fidelity
+
+    items = load_items(tiny_setup["forget"])
+    fid = measure_fidelity(None, str(tiny_setup["model"]), items=items, decoders=("exact", "sketch"), views=2,
+                           max_batches=1, cost=False, access="batch")
+    assert fid["exact"]["cos_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert fid["sketch"]["cos_mean"] < 1.0 - 1e-3
 
 
 def test_demo_does_not_import_bench():

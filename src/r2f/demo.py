@@ -26,6 +26,7 @@ from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_ite
 from r2f.data.realfacts import load_realfacts
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.decoders import measure_fidelity, train_decoder
+from r2f.decoders.fidelity import mode_candidates
 from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
 from r2f.errors import R2FInputError
 from r2f.eval import evaluate
@@ -333,8 +334,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     for name, row in zip(rows, results):
         runs[name] = row
         if "method" in row and METHODS[row["method"]].uses_decoder:
+            # measured like every decoder, the exact one included (fidelity_data names the rows' built-in ones)
             dec = row["options"].get("decoder") or METHODS[row["method"]].defaults.get("decoder")
-            row["decoder_cos"] = 1.0 if dec == "exact" else cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
+            row["decoder_cos"] = cos_of.get(dec, fidelity.get(dec, {}).get("cos_mean"))
 
     with _stage(log, timings, "report"):
         report_runs = {name: {k: v for k, v in run.items() if k in ("eval", "manifest", "decoder_cos")}
@@ -351,14 +353,25 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, log: Callable[[str]
     return report
 
 
+def row_decoder(row: DemoRow) -> str | None:
+    """The built-in decoder (by name) a demo row decodes with: its ``decoder`` option, else its method's default;
+    None for a row with a proxy-trained decoder (measured as ``learned``) or whose method decodes nothing."""
+    if row.proxy_decoder is not None or not METHODS[row.method].uses_decoder:
+        return None
+    return row.options.get("decoder") or METHODS[row.method].defaults.get("decoder")
+
+
 def fidelity_data(prep: Prepared, cfg: DemoConfig) -> dict:
-    """``measure_fidelity``'s data keywords: the world split (and the world facts' Σ), or for realfacts a few
-    batches of the forget facts, with Σ over as many retain facts as R2F takes it over, and only the decoders that
-    the demo's rows run."""
+    """``measure_fidelity``'s data and decoder keywords: the world split (and the world facts' Σ), or for realfacts
+    a few batches of the forget facts, with Σ over as many retain facts as R2F takes it over. Measured: the learned
+    decoder (on the world with every closed form of its mode, batch: :attr:`Prepared.decoder`) and the built-in
+    decoder of every row that runs one (:func:`row_decoder`; ``exact`` too: its row's cosine is measured, not
+    assumed)."""
+    rows = tuple(dict.fromkeys(d for d in (row_decoder(DEMO_METHODS[m]) for m in cfg.methods) if d is not None))
     if cfg.bench != "realfacts":
-        return {"data_dir": prep.world}
-    decoders = ("learned", *{str(DEMO_METHODS[m].options["decoder"]) for m in cfg.methods
-                             if "decoder" in DEMO_METHODS[m].options})
+        return {"data_dir": prep.world,
+                "decoders": tuple(dict.fromkeys(("learned", *mode_candidates("batch"), *rows)))}
+    decoders = ("learned", *rows)
     n_stats = int(METHODS["r2f"].defaults["stats_items"])
     return {"items": load_items(prep.forget_file), "stats_items": load_items(prep.retain_file)[:n_stats],
             "max_batches": REALFACTS_FIDELITY_BATCHES, "decoders": decoders, "cost": False}
