@@ -134,7 +134,8 @@ class R2F(UpdateMethod):
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
             if self.objective == "npo" else None
         self.steer = self._steering(engine, model) if self.objective == "rmu" else None
-        self.stats = self._stats(engine, model, gradients)
+        # Σ of the probed layers' inputs (or None): an object of its own name, not the ``stats`` option it follows
+        self.sigma_stats = self._stats(engine, model, gradients)
         self.step_geometry = self._step_geometry()
         self.keep_info: dict[str, Any] | None = None  # Σ_keep's text and item count, set by _keep_root
         self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
@@ -142,8 +143,9 @@ class R2F(UpdateMethod):
         self.window = max(1, int(self.stop_window))
         self.engine = engine
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
-        self.guard_items = engine.retain_sample(int(self.options["guard_items"]))
-        self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_items else (None, None)
+        # (the items themselves: ``guard_set``; the ``guard_items`` option is their number)
+        self.guard_set = engine.retain_sample(int(self.options["guard_items"]))
+        self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_set else (None, None)
         self.last_guard: float | None = self.guard_start
         # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
         self.forgotten_items = load_items(self.forgotten) if self.forgotten else []
@@ -240,13 +242,13 @@ class R2F(UpdateMethod):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
                                 "guard": {"source": self.guard_source, "items": len(self.engine.retain),
-                                          "scored": len(self.guard_items),
+                                          "scored": len(self.guard_set),
                                           "nll_start": self.guard_start, "top1_start": self.guard_top1_start},
                                 "forgotten": None if not self.forgotten_items else {
                                     "file": str(self.forgotten), "items": len(self.forgotten_items),
                                     "nll_start": float(self.forgotten_item_start.mean())},
-                                "stats": None if self.stats is None else {"source": self.guard_source,
-                                                                          "tokens": self.stats.tokens},
+                                "stats": None if self.sigma_stats is None else {"source": self.guard_source,
+                                                                                "tokens": self.sigma_stats.tokens},
                                 "precondition": self.step_geometry,
                                 "keep": self.keep_info}
         if self.steer is not None:
@@ -267,7 +269,7 @@ class R2F(UpdateMethod):
         Decoders with a Σ prior (sigma, learned) are trained with Σ from generic text; retain data is the
         generic text an unlearning run has. ``stats="batch"`` leaves it to the step's own inputs.
         """
-        if self.stats != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
+        if self.options["stats"] != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
             return None
         return self._input_stats(engine, model, engine._summary_retain()[: int(self.stats_items)], "retain")
 
@@ -292,7 +294,8 @@ class R2F(UpdateMethod):
             stats = self._input_stats(engine, model, items, "keep")
         else:  # the same items the decoder's Σ was taken over (when it takes one): no second pass
             self.keep_info = {"text": "guard", "items": len(items)}
-            stats = self.stats if self.stats is not None else self._input_stats(engine, model, items, "keep")
+            stats = self.sigma_stats if self.sigma_stats is not None else \
+                self._input_stats(engine, model, items, "keep")
         return {module + ".weight": (keep_whitener(sigma, float(self.sigma_damp)),
                                      gradients.is_transposed(model.get_submodule(module)))
                 for module, sigma in stats.sigma.items()}
@@ -376,7 +379,7 @@ class R2F(UpdateMethod):
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
         dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.aggregate,
-                                 stats=self.stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
+                                 stats=self.sigma_stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
         # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
         # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
         return shard_like(model, dirs)
@@ -530,8 +533,8 @@ class R2F(UpdateMethod):
         was_training = model.training
         model.eval()
         nlls, hits, tokens = [], 0, 0
-        for i in range(0, len(self.guard_items), 32):
-            b = self.engine.make_batch(self.guard_items[i:i + 32])
+        for i in range(0, len(self.guard_set), 32):
+            b = self.engine.make_batch(self.guard_set[i:i + 32])
             nll, top1, rows, counts = answer_token_scores(model, b.inputs)
             sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
             nlls.append(sums / counts.clamp_min(1))
