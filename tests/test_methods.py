@@ -305,7 +305,8 @@ def test_r2f_options_are_its_frozen_config(capsys):
     with pytest.raises(R2FInputError, match="exact decoder"):
         get_method("exact", decoder="sketch")
     made = get_method("r2f", stop="perturbed", guard_tol=1, decoder="sketch")
-    assert (made.stop, made.guard_tol, made.decoder, made.config.stop) == ("perturbed", 1, "sketch", "perturbed")
+    assert (made.config.stop, made.config.guard_tol, made.config.decoder) == ("perturbed", 1, "sketch")
+    assert made.options["stop"] == "perturbed" and not hasattr(made, "stop")  # read typed, not as loose attributes
     with pytest.raises(SystemExit):
         main(["methods", "--json"])
     listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}

@@ -10,7 +10,8 @@ A method is a small class with one hook, run by the engine (``r2f.methods.engine
 ``@register`` puts a class into :data:`METHODS` under its ``name``; nothing else lists methods. What a method
 needs or offers is declared on its class (:class:`Method`'s capability attributes: ``needs_retain``,
 ``uses_decoder``, ``optimizer``, ``supports_fsdp``); the engine, the API, the CLI and the demo read those, never a
-method's name.
+method's name. A method reads its options through ``self.config``, its typed, frozen ``Config`` (not as loose
+attributes, which a per-run value of the same name could shadow).
 """
 
 from __future__ import annotations
@@ -82,22 +83,19 @@ class Method:
 
     def __init__(self, **options: Any):
         given = {k: v for k, v in options.items() if v is not None}
+        #: the validated, frozen options, which the method's rule reads (an unknown option, a value outside a Literal
+        #: or of the wrong type: R2FInputError naming it); None for a method declared with ``defaults`` alone
+        self.config: MethodConfig | None = None
         if self.config_class is not None:
-            #: the validated, frozen options (an unknown option, a value outside a Literal or of the wrong type:
-            #: R2FInputError naming it)
             self.config = self.config_class.build(self.name, {**self.defaults, **given})
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             listed = ", ".join(f"{k} ({v!r})" for k, v in self.defaults.items()) or "none"
             raise R2FInputError(f"unknown option(s) {', '.join(unknown)} for method '{self.name}'; valid options "
                                 f"(default): {listed}", source="--method")
+        #: the options as given over the defaults: what the manifest records, and where the API hands over the
+        #: decoder it loaded (``options["decoder"]``); typed reads go through :attr:`config`
         self.options = {**self.defaults, **given}
-
-    def __getattr__(self, key: str) -> Any:
-        options = self.__dict__.get("options", {})
-        if key in options:
-            return options[key]
-        raise AttributeError(key)
 
     @property
     def views(self) -> int:

@@ -18,7 +18,7 @@ with AdamW by the engine; see ``docs/methods.md`` for our learning rates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -101,6 +101,7 @@ class ObjectiveMethod(LossMethod):
 
     objective: str = "ga"
     config_class = ObjectiveConfig
+    config: ObjectiveConfig
     default_lr = 1e-3
 
     def setup(self, engine: Engine):
@@ -114,18 +115,18 @@ class ObjectiveMethod(LossMethod):
     def forget_loss(self, model, inputs: dict[str, torch.Tensor], ctx: StepContext, record: bool) -> torch.Tensor:
         """The forget term on ``inputs`` (γ is applied by :meth:`loss`); a method of this family with another
         forget loss (e.g. ``r2f.methods.wga``) overrides this alone and keeps the retain term and the views."""
-        return forget_objective(self.forget_name, model, inputs, ctx, beta=self.beta, delta=self.delta, ref=self.ref,
-                                record=record)
+        return forget_objective(self.forget_name, model, inputs, ctx, beta=self.config.beta, delta=self.config.delta,
+                                ref=self.ref, record=record)
 
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         # The logged forget signal is view 0; with views > 1 the loss sees all views stacked and the
         # engine measures view 0 separately.
         inputs = forget.stacked(self.views)
-        loss = self.gamma * self.forget_loss(model, inputs, ctx, record=self.views <= 1)
-        if self.alpha and retain is not None:
+        loss = self.config.gamma * self.forget_loss(model, inputs, ctx, record=self.views <= 1)
+        if self.config.alpha and retain is not None:
             rs, rn = sequence_nll(model, retain.inputs)
             ctx.record(retain_nll=(rs / rn.clamp_min(1)).detach())
-            loss = loss + self.alpha * token_mean_nll(rs, rn, ctx.dp)
+            loss = loss + self.config.alpha * token_mean_nll(rs, rn, ctx.dp)
         return loss
 
 
@@ -165,6 +166,7 @@ class LoRAUnlearn(ObjectiveMethod):
     name = "lora"
     objective = "ga"
     config_class = LoRAConfig
+    config: LoRAConfig
     default_lr = 2e-3
 
     def setup(self, engine: Engine):
@@ -172,9 +174,12 @@ class LoRAUnlearn(ObjectiveMethod):
 
         self.ref = register_reference(engine, engine.model, self.views) if self.forget_name == "npo" else None
         if self.forget_name == "simnpo" and "beta" not in self._given:
+            # SimNPO's own β default (the option's, 0.1, is NPO's): the options and the typed config say the same
             self.options["beta"] = 4.5
-        cfg = LoraConfig(r=int(self.rank), lora_alpha=float(self.lora_alpha), lora_dropout=float(self.lora_dropout),
-                         target_modules=self.target_modules, bias="none", task_type="CAUSAL_LM")
+            self.config = replace(self.config, beta=4.5)
+        cfg = LoraConfig(r=int(self.config.rank), lora_alpha=float(self.config.lora_alpha),
+                         lora_dropout=float(self.config.lora_dropout), target_modules=self.config.target_modules,
+                         bias="none", task_type="CAUSAL_LM")
         return get_peft_model(engine.model, cfg)
 
     def __init__(self, **options: Any):

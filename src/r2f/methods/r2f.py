@@ -124,23 +124,24 @@ class R2F(UpdateMethod):
     uses_decoder = True
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     config_class = R2FConfig  # options, defaults and their checks (an unknown value is exit 2 naming it)
+    config: R2FConfig
 
     def setup(self, engine: Engine):
-        self.decoder_obj = resolve_decoder(self.decoder)
+        self.decoder_obj = resolve_decoder(self.options["decoder"])
         self._check_access()
         model = engine.model
         self.probe = self._checked_probe(gradients, model)
         self.guard_source = self._retain_data(engine, model)
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
-            if self.objective == "npo" else None
-        self.steer = self._steering(engine, model) if self.objective == "rmu" else None
+            if self.config.objective == "npo" else None
+        self.steer = self._steering(engine, model) if self.config.objective == "rmu" else None
         # Σ of the probed layers' inputs (or None): an object of its own name, not the ``stats`` option it follows
         self.sigma_stats = self._stats(engine, model, gradients)
         self.step_geometry = self._step_geometry()
         self.keep_info: dict[str, Any] | None = None  # Σ_keep's text and item count, set by _keep_root
         self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
         self.threshold = self._threshold(engine, model)
-        self.window = max(1, int(self.stop_window))
+        self.window = max(1, int(self.config.stop_window))
         self.engine = engine
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
         # (the items themselves: ``guard_set``; the ``guard_items`` option is their number)
@@ -148,7 +149,7 @@ class R2F(UpdateMethod):
         self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_set else (None, None)
         self.last_guard: float | None = self.guard_start
         # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
-        self.forgotten_items = load_items(self.forgotten) if self.forgotten else []
+        self.forgotten_items = load_items(self.config.forgotten) if self.config.forgotten else []
         self.forgotten_item_start = self._forgotten_nlls(model) if self.forgotten_items else None
         self.next_eta: float | None = None
         self.halt: str | None = None
@@ -161,21 +162,22 @@ class R2F(UpdateMethod):
         case (``access=lora``: the target exposes probe gradients only) does not have; there ``auto`` is Adam's
         per-coordinate normalisation, which needs nothing but the direction, and ``sigma`` is refused. (A decoder
         that reads only ∇A, ∇B does not by itself make the run black-box: ``access`` says what the target allows.)"""
-        if self.precondition == "auto":
-            return "adam" if self.access == "lora" else "sigma"
-        if self.precondition == "sigma" and self.access == "lora":
+        if self.config.precondition == "auto":
+            return "adam" if self.config.access == "lora" else "sigma"
+        if self.config.precondition == "sigma" and self.config.access == "lora":
             raise R2FInputError("precondition=sigma reads the target's input statistics; access mode 'lora' allows "
                                 "probe gradients only (use precondition=adam)", source="precondition")
-        return self.precondition
+        return self.config.precondition
 
     def _check_access(self) -> None:
         """``-o access=MODE`` bounds what the decoder may read; a decoder that needs more is refused."""
         needs = getattr(self.decoder_obj, "access", "lora")
-        if self.access is None:
+        if self.config.access is None:
             return
-        if ACCESS_MODES.index(needs) > ACCESS_MODES.index(self.access):
-            raise R2FInputError(f"decoder '{getattr(self.decoder_obj, 'source', self.decoder)}' needs access mode "
-                                f"'{needs}', this run allows '{self.access}'", source="--option access")
+        if ACCESS_MODES.index(needs) > ACCESS_MODES.index(self.config.access):
+            named = getattr(self.decoder_obj, "source", self.options["decoder"])
+            raise R2FInputError(f"decoder '{named}' needs access mode '{needs}', this run allows "
+                                f"'{self.config.access}'", source="--option access")
 
     def _retain_data(self, engine: Engine, model) -> str:
         """The guard's data: the retain file, or the target's own answers to r2f's generic questions.
@@ -184,9 +186,9 @@ class R2F(UpdateMethod):
         together protected world facts less and stalled forgetting: the model's answers to off-distribution
         questions are fragile, their NLL rises at the first steps; docs/methods.md.)
         """
-        if self.retain_data == "file" and not engine.retain:
+        if self.config.retain_data == "file" and not engine.retain:
             raise R2FInputError("retain_data=file needs a retain file", source="--retain")
-        if self.retain_data == "generated" or not engine.retain:
+        if self.config.retain_data == "generated" or not engine.retain:
             engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
             return GENERATED_SOURCE
         return "file"
@@ -226,15 +228,15 @@ class R2F(UpdateMethod):
     def _probe_kwargs(self) -> dict[str, Any]:
         """Probe shape: explicit options, else what a learned decoder was trained with, else 16 / 2·16."""
         trained = (getattr(self.decoder_obj, "meta", None) or {}).get("probe", {}) or {}
-        kw: dict[str, Any] = {"seed": int(self.probe_seed)}
-        if self.rank is not None:
-            kw["rank"] = int(self.rank)
-            kw["rank_a"] = int(self.rank_a) if self.rank_a is not None else None
+        kw: dict[str, Any] = {"seed": int(self.config.probe_seed)}
+        if self.config.rank is not None:
+            kw["rank"] = int(self.config.rank)
+            kw["rank_a"] = int(self.config.rank_a) if self.config.rank_a is not None else None
         else:
             kw["rank"] = int(trained.get("rank", 16))
-            kw["rank_a"] = self.rank_a if self.rank_a is not None else trained.get("rank_a")
-        if self.target_modules or trained.get("target_modules"):
-            kw["target_modules"] = self.target_modules or trained["target_modules"]
+            kw["rank_a"] = self.config.rank_a if self.config.rank_a is not None else trained.get("rank_a")
+        if self.config.target_modules or trained.get("target_modules"):
+            kw["target_modules"] = self.config.target_modules or trained["target_modules"]
         if "scale" in trained:
             kw["scale"] = float(trained["scale"])
         return kw
@@ -245,7 +247,7 @@ class R2F(UpdateMethod):
                                           "scored": len(self.guard_set),
                                           "nll_start": self.guard_start, "top1_start": self.guard_top1_start},
                                 "forgotten": None if not self.forgotten_items else {
-                                    "file": str(self.forgotten), "items": len(self.forgotten_items),
+                                    "file": str(self.config.forgotten), "items": len(self.forgotten_items),
                                     "nll_start": float(self.forgotten_item_start.mean())},
                                 "stats": None if self.sigma_stats is None else {"source": self.guard_source,
                                                                                 "tokens": self.sigma_stats.tokens},
@@ -271,7 +273,7 @@ class R2F(UpdateMethod):
         """
         if self.options["stats"] != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
             return None
-        return self._input_stats(engine, model, engine._summary_retain()[: int(self.stats_items)], "retain")
+        return self._input_stats(engine, model, engine._summary_retain()[: int(self.config.stats_items)], "retain")
 
     def _input_stats(self, engine: Engine, model, items, source: str):
         """Σ of the probed layers' inputs over ``items`` (forward passes only, 16 items a batch)."""
@@ -287,8 +289,8 @@ class R2F(UpdateMethod):
         that disturbs the kept text least is ΔW ∝ D·Σ_keep⁻¹ (the input-side half of a natural-gradient step;
         ROME's C⁻¹ rule). δ keeps the directions the kept text never uses from dominating.
         """
-        items = engine._summary_retain()[: int(self.stats_items)]
-        if self.keep_text == "guard+generated" and self.guard_source == "file":
+        items = engine._summary_retain()[: int(self.config.stats_items)]
+        if self.config.keep_text == "guard+generated" and self.guard_source == "file":
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
             self.keep_info = {"text": "guard+generated", "items": len(items)}
             stats = self._input_stats(engine, model, items, "keep")
@@ -296,7 +298,7 @@ class R2F(UpdateMethod):
             self.keep_info = {"text": "guard", "items": len(items)}
             stats = self.sigma_stats if self.sigma_stats is not None else \
                 self._input_stats(engine, model, items, "keep")
-        return {module + ".weight": (keep_whitener(sigma, float(self.sigma_damp)),
+        return {module + ".weight": (keep_whitener(sigma, float(self.config.sigma_damp)),
                                      gradients.is_transposed(model.get_submodule(module)))
                 for module, sigma in stats.sigma.items()}
 
@@ -310,16 +312,16 @@ class R2F(UpdateMethod):
         the first half of each unit with the second half of another document's unit at the same chunk position
         (:func:`r2f.data.batching.shuffled_unit_pairs`); ``perturbed`` has no text to use there (no threshold).
         """
-        if self.stop_nll is not None:
-            return float(self.stop_nll)
-        if self.stop == "none":
+        if self.config.stop_nll is not None:
+            return float(self.config.stop_nll)
+        if self.config.stop == "none":
             return None
         documents = is_documents(engine.forget)
         if documents:  # a unit's first half with another document's second half; no perturbed text to use
             bos = [engine.tokenizer.bos_token_id] if engine.tokenizer.bos_token_id is not None else []
-            pairs = shuffled_unit_pairs(engine.forget, bos) if self.stop == "shuffled" else []
+            pairs = shuffled_unit_pairs(engine.forget, bos) if self.config.stop == "shuffled" else []
         else:
-            pairs = _shuffled_pairs(engine.forget) if self.stop == "shuffled" else \
+            pairs = _shuffled_pairs(engine.forget) if self.config.stop == "shuffled" else \
                 [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
         if not pairs:
             return None
@@ -341,7 +343,7 @@ class R2F(UpdateMethod):
         layers = decoder_layers(model)
         if not layers:
             raise R2FInputError("the model has no stack of decoder layers to steer", source="objective")
-        k = int(self.steer_layer) if self.steer_layer is not None else len(layers) // 4
+        k = int(self.config.steer_layer) if self.config.steer_layer is not None else len(layers) // 4
         if not 0 <= k < len(layers):
             raise R2FInputError(f"layer {k} does not exist (the model has {len(layers)})", source="steer_layer")
         module = layers[k]
@@ -350,21 +352,22 @@ class R2F(UpdateMethod):
             act = layer_output(model, module, b)
             mask = b["labels"] != -100
             norm = float(act.float().norm(dim=-1)[mask].mean())
-        target = control_vector(act.shape[-1], float(self.steer_scale) * norm, engine.config.seed)
+        target = control_vector(act.shape[-1], float(self.config.steer_scale) * norm, engine.config.seed)
         return module, target, {"layer": k, "activation_norm": norm, "target_norm": float(target.norm())}
 
     def forget_loss(self, model, batch: dict) -> torch.Tensor:
-        if self.objective == "rmu":
+        if self.config.objective == "rmu":
             module, target, _ = self.steer
             act = layer_output(model, module, batch)
             return seq_mean(activation_distance(act, target.to(act.device).expand_as(act), batch["labels"] != -100),
                             self.engine.dp)
-        if self.objective == "wga":
+        if self.config.objective == "wga":
             nll, _, counts = answer_token_nll_flat(model, batch)
-            return wga_loss(nll, counts, 1.0 if self.beta is None else float(self.beta), self.engine.dp)
+            return wga_loss(nll, counts, 1.0 if self.config.beta is None else float(self.config.beta), self.engine.dp)
         s, n = sequence_nll(model, batch)
-        if self.objective == "npo":
-            return npo_loss(s, self.ref.lookup(batch), 0.1 if self.beta is None else float(self.beta), self.engine.dp)
+        if self.config.objective == "npo":
+            return npo_loss(s, self.ref.lookup(batch), 0.1 if self.config.beta is None else float(self.config.beta),
+                            self.engine.dp)
         return -token_mean_nll(s, n, self.engine.dp)
 
     def retain_loss(self, model, batch: dict) -> torch.Tensor:
@@ -374,11 +377,11 @@ class R2F(UpdateMethod):
         if total <= 1:
             return lr
         c = 0.5 * (1 + math.cos(math.pi * step / (total - 1)))
-        return lr * (self.min_step_ratio + (1 - self.min_step_ratio) * c)
+        return lr * (self.config.min_step_ratio + (1 - self.config.min_step_ratio) * c)
 
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
-        dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.aggregate,
+        dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.config.aggregate,
                                  stats=self.sigma_stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
         # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
         # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
@@ -387,8 +390,8 @@ class R2F(UpdateMethod):
     # -- the hook ---------------------------------------------------------------------------------
     def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
         g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
-        g_r = self.decoded(model, retain.views(int(self.retain_views)), self.retain_loss) \
-            if (self.guard != "none" or self.retain_weight) and retain is not None else None
+        g_r = self.decoded(model, retain.views(int(self.config.retain_views)), self.retain_loss) \
+            if (self.config.guard != "none" or self.config.retain_weight) and retain is not None else None
         g_o = self.decoded(model, self._forgotten_batch(model).views(1), self.retain_loss) \
             if self.forgotten_items else None
         params = dict(model.named_parameters())
@@ -407,7 +410,7 @@ class R2F(UpdateMethod):
         if self.step_geometry == "adam":
             directions = self._adam(directions)
         unit = self._unit_steps(directions, params)
-        if self.step_rule == "schedule":
+        if self.config.step_rule == "schedule":
             eta = self.step_size(ctx.step, ctx.total_steps, ctx.lr)
             self._apply(params, directions, unit, eta)
             return {"step_size": eta, **out}
@@ -437,11 +440,11 @@ class R2F(UpdateMethod):
                 dot = scalar((d * r).sum())
                 if rr > 0:
                     cos_sum += dot / math.sqrt(rr * max(scalar((d * d).sum()), 1e-30))
-                    if self.guard == "project" and dot < 0:
+                    if self.config.guard == "project" and dot < 0:
                         d = d - (dot / rr) * r
                         n_conflict += 1
-                    if self.retain_weight:
-                        d = d + float(self.retain_weight) * (scalar(d.norm()) / math.sqrt(rr)) * r
+                    if self.config.retain_weight:
+                        d = d + float(self.config.retain_weight) * (scalar(d.norm()) / math.sqrt(rr)) * r
             directions[name] = d
         out = {}
         if g_r is not None and directions:
@@ -499,7 +502,7 @@ class R2F(UpdateMethod):
 
     def _unit_steps(self, directions, params) -> dict[str, float]:
         """Per module, the multiplier of D that changes the weights by a relative η = 1 (global or per module)."""
-        if self.step_norm == "global":
+        if self.config.step_norm == "global":
             w_norm = math.sqrt(sum(scalar(params[n].detach().float().pow(2).sum()) for n in directions))
             d_norm = math.sqrt(sum(scalar(d.pow(2).sum()) for d in directions.values()))
             return {n: (w_norm / d_norm if d_norm > 0 else 0.0) for n in directions}
@@ -565,15 +568,16 @@ class R2F(UpdateMethod):
         f = g = acc = float("nan")
         too_big: float | None = None  # the smallest η seen to break the guard this step
         halvings = 0
-        for trials in range(1, 2 * (int(self.backtracks) + 1) + 1):
+        for trials in range(1, 2 * (int(self.config.backtracks) + 1) + 1):
             self._apply(params, directions, unit, eta, base=base)
             f, (g, acc) = self._forget_batch_nll(model, forget), self._guard_scores(model)
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
-            elif g - g0 > float(self.guard_tol):
-                why = f"guard NLL rose {g - g0:.4f} > guard_tol {float(self.guard_tol):g}"
-            elif self.guard_start is not None and g - self.guard_start > float(self.guard_budget):
-                why = f"guard NLL rose {g - self.guard_start:.4f} in all > guard_budget {float(self.guard_budget):g}"
+            elif g - g0 > float(self.config.guard_tol):
+                why = f"guard NLL rose {g - g0:.4f} > guard_tol {float(self.config.guard_tol):g}"
+            elif self.guard_start is not None and g - self.guard_start > float(self.config.guard_budget):
+                why = (f"guard NLL rose {g - self.guard_start:.4f} in all > guard_budget "
+                       f"{float(self.config.guard_budget):g}")
             elif f <= f0:
                 # within the guard but the forget NLL did not move: the step is too short to show (a very
                 # confident model at the first steps), so try a longer one, short of any η that broke the guard
@@ -588,7 +592,7 @@ class R2F(UpdateMethod):
                 accepted = True
                 break
             too_big = eta if too_big is None else min(too_big, eta)
-            if halvings == int(self.backtracks):
+            if halvings == int(self.config.backtracks):
                 break
             eta, halvings = 0.5 * eta, halvings + 1
         model.train(was_training)

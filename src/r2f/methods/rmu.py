@@ -86,13 +86,14 @@ class RMUConfig(MethodConfig):
 class RMU(LossMethod):
     name = "rmu"
     config_class = RMUConfig
+    config: RMUConfig
     default_lr = 1e-3
     needs_retain = True
     supports_fsdp = False  # setup deep-copies the target (the frozen model), which FSDP forbids
 
     def setup(self, engine: Engine) -> torch.nn.Module:
         model = engine.model
-        self.module = find_module(model, str(self.module_regex))
+        self.module = find_module(model, str(self.config.module_regex))
         # the frozen initial model (setup runs before a checkpoint is loaded: these are the source weights)
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
         self.frozen_module = dict(self.frozen.named_modules())[
@@ -101,7 +102,7 @@ class RMU(LossMethod):
         return model
 
     def parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        keep = re.compile(str(self.trainable_params_regex))
+        keep = re.compile(str(self.config.trainable_params_regex))
         params = [p for n, p in model.named_parameters() if p.requires_grad and keep.fullmatch(n)]
         if not params:
             raise R2FInputError("matches no parameter of the model", source="trainable_params_regex")
@@ -110,17 +111,17 @@ class RMU(LossMethod):
     def loss(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> torch.Tensor:
         f_in = forget.inputs
         act = layer_output(model, self.module, f_in)
-        target = control_vector(act.shape[-1], float(self.steering_coeff), self.seed).to(act.device)
+        target = control_vector(act.shape[-1], float(self.config.steering_coeff), self.seed).to(act.device)
         forget_dist = activation_distance(act, target.expand_as(act), f_in["labels"] != -100)
         ctx.record(rmu_forget=forget_dist.detach())  # logged per step, like forget_nll
-        loss = self.gamma * seq_mean(forget_dist, ctx.dp)
-        if self.alpha and retain is not None:
+        loss = self.config.gamma * seq_mean(forget_dist, ctx.dp)
+        if self.config.alpha and retain is not None:
             r_in = retain.inputs
             with torch.no_grad():
                 frozen = layer_output(self.frozen, self.frozen_module, r_in)
             retain_dist = activation_distance(layer_output(model, self.module, r_in), frozen, r_in["labels"] != -100)
             ctx.record(rmu_retain=retain_dist.detach())
-            loss = loss + self.alpha * seq_mean(retain_dist, ctx.dp)
+            loss = loss + self.config.alpha * seq_mean(retain_dist, ctx.dp)
         return loss
 
     def describe(self) -> dict[str, Any]:

@@ -48,10 +48,11 @@ class WGA(ObjectiveMethod):
     objective = "wga"
     needs_retain = True
     config_class = WGAConfig
+    config: WGAConfig
 
     def forget_loss(self, model, inputs: dict[str, torch.Tensor], ctx: StepContext, record: bool) -> torch.Tensor:
         nll, rows, counts = answer_token_nll_flat(model, inputs)
         if record:
             sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll.detach())
             ctx.record(forget_nll=sums / counts.clamp_min(1))
-        return wga_loss(nll, counts, float(self.beta), ctx.dp)
+        return wga_loss(nll, counts, float(self.config.beta), ctx.dp)
