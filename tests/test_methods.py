@@ -262,7 +262,7 @@ R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
-    "guard_budget": 0.08, "backtracks": 4, "guard_items": 512, "retain_views": 1, "step_norm": "global",
+    "guard_budget": 0.08, "backtracks": 4, "patience": None, "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
     "stats": "retain", "stats_items": 64, "forgotten": None, "sigma_damp": 0.05,
     "keep_text": "guard+generated",
@@ -292,6 +292,7 @@ def test_r2f_options_are_its_frozen_config(capsys):
             ({"access": "full"}, "access", ["lora, stats, batch"]),
             ({"guard_tol": 0}, "guard_tol", ["must be positive"]),
             ({"guard_budget": -0.1}, "guard_budget", ["must be positive"]),
+            ({"patience": 0}, "patience", ["must be at least 1"]),
             ({"views": 2.5}, "views", ["expected int"]),
             ({"stop_nll": "low"}, "stop_nll", ["expected float | None"]),
             ({"bogus": 1}, "--method", ["bogus", "method 'r2f'", "guard_tol (0.02)", "stop ('shuffled')",
@@ -915,3 +916,23 @@ def test_black_box_runs_never_read_the_targets_statistics(tiny_setup, tmp_path):
                 access="lora", precondition="sigma", **common)
     assert exc.value.source == "precondition" and "access mode 'lora'" in str(exc.value)
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("patience, halted_at", [(None, 2), (1, 1)])
+def test_r2f_gives_up_a_step_and_stops_after_patience_failed_line_searches(tiny_setup, tmp_path, patience, halted_at):
+    """A line search that finds no step keeps the weights; the run stops after ``patience`` such steps in a row
+    (default: one pass over the forget batches, here 6 items in batches of 3 = 2). A guard tolerance no step can
+    meet makes every search fail: the weights are the source's, and the log says why it stopped where it did."""
+    from transformers import AutoModelForCausalLM
+
+    from r2f.methods import unlearn
+
+    out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="r2f",
+                  decoder="exact", out=tmp_path / "out", steps=5, batch_size=3, seed=1, stop="none",
+                  guard_tol=1e-12, **({} if patience is None else {"patience": patience}))
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["steps"]["done"] == halted_at and len(man["log"]) == halted_at
+    assert all(e["step_size"] == 0.0 and "forget_set_nll" in e for e in man["log"])
+    assert f"no step within the guard in {halted_at} step(s) in a row" in man["steps"]["stop_reason"]
+    src = dict(AutoModelForCausalLM.from_pretrained(tiny_setup["model"]).named_parameters())
+    assert all(torch.equal(p, src[n]) for n, p in AutoModelForCausalLM.from_pretrained(out).named_parameters())

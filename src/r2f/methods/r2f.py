@@ -18,7 +18,8 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
    weights: the largest η (from the last accepted one) whose step raises the forget NLL while the guard NLL
    rises by at most ``guard_tol`` nats/token this step and ``guard_budget`` over the run;
 6. stop rule (``stop="shuffled"``): stop once the forget NLL reaches the initial model's NLL of shuffled
-   (wrong, same-format) answers, or when no step fits the guard.
+   (wrong, same-format) answers, or when no step has fitted the guard for ``patience`` steps in a row (a step
+   without one keeps the weights and moves on to the next batch).
 
 ``exact`` is the same rule with exact gradients (the perfect-decoder oracle).
 """
@@ -82,7 +83,9 @@ class R2FConfig(MethodConfig):
         "search", "search (guarded line search, η adapts) | schedule (cosine decay from η)")
     guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
     guard_budget: float = option(0.08, "search: largest rise of the guard NLL over the whole run (r2f bench's choice)")
-    backtracks: int = option(4, "search: halvings of η tried before the run stops (as many doublings too)")
+    backtracks: int = option(4, "search: halvings of η tried before the step is given up (as many doublings too)")
+    patience: int | None = option(None, "search: steps in a row without an acceptable η before the run stops "
+                                        "(default: one pass over the forget batches)")
     guard_items: int = option(512, "guard items the line search scores (retain file, else self-answered; all of "
                                     "them up to this many)")
     retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
@@ -110,6 +113,8 @@ class R2FConfig(MethodConfig):
         for name in ("guard_tol", "guard_budget"):
             if not getattr(self, name) > 0:
                 raise R2FInputError("must be positive", source=name)
+        if self.patience is not None and self.patience < 1:
+            raise R2FInputError("must be at least 1", source="patience")
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class R2F(UpdateMethod):
         self.forgotten_item_start = self._forgotten_nlls(model) if self.forgotten_items else None
         self.next_eta: float | None = None
         self.halt: str | None = None
+        self.failed_in_row = 0  # line searches in a row that found no step (checkpointed)
         self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
         self.adam_t = 0
         return model
@@ -195,12 +201,14 @@ class R2F(UpdateMethod):
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
+                                    "failed_in_row": self.failed_in_row,
                                     "last_guard": self.last_guard}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.moments = {k: v.clone() for k, v in tensors.items()}
         self.next_eta = meta.get("next_eta")
         self.halt = meta.get("halt")
+        self.failed_in_row = int(meta.get("failed_in_row", 0))
         self.adam_t = int(meta.get("adam_t", 0))
         self.last_guard = meta.get("last_guard", self.guard_start)
 
@@ -552,7 +560,9 @@ class R2F(UpdateMethod):
         A trial within the guard that leaves the forget NLL where it was is too short to show (a very confident
         model at its first steps, whose forget NLL is ~0.002) and doubles η, never up to an η that broke the guard.
         Forward passes only: a trial costs two small forwards, against a probe backward over K views.
-        No acceptable η after ``backtracks`` halvings (or doublings): the weights stay and the run stops.
+        No acceptable η after ``backtracks`` halvings (or doublings): the weights stay, and the run stops once
+        ``patience`` steps in a row (default: one pass over the forget batches) found none. (Until the ninth round
+        the first such step stopped the run: one hard batch ended a world-1 run at step 5, its forget set untouched.)
         """
         was_training = model.training
         model.eval()
@@ -599,8 +609,15 @@ class R2F(UpdateMethod):
         if not accepted:
             self._apply(params, directions, unit, 0.0, base=base)
             self.last_guard = g0
-            self.halt = f"no step within the guard after {trials} trials (last: {why})"
-            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0}
+            self.failed_in_row += 1
+            patience = self.engine.batches_per_epoch if self.config.patience is None else int(self.config.patience)
+            if self.failed_in_row >= patience:
+                self.halt = (f"no step within the guard in {self.failed_in_row} step(s) in a row; the last after "
+                             f"{trials} trials ({why})")
+            # the stop rule reads the forget set's NLL: unchanged weights, but measured, not the batch's
+            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0,
+                    "forget_set_nll": self.engine.mean_nll(model, self.engine.forget, chunk=32)}
+        self.failed_in_row = 0
         self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
         self.last_guard = g
         # the stop rule reads the whole forget set's NLL after the step: one batch's NLL swings by ±50 %
