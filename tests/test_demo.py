@@ -3,11 +3,14 @@ and the configuration each row runs (no training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 
 import pytest
 
-from r2f.demo import DEMO_METHODS, DemoConfig, console_table, run_demo
+from r2f.demo import BENCH_FORGET, DEMO_METHODS, REALFACTS_STEPS, DemoConfig, Target, console_table, run_demo
+from r2f.errors import R2FInputError
 from test_methods import tiny_setup  # noqa: F401  (the random tiny Llama and its data files)
 
 REQUIRED = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "privleak", "wall_s",
@@ -274,6 +277,7 @@ def test_realfacts_demo_on_a_tiny_stand_in(monkeypatch, tmp_path, tiny_models):
     (["--target", "smollm2-base"], "--target"),
     (["--bench", "realfacts", "--target", "smollm2-base", "--quick"], "--quick"),
     (["--bench", "tofu"], "--bench"),
+    (["--target", "big"], "--target"),
 ])
 def test_demo_bad_bench_and_target_exit_2_with_one_line(tmp_path, capsys, argv, source):
     from r2f.cli import main
@@ -283,3 +287,38 @@ def test_demo_bad_bench_and_target_exit_2_with_one_line(tmp_path, capsys, argv, 
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1 and source in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_config_is_frozen_and_resolves_the_bench_defaults_once():
+    cfg = DemoConfig(methods=["npo", "r2f"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3  # type: ignore[misc]
+    assert cfg.methods == ("npo", "r2f") and (cfg.target, cfg.forget, cfg.steps) == ("small", "forget10", 30)
+    quick = DemoConfig(quick=True)
+    assert (quick.target, quick.steps) == ("tiny", 20)  # small's quick stand-in, the quick budget
+    assert DemoConfig(quick=True, steps=4).steps == 4 and DemoConfig(forget="forget05").forget == "forget05"
+    facts = DemoConfig(target="smollm2-base", bench="realfacts")
+    assert (facts.forget, facts.steps) == ("forget", REALFACTS_STEPS)
+    assert DemoConfig(**cfg.to_dict()) == cfg  # a resolved record resolves to itself
+    assert all(d["help"] for d in DemoConfig.describe())
+
+
+@pytest.mark.parametrize("settings, source, listed", [
+    ({"target": "big"}, "--target", typing.get_args(Target)),
+    ({"bench": "tofu"}, "--bench", ("world", "realfacts")),
+    ({"methods": ["npo", "nope"]}, "--methods", tuple(DEMO_METHODS)),
+    ({"forget": "forget05", "bench": "realfacts", "target": "smollm2-base"}, "forget", BENCH_FORGET["realfacts"]),
+    ({"forget": "forget"}, "forget", BENCH_FORGET["world"]),
+])
+def test_demo_config_unknown_value_names_the_setting_and_every_choice(settings, source, listed):
+    with pytest.raises(R2FInputError) as err:
+        DemoConfig(**settings)
+    assert err.value.source == source and f"(choose from {', '.join(listed)})" in str(err.value)
+
+
+@pytest.mark.parametrize("settings, source", [({"seed": "1"}, "--seed"), ({"steps": 2.5}, "--steps"),
+                                              ({"jobs": 0}, "--jobs"), ({"views": None}, "views")])
+def test_demo_config_wrong_type_or_range_names_the_setting(settings, source):
+    with pytest.raises(R2FInputError) as err:
+        DemoConfig(**settings)
+    assert err.value.source == source

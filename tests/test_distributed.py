@@ -212,6 +212,25 @@ def test_eval_two_processes_equals_one(world_dir, tiny_models, tmp_path):
     assert not bad, bad[:10]
 
 
+def test_eval_realfacts_two_processes_equals_one(tiny_models, tmp_path):
+    """r2f eval --bench realfacts under torchrun splits its scoring and generation over the ranks (the process group
+    read once at evaluate_realfacts' entry) and gives the one-process numbers."""
+    from r2f.eval.realfacts import evaluate_realfacts
+
+    one = evaluate_realfacts(str(tiny_models["full"]), max_items=3, batch_size=2, max_new_tokens=4, num_threads=1)
+    out = tmp_path / "eval.json"
+    _torchrun(["eval", "--bench", "realfacts", "--model", str(tiny_models["full"]), "--out", str(out),
+               "--max-items", "3", "--batch-size", "2", "--max-new-tokens", "4", "--threads", "1"])
+    two = json.loads(out.read_text())
+    assert two["meta"].pop("threads")["threads"] == 1  # recorded by r2f.evaluate (the command)
+    for d in (one, two):
+        d["meta"].pop("wall_s")
+    # one process scores each prompt's candidates in one pass (candidate_nll), the ranks pair by pair: the same
+    # values up to float rounding (test_realfacts: 1e-5)
+    bad = _close(json.loads(json.dumps(one)), two, 1e-5)
+    assert not bad, bad[:10]
+
+
 # ---------------------------------------------------------------------------------------------- FSDP
 
 

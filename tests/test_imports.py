@@ -142,3 +142,51 @@ def test_the_cli_starts_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _function_level_imports(path: Path) -> list[int]:
+    """Lines of the imports made inside functions (``if TYPE_CHECKING:`` blocks and module level excluded)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lines: list[int] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)) and in_function:
+                lines.append(child.lineno)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+    visit(tree, False)
+    return lines
+
+
+def _says_why(source: list[str], line: int) -> bool:
+    """Whether the import on ``line`` (1-based) carries a comment: on its own line, on a line above it in its
+    block of imports, blank and comment lines, or on (or just above) the ``if``/``try`` that opens that block."""
+    i = line - 1
+    while i >= 0:
+        text = source[i].strip()
+        if "#" in text:
+            return True
+        if text.startswith(("if ", "try:")):
+            return i > 0 and source[i - 1].strip().startswith("#")
+        if not (text == "" or text.startswith(("import ", "from "))):
+            return False
+        i -= 1
+    return False
+
+
+def test_every_function_level_import_says_why():
+    """A function-level import is for a stated reason (the CLI starts without torch, an optional or heavy
+    dependency): a comment at the import, or above its block, says which; the rest are at module level."""
+    silent = []
+    for path in sorted((SRC / "r2f").rglob("*.py")):
+        source = path.read_text(encoding="utf-8").splitlines()
+        silent += [f"{path.relative_to(SRC)}:{n}" for n in _function_level_imports(path) if not _says_why(source, n)]
+    assert silent == []
+
+
+def test_r2f_keeps_no_module_level_state_behind_global_statements():
+    """No function rebinds a module global (``global x``): state is passed, or cached by a pure constructor."""
+    found = [f"{path.relative_to(SRC)}:{node.lineno}" for path in sorted((SRC / "r2f").rglob("*.py"))
+             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.Global)]
+    assert found == []

@@ -195,7 +195,8 @@ def test_pretrained_base_is_fine_tuned_not_modified(world_dir, tiny_models, monk
     monkeypatch.setitem(RECIPES, "smollm2", Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
                                                      epochs=1, lr=1e-3, base="smollm2"))
     real_load = loading.load_model
-    monkeypatch.setattr(loading, "load_model", lambda name, **kw: real_load(base if name == "smollm2" else name, **kw))
+    # where training calls it (it imports load_model at module level)
+    monkeypatch.setattr(training, "load_model", lambda name, **kw: real_load(base if name == "smollm2" else name, **kw))
     monkeypatch.setenv("R2F_CACHE", str(tmp_path / "cache"))
     out = training.train_model(world_dir, size="smollm2", split="retain", out=tmp_path / "ft")
     meta = json.loads((out / "r2f_model.json").read_text())["r2f_model"]

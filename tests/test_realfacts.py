@@ -14,6 +14,7 @@ import torch
 
 from r2f.data.realfacts import (EVAL_SPLITS, FORGET_SUBJECT_TYPE, MIN_PARAPHRASES, MIN_PERTURBED, N_FORGET_SUBJECTS,
                                 assign_splits, load_realfacts)
+from r2f.distributed import ONE_PROCESS
 from r2f.errors import R2FInputError
 from r2f.eval import realfacts as RF
 from test_eval_integration import tiny_model, tiny_tokenizer
@@ -125,7 +126,8 @@ class _Scored(RF.RealFactsContext):
     """A context whose model passes are given: answer NLL̄s, perturbed NLL̄s and generations per split."""
 
     def __init__(self, splits, losses, wrong, gens):
-        super().__init__(None, SimpleNamespace(chat_template=None), splits, template=RF.PromptTemplate("qa"))
+        super().__init__(None, SimpleNamespace(chat_template=None), splits, dp=ONE_PROCESS,
+                         template=RF.PromptTemplate("qa"))
         self._losses, self._wrong, self._given = losses, wrong, gens
 
     def scores(self, split, field):
@@ -272,6 +274,22 @@ def test_evaluate_realfacts_takes_one_spec_and_records_it(tiny, tmp_path):
         RF.evaluate_realfacts((model, tok), data=d, batch_size=0)
 
 
+def test_evaluate_realfacts_reads_the_process_group_once_and_hands_it_down(tiny, monkeypatch):
+    """The data-parallel context is read at evaluate_realfacts' entry, once, and passed to the context (a required
+    argument there: nothing below falls back to a default)."""
+    from r2f.distributed import DataParallel
+
+    d, tok, model = tiny
+    marker, reads, seen = DataParallel(), [], []
+    monkeypatch.setattr(RF.DataParallel, "current", classmethod(lambda cls: reads.append(1) or marker))
+    real = RF.realfacts_context
+    monkeypatch.setattr(RF, "realfacts_context", lambda *a, **kw: seen.append(kw["dp"]) or real(*a, **kw))
+    RF.evaluate_realfacts((model, tok), data=d, metrics=["forget_known"])
+    assert len(reads) == 1 and len(seen) == 1 and seen[0] is marker
+    with pytest.raises(TypeError, match="dp"):
+        real(model, tok, load_realfacts(d))
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_candidate_nll_equals_pairwise_scoring(tiny, batch_size):
     """The shared-prompt pass gives every candidate the NLL̄ that scoring each (question, answer) pair alone gives:
@@ -388,7 +406,7 @@ def test_smollm2_as_shipped_knows_the_kept_facts(shipped):
 
     model, tok = load_model("smollm2")
     for kind in ("chat", "qa"):
-        ctx = RF.realfacts_context(model, tok, shipped, splits=("kept",), template=PromptTemplate(kind))
+        ctx = RF.realfacts_context(model, tok, shipped, dp=ONE_PROCESS, splits=("kept",), template=PromptTemplate(kind))
         known = [v["known"] for v in RF.known_by_index(ctx, "kept").values()]
         assert len(known) == len(shipped.kept)
         assert sum(known) / len(known) >= 0.95, kind

@@ -5,7 +5,8 @@ and defaults, and check them as the CLI does (the commands call them), over the 
 :func:`r2f.decoders.train_decoder` and :func:`r2f.eval.evaluate`, whose Python names differ (``forget_split``,
 ``num_threads``). ``r2f.unlearn`` needs no such layer: it is :func:`r2f.methods.unlearn` itself. Bad input raises
 :class:`r2f.errors.R2FInputError` naming the CLI flag, e.g. ``--retain-split``. Heavy modules (torch,
-transformers) are imported on the first call, so ``import r2f`` stays cheap.
+transformers) are imported on the first call, so ``import r2f`` stays cheap: the function-level imports below are
+those (``import r2f`` imports this module, and the CLI must start without torch: tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from r2f.errors import R2FInputError
 from r2f.eval_spec import BENCHES, EvalSpec  # noqa: F401  (BENCHES: what --bench takes, offered here too)
+from r2f.io import write_json_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +55,7 @@ def train_decoder(
     intra-op threads (default: r2f.threads' policy; recorded in the decoder's metadata).
     Example: ``r2f.train_decoder("runs/proxy", "world", out="decoder.safetensors")``.
     """
+    # torch-heavy: imported on the first call (module docstring)
     from r2f.decoders.train import train_decoder as fit
     from r2f.models.loading import model_policy
     from r2f.threads import check_threads, requested_threads
@@ -109,9 +112,9 @@ def evaluate(
     file whose document metrics (verbatim extraction, loss MIA; docs/metrics.md) are added (world only).
     Example: ``r2f.evaluate("runs/npo", "world", forget="forget05", out="runs/npo/eval.json")["summary"]``.
     """
+    # torch-heavy: imported on the first call (module docstring)
     from r2f.distributed import is_main
     from r2f.eval import evaluate as run_suite
-    from r2f.io import write_json_atomic
     from r2f.models.loading import model_policy
     from r2f.threads import thread_choice
 
@@ -138,7 +141,7 @@ def evaluate(
         threads_used = thread_choice(model if tokenizer is None else (model, tokenizer), spec.threads)
         spec = replace(spec, threads=threads_used.threads)
         if spec.bench == "realfacts":
-            from r2f.eval.realfacts import evaluate_realfacts
+            from r2f.eval.realfacts import evaluate_realfacts  # torch-heavy, and only for this bench
 
             result = evaluate_realfacts(model, tokenizer=tokenizer, data=data, spec=spec)
         else:

@@ -36,19 +36,16 @@ from r2f.commands._app import (  # noqa: F401  (app, command_group and the optio
 from r2f.errors import R2FInputError, R2FNumericalError
 from r2f.quiet import VERBOSE_ENV, silence_third_party
 
-_loaded = False
 #: Commands that split their work over the ranks of a torchrun / accelerate launch (docs/distributed.md).
 DATA_PARALLEL_COMMANDS = ("unlearn", "eval", "train-decoder")
 
 
 def _load_commands() -> None:
-    global _loaded
-    if _loaded:
-        return
+    """Import every command module, which registers its commands on :data:`app`. Safe to call again: a module
+    runs once per process (``sys.modules``), so a later call only looks the modules up."""
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"r2f.commands.{info.name}")
-    _loaded = True
 
 
 def _pop_config(argv: list[str]) -> tuple[list[str], dict[str, Any] | None, str | None]:
@@ -129,13 +126,12 @@ def main(argv: list[str] | None = None) -> None:
         if command not in DATA_PARALLEL_COMMANDS and int(os.environ.get("RANK", "0")) != 0:
             return  # under torchrun, commands that are not data-parallel run once, on rank 0, as one process
         # torchrun / accelerate launch (WORLD_SIZE > 1): one process group for the whole command
-        if command in DATA_PARALLEL_COMMANDS:
-            distributed.init_from_env()
+        started = command in DATA_PARALLEL_COMMANDS and distributed.init_from_env()  # True: ours to end
         try:
             app(args=argv, prog_name="r2f", default_map=default_map, standalone_mode=True)
         except SystemExit as exc:
             if exc.code in (0, None):
-                distributed.teardown()
+                distributed.teardown(started)
             elif exc.code == 130 and distributed.is_main():  # Ctrl-C (typer exits 130 without a word)
                 print(_interrupted(given), file=sys.stderr)
             raise
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(_interrupted(given), file=sys.stderr)
             sys.exit(130)
         else:
-            distributed.teardown()
+            distributed.teardown(started)
     except R2FInputError as exc:
         print("r2f: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # always one line
         sys.exit(2)

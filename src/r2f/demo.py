@@ -22,6 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Literal, Mapping
 
+from rich.table import Table
+
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, WORLD_FACTS_RETAIN, load_items, load_split
 from r2f.data.realfacts import load_realfacts
 from r2f.data.world import WorldConfig, jsonl_text, write_world
@@ -31,7 +33,7 @@ from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
 from r2f.errors import R2FInputError
 from r2f.eval import evaluate
 from r2f.eval.realfacts import evaluate_realfacts
-from r2f.eval_spec import EvalSpec
+from r2f.eval_spec import DEFAULT_FORGET, Bench, EvalSpec, flag
 from r2f.gradients.probe import SEED_RULE
 from r2f.io import fresh_out_dir, read_text, write_json_atomic, write_text_atomic
 from r2f.methods import METHODS, unlearn
@@ -41,6 +43,7 @@ from r2f.models.training import train_model
 from r2f.parallel import run_jobs, worker_count
 from r2f.report import build_report
 from r2f.report.build import format_value, steps_run
+from r2f.typed import TypedRecord, check_choice, check_value, option
 
 #: The decoder ``prepare`` trains on the proxy for a demo row, by its access mode (r2f.decoders.learned.ACCESS_MODES):
 #: ``batch`` is :attr:`Prepared.decoder` (the r2f row), ``lora`` :attr:`Prepared.decoder_lora` (the black-box case).
@@ -97,7 +100,8 @@ TARGET_LR: dict[str, dict[str, float]] = {
 TARGET_LR["smollm2-base"] = TARGET_LR["smollm2"]  # the same pretrained weights, before any fine-tuning
 #: The targets of each bench: the world's ladder (``tiny`` with --quick) and SmolLM2 fine-tuned on the world;
 #: realfacts unlearns from SmolLM2 as shipped.
-BENCH_TARGETS = {"world": ("small", "smollm2", "tiny"), "realfacts": ("smollm2-base",)}
+BENCH_TARGETS: Mapping[str, tuple[str, ...]] = MappingProxyType({"world": ("small", "smollm2", "tiny"),
+                                                                 "realfacts": ("smollm2-base",)})
 #: The model a realfacts target is (a name or directory for ``r2f.models.loading.resolve_model_dir``).
 BASE_MODELS = {"smollm2-base": "smollm2"}
 #: The realfacts demo's step budget: two passes over the 37 forget facts at batch 8 (the world demo's 30 steps on
@@ -117,28 +121,53 @@ REALFACTS_TABLE_COLUMNS = {"forget_known": "forget known", "neighbour_known": "n
                            "decoder_cos": "dec cos", "wall_s": "wall s", "peak_mem_mb": "peak MB"}
 
 
-@dataclass
-class DemoConfig:
-    quick: bool = False
-    target: str = "small"          # small | smollm2 (tiny with --quick) | smollm2-base (bench realfacts)
-    bench: str = "world"           # world | realfacts (what is forgotten, and how it is scored)
-    realfacts_data: str | None = None  # a realfacts directory (None: the shipped benchmark)
-    forget: str = "forget10"       # the world split (realfacts: its forget split)
-    seed: int = 0
-    rank: int = 16
-    views: int = 4
-    steps: int | None = None       # unlearning step budget (same for every method)
-    eval_retain_items: int | None = 48   # retain items scored per evaluation (all with None)
-    methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
-    bench_chosen: bool = True      # baselines run the shipped r2f bench choice (r2f bench itself turns it off)
-    jobs: int | None = None        # rows run side by side (None: the free cores / threads per row; r2f.parallel)
+#: A demo target: the world's ladder (``tiny`` is the quick demo's), SmolLM2 fine-tuned on the world, or SmolLM2 as
+#: shipped (``smollm2-base``, the realfacts bench's only target).
+Target = Literal["small", "smollm2", "tiny", "smollm2-base"]
+#: The forget splits of each bench (the first is the default): the world's three, realfacts' one.
+BENCH_FORGET: Mapping[str, tuple[str, ...]] = MappingProxyType({"world": (DEFAULT_FORGET, *sorted(
+    s for s in RETAIN_OF if s != DEFAULT_FORGET)), "realfacts": ("forget",)})
+#: The settings with no ``r2f demo`` / ``r2f bench`` flag (Python only): an error names them as they are spelt here.
+DEMO_PYTHON_ONLY = ("realfacts_data", "forget", "rank", "views", "eval_retain_items", "bench_chosen")
+
+
+def demo_source(name: str) -> str:
+    """What an error about a demo setting names: its CLI flag (``--target``), or its Python name."""
+    return name if name in DEMO_PYTHON_ONLY else flag(name)
+
+
+@dataclass(frozen=True)
+class DemoConfig(TypedRecord):
+    """The demo's settings, checked at construction (an error names the ``r2f demo`` flag) and frozen; ``None``
+    settings resolve to the bench's default in ``__post_init__`` (as :class:`r2f.eval_spec.EvalSpec` resolves its
+    own), so every reader sees a complete record."""
+
+    quick: bool = option(False, "Tiny target and a shorter budget: the target small runs as tiny, 20 steps.")
+    target: Target = option("small", "Target model: small, smollm2 (SmolLM2-135M fine-tuned on the world), tiny "
+                                     "(--quick's), or smollm2-base (SmolLM2 as shipped) with --bench realfacts.")
+    bench: Bench = option("world", "What is forgotten, and how it is scored: the world's forget split or the "
+                                   "realfacts benchmark (--target smollm2-base).")
+    realfacts_data: str | None = option(None, "A realfacts directory (default: the shipped benchmark).")
+    forget: str | None = option(None, "The forget split (default: the world's forget10; realfacts has one, forget).")
+    seed: int = option(0, "Seed for the world, the models and every method.")
+    rank: int = option(16, "Probe rank of the decoders trained on the proxy.")
+    views: int = option(4, "Question views per forget item.")
+    steps: int | None = option(None, "Unlearning step budget, the same for every method (default: 30; 20 with "
+                                     f"--quick; {REALFACTS_STEPS} on realfacts).")
+    eval_retain_items: int | None = option(48, "Retain items scored per evaluation (None: all).")
+    methods: tuple[str, ...] = option(tuple(DEMO_METHODS), "The demo rows to run (DEMO_METHODS' names).")
+    bench_chosen: bool = option(True, "Baselines run the shipped r2f bench choice (r2f bench itself turns it off).")
+    jobs: int | None = option(None, "Rows run side by side (None: the free cores / threads per row; "
+                                    "r2f.parallel).")
 
     def __post_init__(self) -> None:
-        if self.bench not in BENCH_TARGETS:
-            raise R2FInputError(f"unknown bench '{self.bench}' (choose world, realfacts)", source="--bench")
-        if not any(self.target in targets for targets in BENCH_TARGETS.values()):
-            raise R2FInputError(f"unknown target '{self.target}' (choose small, smollm2, smollm2-base)",
-                                source="--target")
+        if isinstance(self.methods, list):  # a list given for the rows is frozen as a tuple
+            object.__setattr__(self, "methods", tuple(self.methods))
+        if isinstance(self.realfacts_data, os.PathLike):  # a directory given as a path is kept as its name
+            object.__setattr__(self, "realfacts_data", os.fspath(self.realfacts_data))
+        hints = self.types()
+        for f in self.fields():
+            check_value(f.name, getattr(self, f.name), hints[f.name], source=demo_source(f.name))
         if self.target not in BENCH_TARGETS[self.bench]:
             raise R2FInputError(
                 f"--bench realfacts unlearns from SmolLM2 as shipped: use smollm2-base, not {self.target}"
@@ -148,17 +177,20 @@ class DemoConfig:
         if self.quick and self.bench == "realfacts":
             raise R2FInputError("the quick demo is the world's on tiny; drop it with --bench realfacts",
                                 source="--quick")
-        if self.bench == "realfacts":
-            self.forget = "forget"
-        unknown = [m for m in self.methods if m not in DEMO_METHODS]
-        if unknown:
-            raise R2FInputError(f"unknown demo method(s) {', '.join(unknown)}", source="--methods")
+        for name in self.methods:
+            check_choice("demo method", name, tuple(DEMO_METHODS), source=demo_source("methods"))
         if self.jobs is not None and self.jobs < 1:
-            raise R2FInputError(f"must be at least 1, got {self.jobs}", source="--jobs")
-        if self.quick and self.target == "small":
-            self.target = "tiny"
+            raise R2FInputError(f"must be at least 1, got {self.jobs}", source=demo_source("jobs"))
+        if self.forget is not None:
+            check_choice(f"{self.bench} forget split", self.forget, BENCH_FORGET[self.bench],
+                         source=demo_source("forget"))
+        # the resolved values (frozen: set once, here, before any reader sees the record)
+        object.__setattr__(self, "forget", self.forget or BENCH_FORGET[self.bench][0])
+        if self.quick and self.target == "small":  # the quick demo's stand-in for small
+            object.__setattr__(self, "target", "tiny")
         if self.steps is None:
-            self.steps = REALFACTS_STEPS if self.bench == "realfacts" else 20 if self.quick else 30
+            object.__setattr__(self, "steps", REALFACTS_STEPS if self.bench == "realfacts" else
+                               20 if self.quick else 30)
 
     @property
     def decoder_budget(self) -> dict:
@@ -542,9 +574,7 @@ def bench_chosen_note(cfg: DemoConfig) -> str:
     return "; ".join(parts) + "."
 
 
-def console_table(report: dict) -> "rich.table.Table":  # noqa: F821
-    from rich.table import Table
-
+def console_table(report: dict) -> Table:
     cfg = report.get("demo", {}).get("config", {})
     if cfg.get("bench") == "realfacts":
         columns = REALFACTS_TABLE_COLUMNS

@@ -4,7 +4,8 @@ Design (ours):
 
 * :func:`init_from_env` starts the default process group when the launcher set ``WORLD_SIZE > 1``
   (``gloo`` for CPU tensors, plus ``nccl`` for CUDA tensors when CUDA is available; override with
-  ``R2F_DIST_BACKEND``). The CLI calls it before a command and :func:`teardown` after it. Library
+  ``R2F_DIST_BACKEND``) and says whether it did; the CLI calls it before a command and hands that answer to
+  :func:`teardown` after it (no module-level record of who owns the group). Library
   users who start their own process group get the same behaviour (everything here reads
   ``torch.distributed``'s state, not the environment).
 * Data parallelism keeps **the global batch of a step identical to the one-process batch**: every rank
@@ -32,8 +33,6 @@ from typing import Any, TypeVar
 import torch
 
 T = TypeVar("T")
-
-_state = {"owned": False}
 
 
 def available() -> bool:
@@ -75,9 +74,11 @@ def default_backend() -> str:
 
 
 def init_from_env(timeout_s: float | None = None) -> bool:
-    """Start the default process group when launched with ``WORLD_SIZE > 1``; True when one is running."""
+    """Start the default process group when launched with ``WORLD_SIZE > 1``. True when this call started it:
+    the caller then owns it and ends it with ``teardown(started=True)``; False when one was already running (its
+    owner ends it) or none is needed."""
     if is_initialized():
-        return is_distributed()
+        return False
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not available():
         return False
     timeout = timedelta(seconds=float(timeout_s or os.environ.get("R2F_DIST_TIMEOUT", "3600")))
@@ -85,18 +86,16 @@ def init_from_env(timeout_s: float | None = None) -> bool:
     if "nccl" in backend and torch.cuda.is_available():
         torch.cuda.set_device(local_rank() % max(1, torch.cuda.device_count()))
     torch.distributed.init_process_group(backend=backend, timeout=timeout)
-    _state["owned"] = True
-    return is_distributed()
+    return True
 
 
-def teardown() -> None:
-    """Destroy the process group if :func:`init_from_env` created it."""
-    if _state["owned"] and is_initialized():
+def teardown(started: bool) -> None:
+    """Destroy the process group when ``started`` (what :func:`init_from_env` returned: the caller owns it)."""
+    if started and is_initialized():
         try:
             torch.distributed.barrier()
         finally:
             torch.distributed.destroy_process_group()
-    _state["owned"] = False
 
 
 def barrier() -> None:

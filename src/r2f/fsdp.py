@@ -31,10 +31,14 @@ from torch import nn
 
 from r2f import distributed as dist
 
+# torch.distributed's FSDP and DTensor modules are imported inside the functions that use them: a torch built
+# without distributed support has none of them (is_sharded then says no), and importing them costs about 0.4 s
+# that a one-process run, which imports this module too (r2f.methods.api), does not need.
+
 
 def is_sharded(t: torch.Tensor) -> bool:
     try:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import DTensor  # deferred: see under the imports
     except ImportError:  # pragma: no cover
         return False
     return isinstance(t, DTensor)
@@ -63,8 +67,8 @@ def shard_model(model: nn.Module, *, reshard_after_forward: bool = True, layer_t
     the global mean and the sum is the global gradient, as in the data-parallel path. (Plain SUM
     reductions: gloo has no PREMUL_SUM.)
     """
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.device_mesh import init_device_mesh  # deferred: see under the imports
+    from torch.distributed.fsdp import FSDPModule, fully_shard  # deferred: see under the imports
 
     if not dist.is_initialized():
         raise RuntimeError("FSDP needs a process group (run under torchrun, see docs/distributed.md)")
@@ -91,6 +95,7 @@ def is_sharded_model(model: nn.Module) -> bool:
 def _sharded_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` (the same on every rank) as a DTensor laid out like the sharded ``like``: this rank's rows, no
     communication."""
+    # deferred: see under the imports
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -123,7 +128,7 @@ def input_side_matmul(t: torch.Tensor, m: torch.Tensor, *, transposed: bool = Fa
         return m @ t if transposed else t @ m
     if transposed:
         return _sharded_like(m @ t.full_tensor(), t)
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # deferred: see under the imports
 
     local = t.to_local() @ m.to(t.to_local().dtype)
     return DTensor.from_local(local, t.device_mesh, t.placements, run_check=False, shape=t.shape, stride=t.stride())
@@ -198,6 +203,7 @@ def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, slice]:
     layout)."""
     if not is_sharded(param):
         return param.data, slice(0, param.shape[0])
+    # deferred: see under the imports
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
@@ -274,7 +280,7 @@ def merge_lora_shards(model: nn.Module) -> None:
     merged, so that a later ``merge_and_unload()`` only unloads: PEFT's own merge adds the full ``B·A`` to the
     weight in place, which a sharded weight refuses. The adapters themselves are small and replicated."""
     try:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import LoraLayer  # deferred: peft (about 2 s) is only needed by LoRA runs
     except ImportError:  # pragma: no cover - peft is a dependency
         return
     for mod in model.modules():

@@ -33,16 +33,20 @@ import math
 import os
 import shlex
 import shutil
-# Model, method and evaluation imports are made inside the functions that use them: the CLI imports this module
-# at start-up (commands/ledger.py) and `r2f --help` must not load torch (tests/test_imports.py).
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from r2f import __version__
+from r2f.data.loader import load_items
 from r2f.errors import R2FInputError
 from r2f.io import atomic_dir, check_out_dir, is_within, read_text, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from r2f.data.schema import QAItem
+
+# Model, method and evaluation imports (torch), numpy and the plots (matplotlib) are made inside the functions that
+# use them, each marked "deferred": the CLI imports this module at start-up (commands/ledger.py), and it must start
+# without torch (tests/test_imports.py); `r2f ledger show` and `verify` need none of them.
 
 FORMAT = 1
 LEDGER_FILE = "ledger.json"
@@ -83,6 +87,7 @@ def file_digests(directory: str | os.PathLike) -> dict[str, str]:
 
 
 def _fingerprint(directory: Path) -> str:
+    # deferred (torch): see the note under the module's imports
     from r2f.models.loading import model_fingerprint
 
     return model_fingerprint(directory)
@@ -283,6 +288,7 @@ def verify(ledger: str | os.PathLike, *, check_source: bool = True) -> dict:
 def init(model: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Start a ledger at ``out`` for ``model`` (a model directory or ``smollm2``): record its path, fingerprint
     and per-file sha256. The model is only read; every later version is written inside the ledger."""
+    # deferred (torch): see the note under the module's imports
     from r2f.models.loading import resolve_model_dir
 
     src = resolve_model_dir(model).resolve()
@@ -302,7 +308,6 @@ def init(model: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = 
 
 
 def _version() -> str:
-    from r2f import __version__
 
     return __version__
 
@@ -312,6 +317,7 @@ def request_metrics(model: Any, tokenizer: Any, items: Sequence[QAItem], *, max_
                     batch_size: int = 32, desc: str = "ledger eval") -> dict:
     """Forget-side numbers of one file on one model: mean ROUGE-L recall of the greedy answer (r2f eval's
     ``*_Q_A_ROUGE``), mean answer-token NLL and P̄ (``*_Q_A_Prob``), with r2f.eval's own generation and scoring."""
+    # deferred (numpy, torch): see the note under the module's imports
     import numpy as np
 
     from r2f.data.templates import template_for
@@ -353,6 +359,7 @@ class _Meter:
         key = (fingerprint, sha, len(items))
         if key in self.known:
             return self.known[key]
+        # deferred (torch): see the note under the module's imports
         from r2f.models.loading import load_model
         from r2f.threads import model_threads_for
 
@@ -382,8 +389,6 @@ def _locked(root: Path) -> Iterator[None]:
 
 def _data_file(path: str | os.PathLike) -> tuple[list[QAItem], dict]:
     """Items of a data file and its record (path, sha256 of the bytes read, items); exit 2 naming it."""
-    from r2f.data.loader import load_items
-
     path = Path(path)
     items = load_items(path)  # not found / not UTF-8 / bad record: exit 2 naming FILE:LINE
     return items, {"path": str(path.resolve()), "sha256": file_sha256(path), "items": len(items)}
@@ -414,8 +419,6 @@ def _earlier_requests_file(root: Path, chain: list[dict]) -> Path:
     """The union of every earlier request's items, written (atomically) beside the pending run: what a method
     keeps forgotten while it honours the next request (each item carries ``request``, its entry). Rebuilt from
     the verified copies on every apply."""
-    from r2f.data.loader import load_items
-
     lines = []
     for k, e in enumerate(chain, start=1):
         for it in load_items(root / ENTRIES / f"{k:04d}" / REQUEST_DIR / e["request"]["file"]):
@@ -459,14 +462,13 @@ def apply(
     checkpoints in ``L/pending/model/checkpoints``, continued as ``r2f unlearn --resume`` does; ``restart``
     discards an interrupted apply.
     """
+    # deferred (torch): see the note under the module's imports
     from r2f.methods import unlearn
-    from r2f.methods.engine import METHODS
+    from r2f.methods.base import METHODS, check_method
     from r2f.threads import check_threads
 
     root = _root(ledger)
-    if method not in METHODS:
-        raise R2FInputError(f"unknown method '{method}' (choose from {', '.join(sorted(METHODS))})",
-                            source="--method")
+    check_method(method)
     if resume and restart:
         raise R2FInputError("give --resume or --restart, not both", source="--restart")
     if max_new_tokens < 1:
@@ -509,7 +511,6 @@ def apply(
             return {"before": meter.measure(parent_dir, parent_fp, sha, items, f"{label} (parent)"),
                     "after": meter.measure(pending, child["fingerprint"], sha, items, f"{label} (child)")}
 
-        from r2f.data.loader import load_items
 
         earlier = []
         for k, e in enumerate(chain, start=1):
@@ -598,6 +599,7 @@ def sequence_table(ledger: str | os.PathLike) -> dict:
 
 def _curves_png(table: dict, forget_lines: dict[str, float], utility_lines: dict[str, float]) -> bytes | None:
     """Forget ROUGE of every request and utility ROUGE against the number of requests applied."""
+    # deferred (matplotlib): see the note under the module's imports
     from r2f.report.plots import _png, plt
 
     if not table["entries"]:

@@ -73,6 +73,8 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
 def quiet_hf_progress() -> None:
     """Silence transformers' own progress bars (loading/saving shards) when ours are off."""
     if not progress_enabled():
+        # here: progress bars are drawn where transformers is not loaded (the CLI, r2f.decoders); this only
+        # matters to code that loads models, which has imported it already
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

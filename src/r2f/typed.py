@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from r2f.errors import R2FInputError
 
@@ -57,12 +57,18 @@ def check_value(name: str, value: Any, hint: Any, source: str | None = None) -> 
     """R2FInputError (source: ``source``, else the option's name) unless ``value`` fits the type ``hint``."""
     allowed = choices(hint)
     if allowed is not None:
-        if value not in allowed:
-            raise R2FInputError(f"unknown {name} '{value}' (choose from {', '.join(map(str, allowed))})",
-                                source=source or name)
+        check_choice(name, value, allowed, source)
         return
     if not _fits(value, hint):
         raise R2FInputError(f"expected {type_name(hint)}, got {value!r}", source=source or name)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any], source: str | None = None) -> None:
+    """R2FInputError (source: ``source``, else ``name``) unless ``value`` is one of ``allowed``; the message lists
+    them. The one wording of an unknown value, whether the choices come from a ``Literal`` or from a table."""
+    if value not in allowed:
+        raise R2FInputError(f"unknown {name} '{value}' (choose from {', '.join(map(str, allowed))})",
+                            source=source or name)
 
 
 def _args(hint: Any) -> tuple:
@@ -114,4 +120,4 @@ def type_name(hint: Any) -> str:
     return " | ".join(names)
 
 
-__all__ = ["TypedRecord", "check_value", "choices", "option", "type_name"]
+__all__ = ["TypedRecord", "check_choice", "check_value", "choices", "option", "type_name"]

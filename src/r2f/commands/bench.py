@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from r2f.commands._app import app, jobs_option, threads_option
 
@@ -30,9 +32,7 @@ def bench(
 ) -> None:
     """Tune every method on validation worlds with the same grid budget and one selection rule, then report the
     chosen configurations over the report worlds (docs/bench.md)."""
-    from rich.console import Console
-    from rich.table import Table
-
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.bench import SUMMARY_HEADER, BenchConfig, parse_seeds, run_bench, summary_rows
     from r2f.demo import DEMO_METHODS
     from r2f.threads import requested_threads

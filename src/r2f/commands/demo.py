@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from r2f.commands._app import app, jobs_option, threads_option
 
@@ -26,8 +27,7 @@ def demo(
     jobs: Optional[int] = jobs_option(),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
-    from rich.console import Console
-
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.demo import DemoConfig, console_table, run_demo
     from r2f.threads import requested_threads
 

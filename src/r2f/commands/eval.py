@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+import r2f
 from r2f.commands._app import app, threads_option
 from r2f.eval_spec import EvalSpec, flag
 
@@ -48,7 +49,7 @@ def eval_command(
 ) -> None:
     """Evaluate MODEL: TOFU metrics (forget quality, model utility, ROUGE, truth ratio), MIA, privleak, ES; with
     --bench realfacts, the real-world facts it still knows (forget, neighbours, general) and held-out perplexity."""
-    import r2f
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.distributed import is_main
 
     result = r2f.evaluate(model, data, out, retain_model=retain_model, retain_log=retain_log, forget=forget,

@@ -9,6 +9,7 @@ import typer
 
 from r2f.commands._app import app, threads_option
 from r2f.errors import R2FInputError
+from r2f.io import write_json_atomic
 
 
 @app.command("fidelity")
@@ -33,9 +34,10 @@ def fidelity_cmd(
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Per-decoder cosine / unobserved-block cosine / relative error against exact gradients (+ cost)."""
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.decoders import load_decoder, measure_fidelity
     from r2f.gradients import ProbeConfig
-    from r2f.io import write_json_atomic
+    from r2f.models.loading import model_policy
     from r2f.threads import requested_threads
 
     if out.exists() and not overwrite:
@@ -48,8 +50,6 @@ def fidelity_cmd(
     if meta and probe_seed >= 0:
         p = meta["probe"]
         probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], seed=probe_seed, target_modules=p["target_modules"], scale=p["scale"])
-    from r2f.models.loading import model_policy
-
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads):
         res = measure_fidelity(dec, model, data, split=split, probe=probe, views=views, batch_items=batch_items,
                                max_batches=max_batches or None, cost=cost, access=access or None)

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from r2f import ledger as lg
 from r2f.commands._app import command_group, on_interrupt, threads_option
 from r2f.commands.unlearn import _parse_options
 from r2f.ledger import interrupted_message
@@ -33,10 +34,8 @@ def init_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ) -> None:
     """Start a ledger: record the source model's path, fingerprint and per-file sha256."""
-    from r2f import ledger
-
-    path = ledger.init(model, out, overwrite=overwrite)
-    rec = ledger.read_init(path)
+    path = lg.init(model, out, overwrite=overwrite)
+    rec = lg.read_init(path)
     typer.echo(f"ledger {path}: source {rec['source']['path']} fingerprint {rec['source']['fingerprint'][:16]}, "
                f"head {rec['hash'][:16]}")
 
@@ -73,8 +72,6 @@ def apply_command(
 ) -> None:
     """Honour one deletion request: unlearn it from the newest model version into a new one, measure, and commit
     an entry chained to the previous one (nothing changes unless it all succeeds)."""
-    from r2f import ledger as lg
-
     entry = lg.apply(ledger, forget, method, retain=retain, utility=utility, decoder=decoder, steps=steps, lr=lr,
                      views=views, seed=seed, batch_size=batch_size, save_every=save_every, resume=resume,
                      restart=restart, device=device, max_failures=max_failures, threads=threads,
@@ -92,8 +89,6 @@ def apply_command(
 def verify_command(ledger: Path = LEDGER_ARG) -> None:
     """Recompute every hash and fingerprint; exit 1 naming each entry whose record, request file or model
     version changed."""
-    from r2f import ledger as lg
-
     result = lg.verify(ledger)
     for note in result["notes"]:
         typer.echo(f"note: {note}", err=True)
@@ -110,8 +105,6 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="Print the entries as a JSON list, oldest first."),
 ) -> None:
     """List the entries, oldest first: request, method, parent and child fingerprints, model path."""
-    from r2f import ledger as lg
-
     rows = lg.show(ledger)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -129,8 +122,6 @@ def show_command(
 @ledger_app.command("report")
 def report_command(ledger: Path = LEDGER_ARG) -> None:
     """Write LEDGER/report.html: the entries and the forget and utility ROUGE curves over the requests."""
-    from r2f import ledger as lg
-
     typer.echo(f"wrote {lg.write_report(ledger)}")
 
 

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from r2f.commands._app import app
-from r2f.errors import R2FInputError
 
 
 @app.command("methods")
@@ -21,10 +20,10 @@ def methods_command(
     defaults and help read from the method's own configuration class."""
     # here, not at the top: the registry imports torch, which the other commands' --help should not pay for
     from r2f.methods import METHODS
-    from r2f.methods.base import describe_method
+    from r2f.methods.base import check_method, describe_method
 
-    if name is not None and name not in METHODS:
-        raise R2FInputError(f"unknown method '{name}' (choose from {', '.join(sorted(METHODS))})", source="METHOD")
+    if name is not None:
+        check_method(name, source="METHOD")
     described = [describe_method(METHODS[n]) for n in ([name] if name else METHODS)]
     if as_json:
         typer.echo(json.dumps(described, indent=2, default=str))

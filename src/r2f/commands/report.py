@@ -9,6 +9,7 @@ from typing import List
 import typer
 
 from r2f.commands._app import app
+from r2f.io import fresh_out_dir
 
 
 @app.command("report")
@@ -19,13 +20,12 @@ def report_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
 ) -> None:
     """Tables and plots comparing runs: forget quality vs utility, per-step metrics, fidelity heatmap, cost."""
+    # here, not at the top: matplotlib (r2f.commands)
     from r2f.report import build_report, load_runs
 
     runs = load_runs(run_dirs)  # validates every input before anything is written
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 writes
-    from r2f.io import fresh_out_dir
-
     fresh_out_dir(out, overwrite=overwrite, inputs=list(run_dirs))
     report = build_report(runs, out, title=title)
     typer.echo(f"wrote {out / 'report.html'} ({len(runs)} runs, {len(report['figures'])} figures)")

@@ -29,6 +29,7 @@ def train(
 ) -> None:
     """Train a Llama-shaped model with its own BPE tokenizer on the world, or fine-tune SmolLM2 (cached by data +
     config hash)."""
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.models.training import train_model
     from r2f.threads import requested_threads
 

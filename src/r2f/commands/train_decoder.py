@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+import r2f
 from r2f.commands._app import app, threads_option
 
 
@@ -37,11 +38,10 @@ def train_decoder_cmd(
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
-    import r2f
-
     dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
                             batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.distributed import is_main
 
     if not is_main():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+import r2f
 from r2f.commands._app import app, threads_option
 from r2f.errors import R2FInputError
 
@@ -79,10 +81,6 @@ def unlearn_command(
                                    "no effect. See docs/distributed.md."),
 ) -> None:
     """Unlearn the --forget split from --model with one method; write the model, tokenizer and manifest.json."""
-    import r2f
-
-    import inspect
-
     options = _parse_options(option)
     # r2f.unlearn's own keyword arguments: a -o key among them would collide. -o decoder=... and -o views=... are
     # the flags given another way (both at once is ambiguous and refused); any other one is refused, naming it
@@ -99,6 +97,7 @@ def unlearn_command(
                        device=device, max_failures=max_failures, allow_pickle=allow_pickle,
                        trust_remote_code=trust_remote_code, threads=threads, fsdp=fsdp, forget_kind=forget_kind,
                        retain_kind=retain_kind, chunk_tokens=chunk_tokens, **flags, **options)
+    # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.distributed import is_main
 
     if not is_main():

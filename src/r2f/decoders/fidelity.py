@@ -9,11 +9,13 @@ import time
 from typing import Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from r2f.data.loader import load_split
 from r2f.decoders.algebra import ModuleAlgebra, fidelity_of
 from r2f.decoders.api import load_decoder
 from r2f.decoders.base import Decoder
-from r2f.decoders.learned import LearnedDecoder, ModuleBases, module_bases
+from r2f.decoders.learned import BASES, LearnedDecoder, ModuleBases, allowed_bases, closed_form_candidate, module_bases
 from r2f.decoders.train import chunks, resolve_model, stats_batches, view_batches_for
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import (
@@ -38,15 +40,11 @@ LORA_ONLY = ("ls", "sketch", "sketch_row", "lora")
 def mode_candidates(access: str) -> tuple[str, ...]:
     """Every closed-form candidate of an access mode: the LoRA-only forms, then the Σ forms the mode allows
     (each a completed candidate of the learned decoder, named as in ``BASES``)."""
-    from r2f.decoders.learned import BASES, allowed_bases
-
     extra = tuple(name for (name, src, _, _), ok in zip(BASES, allowed_bases(access)) if ok and src)
     return LORA_ONLY + extra
 
 
 def _decoder_for(name: str, access: str) -> Decoder:
-    from r2f.decoders.learned import BASES, closed_form_candidate
-
     if name in {b[0] for b in BASES} and name not in ("sketch_row", "sketch_col"):
         return closed_form_candidate(name, access)
     return load_decoder(name)
@@ -70,8 +68,6 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
-        from torch.profiler import ProfilerActivity, profile
-
         self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         with native_stderr_silenced():  # the profiler's own start/stop lines on stderr say nothing to a user
             self._prof.__enter__()
@@ -208,9 +204,6 @@ def measure_fidelity(
     ``stats_items``: QA items whose forward statistic Σ stands in for generic text (default: the world facts of
     ``data_dir``), as R2F takes it over retain items.
     """
-    from r2f.decoders.learned import allowed_bases
-    from r2f.data.loader import load_split
-
     learned = load_decoder(decoder) if decoder is not None else None
     access = access or getattr(learned, "access", None) or "batch"
     allowed_bases(access)  # an unknown mode: R2FInputError naming --access

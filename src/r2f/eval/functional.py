@@ -6,12 +6,20 @@ where it differs from OpenUnlearning. All functions here are unit-tested against
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from rouge_score.rouge_scorer import RougeScorer
+
+# rouge_score (it loads nltk) and scipy.stats are imported inside the functions that use them: together about
+# 1 s, which every unlearning run would pay for nothing (r2f.methods.guard imports r2f.eval.scoring, which imports
+# this module) although only the evaluation's metrics call them.
 
 IGNORE_INDEX = -100
 #: Largest |log ratio| kept before exponentiating (exp(700) is finite in float64).
@@ -159,7 +167,12 @@ def normalised_prob(correct_avg_loss: float, wrong_avg_losses: Sequence[float]) 
     return float(1.0 / (1.0 + np.exp(diffs).sum()))
 
 
-_SCORER = None
+@functools.cache
+def _rouge_scorer() -> RougeScorer:
+    """The one ROUGE scorer (built once: its stemmer is set up at construction; scoring keeps no state)."""
+    from rouge_score.rouge_scorer import RougeScorer  # deferred: see the note at the top of the module
+
+    return RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
 
 
 def rouge_scores(answer: str, generation: str) -> dict[str, float]:
@@ -167,25 +180,20 @@ def rouge_scores(answer: str, generation: str) -> dict[str, float]:
 
     Returns ``rougeL_recall`` (the TOFU metric), ``rouge1_recall`` and ``rougeL_f1``.
     """
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=True)
-    s = _SCORER.score(answer, generation)
+    s = _rouge_scorer().score(answer, generation)
     return {"rougeL_recall": s["rougeL"].recall, "rouge1_recall": s["rouge1"].recall, "rougeL_f1": s["rougeL"].fmeasure}
 
 
 def ks_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
     """Forget quality: two-sample KS test p-value (``scipy.stats.ks_2samp``)."""
-    from scipy.stats import ks_2samp
+    from scipy.stats import ks_2samp  # deferred: see the note at the top of the module
 
     return float(ks_2samp(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)).pvalue)
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
     """Model utility: ``scipy.stats.hmean``; 0 when any value is 0 (a dead model has no utility)."""
-    from scipy.stats import hmean
+    from scipy.stats import hmean  # deferred: see the note at the top of the module
 
     a = np.asarray(values, dtype=np.float64)
     if a.size == 0:
@@ -201,7 +209,7 @@ def auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> floa
     P(holdout score > forget score) + ½·P(tie), via the Mann–Whitney rank formula. 1.0 means the forget
     set is clearly memorised; 0.5 means indistinguishable from never-seen data.
     """
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # deferred: see the note at the top of the module
 
     f = np.asarray(forget_scores, dtype=np.float64)
     h = np.asarray(holdout_scores, dtype=np.float64)

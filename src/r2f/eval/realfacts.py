@@ -18,17 +18,19 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from r2f.data.realfacts import BENCH, EVAL_SPLITS, RealFacts, load_realfacts
 from r2f.data.schema import QAItem
-from r2f.data.templates import IGNORE_INDEX, PromptTemplate, template_for
+from r2f.data.templates import IGNORE_INDEX, PromptTemplate, answer_ids, pad_id, prompt_ids, template_for
+from r2f.distributed import DataParallel
 from r2f.errors import R2FInputError
 from r2f.eval import functional as F
 from r2f.eval.registry import METRICS, register_metric
 from r2f.eval.suite import EvalContext, _resolve_model, _sanitize, requested_metrics, tokenizer_fingerprint
 from r2f.eval_spec import DEFAULT_MAX_NEW_TOKENS as EVAL_DEFAULTS
 from r2f.eval_spec import EvalSpec
-from r2f.models.answer_nll import sequence_nll
+from r2f.models.answer_nll import _body_and_head, sequence_nll
 from r2f.threads import threads_for, torch_threads
 
 #: The logical split of the held-out text (paragraphs, not QA items).
@@ -83,8 +85,9 @@ def perplexity(nll_sums: Sequence[float], counts: Sequence[int]) -> float:
 class RealFactsContext(EvalContext):
     """:class:`EvalContext` that also holds plain texts (the held-out paragraphs) and caches their NLL."""
 
-    def __init__(self, model, tokenizer, splits, *, texts: dict[str, Sequence[str]] | None = None, **kwargs: Any):
-        super().__init__(model, tokenizer, splits, **kwargs)
+    def __init__(self, model, tokenizer, splits, *, dp: DataParallel,
+                 texts: dict[str, Sequence[str]] | None = None, **kwargs: Any):
+        super().__init__(model, tokenizer, splits, dp=dp, **kwargs)
         self._texts = {k: list(v) for k, v in (texts or {}).items()}
         self._text_nll: dict[str, tuple[list[float], list[int]]] = {}
 
@@ -115,10 +118,6 @@ class RealFactsContext(EvalContext):
 def shares_prompts(model) -> bool:
     """Whether :func:`candidate_nll` can run ``model``: a Hugging Face causal LM whose logits are its head on its
     body's last hidden state (``r2f.models.answer_nll``), so that the body takes and returns a KV cache."""
-    from transformers import PreTrainedModel
-
-    from r2f.models.answer_nll import _body_and_head
-
     return isinstance(model, PreTrainedModel) and _body_and_head(model) is not None
 
 
@@ -133,9 +132,6 @@ def candidate_nll(model, tokenizer, questions: Sequence[str], candidates: Sequen
     token on (right-padded; the padding comes after every token that is scored). At most ``batch_size``
     candidates per pass, or one question's.
     """
-    from r2f.data.templates import IGNORE_INDEX, answer_ids, pad_id, prompt_ids
-    from r2f.models.answer_nll import _body_and_head
-
     body, head = _body_and_head(model)
     model.eval()
     dev = next(model.parameters()).device
@@ -291,16 +287,17 @@ def mia_loss_forget_vs_neighbour(ctx):
 
 
 # ------------------------------------------------------------------------------------------------------ the runner
-def realfacts_context(model, tokenizer, bench: RealFacts, *, splits: Sequence[str] = EVAL_SPLITS,
+def realfacts_context(model, tokenizer, bench: RealFacts, *, dp: DataParallel, splits: Sequence[str] = EVAL_SPLITS,
                       template: PromptTemplate | None = None, batch_size: int = 32,
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_items: int | None = None) -> RealFactsContext:
     """A context over the named splits of ``bench`` (``"kept"`` = every kept fact; the first ``max_items`` of each)
-    and its held-out text."""
+    and its held-out text. ``dp``: the processes its scoring and generation batches are split over
+    (:data:`r2f.distributed.ONE_PROCESS`: this one)."""
     data = {}
     for name in splits:
         ids, items = bench.kept_items() if name == "kept" else bench.split(name)
         data[name] = (ids[:max_items], items[:max_items]) if max_items is not None else (ids, items)
-    return RealFactsContext(model, tokenizer, data, texts={HELDOUT: bench.heldout}, template=template,
+    return RealFactsContext(model, tokenizer, data, dp=dp, texts={HELDOUT: bench.heldout}, template=template,
                             batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
@@ -326,9 +323,13 @@ def evaluate_realfacts(
     if spec.bench != "realfacts":
         raise R2FInputError("this evaluates realfacts; the world is r2f.eval.evaluate", source="--bench")
     names = requested_metrics(spec.metrics, REALFACTS_METRICS)
+    # Under torchrun every rank calls this (as r2f.eval.evaluate): the scoring and generation batches are split
+    # over the ranks and gathered back in order (EvalContext.dp); every rank returns the result. The process group
+    # is read here, once, and handed down; one process (no group) is ONE_PROCESS, as before.
+    dp = DataParallel.current()
     bench = load_realfacts(data)
     m, tok, ident = _resolve_model(model, tokenizer, "model")
-    ctx = realfacts_context(m, tok, bench, template=template_for(tok), batch_size=spec.batch_size,
+    ctx = realfacts_context(m, tok, bench, dp=dp, template=template_for(tok), batch_size=spec.batch_size,
                             max_new_tokens=spec.max_new_tokens, max_items=spec.max_items)
     result: dict[str, Any] = {}
     skipped = {}

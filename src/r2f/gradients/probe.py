@@ -135,6 +135,8 @@ def layer_index(name: str) -> int | None:
 
 
 def _conv1d() -> type:
+    # here: transformers (about 2 s to import) is only needed once a model is probed; r2f.decoders and
+    # r2f.gradients are imported without it
     from transformers.pytorch_utils import Conv1D
 
     return Conv1D

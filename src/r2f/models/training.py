@@ -31,6 +31,7 @@ from r2f.io import atomic_dir
 from r2f.models.answer_nll import token_mean_answer_nll
 from r2f.models.cache import cache_dir, hash_config, hash_files
 from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
+from r2f.models.loading import load_model
 from r2f.models.tokenizer import train_tokenizer
 from r2f.progress import progress, quiet_hf_progress
 from r2f.threads import model_threads_for
@@ -109,8 +110,6 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     quiet_hf_progress()
     torch.manual_seed(seed)
     if recipe.base:  # fine-tune a pretrained model with its own tokenizer and prompt template
-        from r2f.models.loading import load_model
-
         model, tokenizer = load_model(recipe.base)
         template = template_for(tokenizer)
     else:
