@@ -150,7 +150,7 @@ class R2F(UpdateMethod):
         self.engine = engine
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
         # (the items themselves: ``guard_set``; the ``guard_items`` option is their number)
-        self.guard_set = engine.retain_sample(int(self.options["guard_items"]))
+        self.guard_set = engine.retain_sample(int(self.config.guard_items))
         self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_set else (None, None)
         self.last_guard: float | None = self.guard_start
         # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
@@ -279,7 +279,7 @@ class R2F(UpdateMethod):
         Decoders with a Σ prior (sigma, learned) are trained with Σ from generic text; retain data is the
         generic text an unlearning run has. ``stats="batch"`` leaves it to the step's own inputs.
         """
-        if self.options["stats"] != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
+        if self.config.stats != "retain" or not getattr(self.decoder_obj, "uses_stats", False) or not engine.retain:
             return None
         return self._input_stats(engine, model, engine._summary_retain()[: int(self.config.stats_items)], "retain")
 
