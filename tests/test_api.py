@@ -150,6 +150,20 @@ def test_r2f_eval_takes_its_settings_defaults_and_help_from_the_spec():
         assert params[name].help == EvalSpec.help(name), name
 
 
+def test_r2f_demo_takes_its_settings_defaults_and_help_from_demo_config():
+    """Every r2f demo option that is a DemoConfig field has the config's default and help (the CLI reads them from
+    r2f.demo_spec, which imports no torch); the Python-only settings have no flag."""
+    from r2f.demo_spec import DEMO_PYTHON_ONLY, DemoConfig
+
+    params = _cli_params("demo")
+    fields = {f.name for f in DemoConfig.fields()}
+    shared = set(params) & fields
+    assert {"quick", "target", "bench", "seed", "steps"} <= shared and not shared & set(DEMO_PYTHON_ONLY)
+    for name in shared - {"jobs"}:  # --jobs is the shared option of demo and bench (r2f.commands._app)
+        assert params[name].default == DemoConfig.defaults()[name], name
+        assert params[name].help == DemoConfig.help(name), name
+
+
 def test_the_suite_takes_one_spec_or_its_fields_as_keywords(monkeypatch):
     """r2f.eval.evaluate(..., spec=EvalSpec(...)) or the same settings as keywords (the suite's older names
     forget_split / num_threads included) reach the suite as one equal spec; both at once, or an unknown keyword,

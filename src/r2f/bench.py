@@ -39,6 +39,7 @@ from r2f.io import fresh_out_dir, write_json_atomic, write_text_atomic
 from r2f.parallel import run_jobs, worker_count
 from r2f.eval import evaluate
 from r2f.report.build import FQ_MIN, MU_RATIO, eval_summary, md_table
+from r2f.typed import check_choice
 
 # A report seed passes with forget quality ≥ FQ_MIN at model utility ≥ MU_RATIO × the original's on the same
 # world: the report's headline criterion. MU_RATIO is also the tuning constraint of :func:`select_config`.
@@ -80,10 +81,10 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.tune_seeds is None:
             object.__setattr__(self, "tune_seeds", (10,) if self.quick else (10, 11))
-        unknown = [m for m in self.methods if m not in DEMO_METHODS]
-        if unknown or not self.methods:
-            raise R2FInputError(f"unknown method(s) {', '.join(unknown) or '(none given)'} "
-                                f"(choose from {', '.join(DEMO_METHODS)})", source="--methods")
+        if not self.methods:
+            raise R2FInputError(f"no method given (choose from {', '.join(DEMO_METHODS)})", source="--methods")
+        for name in self.methods:
+            check_choice("method", name, tuple(DEMO_METHODS), source="--methods")
         for flag, seeds in (("--tune-seeds", self.tune_seeds), ("--report-seeds", self.report_seeds)):
             if not seeds or len(set(seeds)) != len(seeds):
                 raise R2FInputError("needs distinct seeds", source=flag)

@@ -3,32 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 
 from r2f.commands._app import app, jobs_option, threads_option
+from r2f.demo_spec import DemoConfig
+from r2f.eval_spec import flag
+
+
+def _setting(name: str) -> Any:
+    """The option of a DemoConfig field: its flag, default and help are the config's (r2f.demo_spec)."""
+    return typer.Option(DemoConfig.defaults()[name], flag(name), help=DemoConfig.help(name))
 
 
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for runs and report.{json,md,html}."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny target and a shorter budget (about 2 minutes)."),
-    target: str = typer.Option("small", help="Target model: small (default) or smollm2 (the real SmolLM2-135M, "
-                                                "fine-tuned on the world first; about 75 minutes cold on 2 CPU cores); "
-                                                "smollm2-base (SmolLM2 as shipped) with --bench realfacts."),
-    bench: str = typer.Option("world", "--bench", help="What is forgotten: world (the embedded world's forget10) or "
-                                                       "realfacts (real facts SmolLM2 knows; --target smollm2-base)."),
-    seed: int = typer.Option(0, help="Seed for the world, the models and every method."),
-    steps: int = typer.Option(None, help="Unlearning step budget, the same for every method."),
+    quick: bool = _setting("quick"),
+    target: str = _setting("target"),
+    bench: str = _setting("bench"),
+    seed: int = _setting("seed"),
+    steps: Optional[int] = _setting("steps"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
     threads: Optional[int] = threads_option(),
     jobs: Optional[int] = jobs_option(),
 ) -> None:
     """World → proxy, target and retain oracle → decoder → every unlearning method → evaluation → report."""
     # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
-    from r2f.demo import DemoConfig, console_table, run_demo
+    from r2f.demo import console_table, run_demo
     from r2f.threads import requested_threads
 
     console = Console(width=max(110, Console().width))

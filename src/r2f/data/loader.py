@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from r2f.data.schema import Document, QAItem
 from r2f.errors import R2FInputError
 from r2f.io import decode_text, read_bytes, read_text
+from r2f.typed import check_choice
 
 #: Logical split name -> file name inside a world directory (TOFU's naming).
 SPLIT_FILES: dict[str, str] = {
@@ -93,8 +94,7 @@ def read_records(path: str | os.PathLike, kind: str = "auto", *,
     """The records of a forget (or retain) file, QA items or :class:`Document` s by ``kind`` (:data:`FORGET_KINDS`),
     and the sha256 of its bytes. A ``.txt`` file is one document (its whole text); a JSON/JSONL file of documents
     holds ``{"text": ..., "paraphrases": [...]}`` records. Every problem: one line naming the file and line."""
-    if kind not in FORGET_KINDS:
-        raise R2FInputError(f"unknown kind '{kind}' (choose {', '.join(FORGET_KINDS)})", source="--forget-kind")
+    check_choice("kind", kind, FORGET_KINDS, source="--forget-kind")
     path = Path(path)
     if not path.is_file():
         raise R2FInputError("file not found", source=str(path))

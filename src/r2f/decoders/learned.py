@@ -48,6 +48,7 @@ from r2f.decoders.base import Decoder, check_probe_meta
 from r2f.errors import R2FInputError
 from r2f.gradients.probe import MODULE_KINDS, ProbeConfig, Sketches
 from r2f.io import atomic_file, write_json_atomic
+from r2f.typed import check_choice
 
 FORMAT_VERSION = 1
 KINDS = MODULE_KINDS + ("other",)
@@ -83,9 +84,7 @@ def base_access(name: str) -> str:
 
 def allowed_bases(access: str) -> tuple[bool, ...]:
     """Per candidate of ``BASES``: whether the mode ``access`` provides its inputs."""
-    if access not in ACCESS_MODES:
-        raise R2FInputError(f"unknown access mode '{access}' (choose from {', '.join(ACCESS_MODES)})",
-                            source="--access")
+    check_choice("access mode", access, ACCESS_MODES, source="--access")
     level = ACCESS_MODES.index(access)
     return tuple(ACCESS_MODES.index(_SOURCE_ACCESS[src]) <= level for _, src, _, _ in BASES)
 N_FEATURES = len(KINDS) + 1 + 2 + 3 + J + J * (J - 1) // 2

@@ -30,6 +30,7 @@ from r2f.methods.base import METHODS, check_method, get_method, methods_that
 from r2f.methods.engine import Engine, EngineConfig
 from r2f.models.loading import load_model, model_fingerprint, model_policy, resolve_model_dir
 from r2f.threads import check_threads, model_threads_for, requested_threads
+from r2f.typed import check_choice
 
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"
@@ -141,8 +142,7 @@ class RunInputs:
 def _data(spec, name: str, required: bool, kind: str = "qa") -> tuple[list[QAItem] | list[Document], dict | None]:
     """A forget/retain argument's records (QA items or documents, by ``kind``: :data:`FORGET_KINDS`) and what the
     manifest records of them."""
-    if kind not in FORGET_KINDS:
-        raise R2FInputError(f"unknown kind '{kind}' (choose {', '.join(FORGET_KINDS)})", source=f"--{name}-kind")
+    check_choice("kind", kind, FORGET_KINDS, source=f"--{name}-kind")
     if spec is None:
         if required:
             raise R2FInputError("missing", source=f"--{name}")

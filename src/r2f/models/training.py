@@ -35,6 +35,7 @@ from r2f.models.loading import load_model
 from r2f.models.tokenizer import train_tokenizer
 from r2f.progress import progress, quiet_hf_progress
 from r2f.threads import model_threads_for
+from r2f.typed import check_choice
 
 TRAINING_VERSION = "1"
 TOKENIZER_VOCAB = 1024
@@ -45,8 +46,7 @@ def training_items(data_dir: Path, size: str, split: str, forget: str):
     world_facts = load_split(data_dir, "world_facts")
     if size == "proxy":
         return load_split(data_dir, "proxy") + world_facts
-    if forget not in RETAIN_OF:
-        raise R2FInputError(f"unknown forget split '{forget}' (choose {', '.join(RETAIN_OF)})", source="--forget")
+    check_choice("forget split", forget, tuple(RETAIN_OF), source="--forget")
     retain = load_split(data_dir, RETAIN_OF[forget])
     if split == "retain":
         return retain + world_facts
@@ -85,10 +85,8 @@ def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "
     """Train (or fetch from the cache) a ladder model; returns its directory (``out`` if given). ``documents``: also
     learn the same authors' biographies (module docstring; a separate cache key)."""
     data_dir = Path(data_dir)
-    if size not in SIZES:
-        raise R2FInputError(f"unknown size '{size}' (choose {', '.join(SIZES)})", source="--size")
-    if split not in ("full", "retain"):
-        raise R2FInputError(f"unknown split '{split}' (choose full, retain)", source="--split")
+    check_choice("size", size, SIZES, source="--size")
+    check_choice("split", split, ("full", "retain"), source="--split")
     items = training_items(data_dir, size, split, forget)
     docs = training_documents(data_dir, size, split, forget) if documents else []
     key = cache_key(data_dir, size, split, forget, seed, documents=bool(documents))
