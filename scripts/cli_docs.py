@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Write docs/cli.md from the CLI's own help texts (run after changing a command's options).
+"""Write docs/cli.md from the CLI's own help texts, and docs/method-options.md from each registered method's
+configuration class (run after changing a command's or a method's options).
 
-    .venv/bin/python scripts/cli_docs.py            # rewrite docs/cli.md
-    .venv/bin/python scripts/cli_docs.py --check    # exit 1 when docs/cli.md is out of date
+    .venv/bin/python scripts/cli_docs.py            # rewrite both pages
+    .venv/bin/python scripts/cli_docs.py --check    # exit 1 when either page is out of date
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,6 +18,15 @@ import click
 import typer
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+METHOD_DOC = DOC.with_name("method-options.md")
+METHOD_HEADER = """# Method options
+
+Generated from each registered method's configuration class (`config_class`, a frozen dataclass of
+`r2f.typed.option` fields) by `scripts/cli_docs.py`; do not edit by hand. Pass an option to `r2f unlearn` as
+`-o key=value` (or to `r2f.unlearn` as a keyword); a value outside a listed choice, or an unknown key, is exit 2
+naming it. `r2f methods NAME` prints the same from the installed version; [methods.md](methods.md) has the
+reasoning and the measurements behind the defaults.
+"""
 HEADER = """# Command-line reference
 
 Generated from the commands' own `--help` by `scripts/cli_docs.py`; do not edit by hand.
@@ -80,19 +91,41 @@ def render() -> str:
     return "".join(parts)
 
 
+def _cell(value: object) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def render_methods() -> str:
+    """One section per registered method: what it declares, then a row per option of its configuration class."""
+    from r2f.methods import METHODS
+    from r2f.methods.base import describe_method
+
+    parts = [METHOD_HEADER]
+    for name in sorted(METHODS):
+        d = describe_method(METHODS[name])
+        needs = [w for w, on in (("retain data", d["needs_retain"]), ("a decoder", d["uses_decoder"])) if on]
+        parts.append(f"\n## `{name}`\n\n{_cell(d['doc'])}\n\nNeeds {', '.join(needs) or 'nothing more'}; optimizer "
+                     f"{d['optimizer'] or 'none (its own update)'}; default `--lr` {d['default_lr']:g}.\n")
+        if d["options"]:
+            parts.append("\n| option | type | default | meaning |\n|---|---|---|---|\n")
+            parts.append("\n".join(f"| `{o['name']}` | {_cell(o['type'] or '')} | `{_cell(json.dumps(o['default'], default=str))}` "
+                                   f"| {_cell(o['help'])} |" for o in d["options"]) + "\n")
+    return "".join(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when out of date")
     args = ap.parse_args()
-    text = render()
+    pages = {DOC: render(), METHOD_DOC: render_methods()}
     if args.check:
-        current = DOC.read_text(encoding="utf-8") if DOC.is_file() else ""
-        if current != text:
-            print(f"{DOC} is out of date: run scripts/cli_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote {DOC}")
+        stale = [p for p, text in pages.items() if (p.read_text(encoding="utf-8") if p.is_file() else "") != text]
+        for p in stale:
+            print(f"{p} is out of date: run scripts/cli_docs.py", file=sys.stderr)
+        return 1 if stale else 0
+    for p, text in pages.items():
+        p.write_text(text, encoding="utf-8")
+        print(f"wrote {p}")
     return 0
 
 

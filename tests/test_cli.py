@@ -72,7 +72,8 @@ def test_check_out_dir_refuses_source(tmp_path):
 
 
 def test_cli_reference_is_up_to_date():
-    """docs/cli.md is generated from the commands; a changed option must be regenerated."""
+    """docs/cli.md and docs/method-options.md are generated from the commands and the methods' configuration
+    classes; a changed option must be regenerated."""
     import subprocess
     import sys
     from pathlib import Path
