@@ -158,6 +158,33 @@ def test_unknown_method_and_decoder(capsys, tmp_path, src, forget):
     assert not out.exists()
 
 
+def test_every_unknown_value_names_its_flag_and_lists_the_choices(tmp_path):
+    """An unknown ladder size, split, forget split, record kind, access mode or bench method: R2FInputError whose
+    source is the flag, in the one wording of r2f.typed.check_choice (the valid values listed), before any work."""
+    from r2f.bench import BenchConfig
+    from r2f.data.loader import read_records
+    from r2f.decoders.learned import ACCESS_MODES, allowed_bases
+    from r2f.models.ladder import SIZES
+    from r2f.models.training import train_model, training_items
+
+    cases = [
+        (lambda: train_model(tmp_path, size="huge"), "--size", "size 'huge'", SIZES),
+        (lambda: train_model(tmp_path, size="tiny", split="half"), "--split", "split 'half'", ("full", "retain")),
+        (lambda: training_items(tmp_path, "tiny", "full", "forget99"), "--forget", "forget split 'forget99'",
+         ("forget01", "forget05", "forget10")),
+        (lambda: read_records(tmp_path / "f.jsonl", kind="poem"), "--forget-kind", "kind 'poem'",
+         ("auto", "qa", "documents")),
+        (lambda: allowed_bases("root"), "--access", "access mode 'root'", ACCESS_MODES),
+        (lambda: BenchConfig(methods=("r2f", "nope")), "--methods", "method 'nope'", ("r2f", "npo")),
+    ]
+    for call, source, what, listed in cases:
+        with pytest.raises(R2FInputError) as err:
+            call()
+        msg = str(err.value)
+        assert err.value.source == source and f"unknown {what} (choose from " in msg, (source, msg)
+        assert all(v in msg for v in listed), (source, msg)
+
+
 @pytest.mark.parametrize("option,words", [
     ("target_modules=nomatch", ["--option target_modules", "no linear module"]),
     ("target_modules=(", ["--option target_modules", "regular expression"]),

@@ -43,10 +43,11 @@ TOKENIZER_VOCAB = 1024
 
 def training_items(data_dir: Path, size: str, split: str, forget: str):
     """The records a ladder model learns (world facts always included)."""
+    if size != "proxy":  # before any file is read: the flag at fault, not a missing file
+        check_choice("forget split", forget, tuple(RETAIN_OF), source="--forget")
     world_facts = load_split(data_dir, "world_facts")
     if size == "proxy":
         return load_split(data_dir, "proxy") + world_facts
-    check_choice("forget split", forget, tuple(RETAIN_OF), source="--forget")
     retain = load_split(data_dir, RETAIN_OF[forget])
     if split == "retain":
         return retain + world_facts
