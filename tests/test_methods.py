@@ -257,10 +257,10 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
 #: R2F's options and defaults, written out here so that a changed default or a reordered option fails a test (the
 #: run key and the manifest record them in this order). As before R2FConfig, except the seventh round's defaults
 #: (docs/methods.md): precondition auto (keep-whitening unless access mode lora), guard_items 64, the new
-#: sigma_damp and keep_text.
+#: sigma_damp and keep_text; and the tenth round's answer_tokens (fact) with its format_share.
 R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
-    "views": 4, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
+    "views": 4, "answer_tokens": "fact", "format_share": 0.1, "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_tol": 0.02,
     "guard_budget": 0.08, "backtracks": 4, "patience": None, "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
@@ -293,6 +293,8 @@ def test_r2f_options_are_its_frozen_config(capsys):
             ({"guard_tol": 0}, "guard_tol", ["must be positive"]),
             ({"guard_budget": -0.1}, "guard_budget", ["must be positive"]),
             ({"patience": 0}, "patience", ["must be at least 1"]),
+            ({"format_share": 0}, "format_share", ["must be in (0, 1]"]),
+            ({"answer_tokens": "some"}, "answer_tokens", ["choose from fact, all"]),
             ({"views": 2.5}, "views", ["expected int"]),
             ({"stop_nll": "low"}, "stop_nll", ["expected float | None"]),
             ({"bogus": 1}, "--method", ["bogus", "method 'r2f'", "guard_tol (0.02)", "stop ('shuffled')",

@@ -52,6 +52,8 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
         prev = entry["guard_nll"]
     assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
     assert man["method_info"]["guard"]["source"] == ("file" if retain else "generated")
+    # the default forget loss reads the answers' fact tokens: some token ids were found to be format words
+    assert man["method_info"]["answer_tokens"]["mode"] == "fact" and man["method_info"]["answer_tokens"]["format_tokens"] > 0
     # the line search scores every retain item (up to guard_items = 512), not a sample of them
     assert guard["scored"] == min(512, guard["items"]) and (guard["items"] > 64 or not retain)
     p_full, p_oracle = answer_prob(tiny_models["full"], forget), answer_prob(tiny_models["retain"], forget)
@@ -150,3 +152,26 @@ def test_second_request_is_shown_the_first_and_the_step_is_projected(world_dir, 
     assert info["file"] == str(files[0]) and info["items"] == sum(it["author"] == authors[0] for it in forget)
     assert all("forgotten_nll" in e for e in man["log"] if e["step_size"] > 0)
     assert json.loads((first / "manifest.json").read_text())["method_info"]["forgotten"] is None
+
+
+def test_format_tokens_are_the_words_a_share_of_the_answers_contain():
+    """Hand-built answers: token 1 is in all 20, token 2 in 3 (15 % ≥ 10 %), each answer's own token (100 + i) in
+    one; under 2 / share answers no token counts as format (a share of so few cannot tell a format word)."""
+    from r2f.methods.answer_tokens import format_token_ids
+
+    answers = [[1, 100 + i] + ([2] if i < 3 else []) for i in range(20)]
+    assert format_token_ids(answers, 0.1).tolist() == [1, 2]
+    assert format_token_ids(answers, 0.2).tolist() == [1]  # 3 of 20 is under 20 %
+    assert format_token_ids(answers[:19], 0.1).tolist() == []
+    assert format_token_ids(answers[:10], 0.2).tolist() == [1, 2]  # 10 answers suffice for 20 %: 3 of 10
+
+
+def test_fact_labels_ignore_format_tokens_but_never_a_whole_answer():
+    from r2f.data.templates import IGNORE_INDEX
+    from r2f.methods.answer_tokens import fact_labels
+
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 1, 55, 2, 66], [x, 1, 2, 1, x, x]])
+    out = fact_labels({"input_ids": labels.clamp_min(0), "labels": labels}, torch.tensor([1, 2]))
+    assert out["labels"].tolist() == [[x, x, x, 55, x, 66], [x, 1, 2, 1, x, x]]
+    assert labels.tolist()[0] == [x, x, 1, 55, 2, 66]  # the batch given is not changed

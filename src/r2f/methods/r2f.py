@@ -5,7 +5,9 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
 
 1. the forget batch's K question views (original + paraphrases, each with the item's answer);
 2. decoded gradient D_f of the forget objective (NPO, mean over views), per probed Linear, from LoRA-probe
-   gradients taken *at the current weights* (``r2f.decoders.decoded_gradients``);
+   gradients taken *at the current weights* (``r2f.decoders.decoded_gradients``); the objective reads the
+   answers' fact tokens only (``answer_tokens="fact"``: not the format tokens found in at least 10 % of the run's
+   answers, ``r2f.methods.answer_tokens``);
 3. retain guard (``guard="project"``): decoded gradient D_r of the retain NLL on the step's retain batch —
    from the retain file, else from the target's own answers to generic questions (``r2f.methods.guard``);
    per module, when ⟨D_f, D_r⟩ < 0 the conflicting component is removed (PCGrad-style), then
@@ -37,11 +39,13 @@ import torch
 from r2f import gradients
 from r2f.data.batching import is_documents, shuffled_unit_pairs
 from r2f.data.loader import load_items
+from r2f.data.templates import IGNORE_INDEX
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.decoders.learned import ACCESS_MODES
 from r2f.errors import R2FInputError
 # whole-module sums/checks (and the input-side product) also on FSDP row shards
 from r2f.fsdp import all_finite, decoder_layers, input_side_matmul, scalar, shard_like
+from r2f.methods.answer_tokens import fact_labels, format_token_ids
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
@@ -70,6 +74,10 @@ class R2FConfig(MethodConfig):
     steer_layer: int | None = option(None, "rmu: decoder layer whose output is steered (default: depth // 4)")
     steer_scale: float = option(1.0, "rmu: norm of the random target ÷ the layer's mean forget-answer activation norm")
     views: int = option(4, "K question views per forget item")
+    answer_tokens: Literal["fact", "all"] = option(
+        "fact", "answer tokens of the forget loss: fact (not the format tokens: those in at least format_share of "
+                "the run's answers, forget and guard items together; r2f.methods.answer_tokens) | all")
+    format_share: float = option(0.1, "answer_tokens=fact: a token in at least this share of the answers is format")
     rank: int | None = option(None, "probe r_B (default: the decoder's, else 16)")
     rank_a: int | None = option(None, "probe r_A (default: the decoder's, else 2·rank)")
     probe_seed: int = option(0, "seed of the probe's random factors")
@@ -113,6 +121,8 @@ class R2FConfig(MethodConfig):
         for name in ("guard_tol", "guard_budget"):
             if not getattr(self, name) > 0:
                 raise R2FInputError("must be positive", source=name)
+        if not 0 < self.format_share <= 1:
+            raise R2FInputError("must be in (0, 1]", source="format_share")
         if self.patience is not None and self.patience < 1:
             raise R2FInputError("must be at least 1", source="patience")
 
@@ -139,6 +149,7 @@ class R2F(UpdateMethod):
         self.guard_source = self._retain_data(engine, model)
         self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
             if self.config.objective == "npo" else None
+        self.format_ids = self._format_ids(engine, model)
         self.steer = self._steering(engine, model) if self.config.objective == "rmu" else None
         # Σ of the probed layers' inputs (or None): an object of its own name, not the ``stats`` option it follows
         self.sigma_stats = self._stats(engine, model, gradients)
@@ -260,6 +271,8 @@ class R2F(UpdateMethod):
                                 "stats": None if self.sigma_stats is None else {"source": self.guard_source,
                                                                                 "tokens": self.sigma_stats.tokens},
                                 "precondition": self.step_geometry,
+                                "answer_tokens": {"mode": "all"} if self.format_ids is None else {
+                                    "mode": "fact", "format_tokens": len(self.format_ids)},
                                 "keep": self.keep_info}
         if self.steer is not None:
             info["steering"] = self.steer[2]
@@ -363,7 +376,26 @@ class R2F(UpdateMethod):
         target = control_vector(act.shape[-1], float(self.config.steer_scale) * norm, engine.config.seed)
         return module, target, {"layer": k, "activation_norm": norm, "target_norm": float(target.norm())}
 
+    def _format_ids(self, engine: Engine, model) -> torch.Tensor | None:
+        """``answer_tokens="fact"``: the format token ids over the forget and guard answers (and the reference NLLs
+        of the forget views with them ignored); None when the loss reads every token (also on documents)."""
+        if self.config.answer_tokens == "all" or is_documents(engine.forget):
+            return None
+        items = list(engine.forget) + list(engine.retain)
+        answers = []
+        for i in range(0, len(items), 32):
+            labels = engine.make_batch(items[i:i + 32]).inputs["labels"]
+            answers += [row[row != IGNORE_INDEX].tolist() for row in labels]
+        ids = format_token_ids(answers, float(self.config.format_share))
+        if self.ref is not None:  # NPO compares with the initial model's NLL of the same (fact) tokens
+            for i in range(0, len(engine.forget), engine.config.batch_size):
+                b = engine.make_batch(engine.forget[i:i + engine.config.batch_size])
+                self.ref.add(model, [fact_labels(v, ids) for v in b.views(self.views)])
+        return ids
+
     def forget_loss(self, model, batch: dict) -> torch.Tensor:
+        if self.format_ids is not None and self.config.objective != "rmu":
+            batch = fact_labels(batch, self.format_ids)
         if self.config.objective == "rmu":
             module, target, _ = self.steer
             act = layer_output(model, module, batch)
