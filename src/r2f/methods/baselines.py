@@ -19,7 +19,7 @@ with AdamW by the engine; see ``docs/methods.md`` for our learning rates.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -32,13 +32,16 @@ from r2f.methods.reference import ReferenceNLL
 
 
 
-def register_reference(engine: Engine, model, views: int) -> ReferenceNLL:
-    """Reference NLLs of the initial model on every forget sequence of the first ``views`` views."""
+def register_reference(engine: Engine, model, views: int,
+                       relabel: Callable[[dict], dict] | None = None) -> ReferenceNLL:
+    """Reference NLLs of the initial model on every forget sequence of the first ``views`` views; with ``relabel``,
+    of the sequences as the forget loss will read them (R2F's fact tokens: ``r2f.methods.answer_tokens``)."""
     ref = ReferenceNLL()
     chunk = max(1, engine.config.batch_size)
     for i in range(0, len(engine.forget), chunk):
         b = engine.make_batch(engine.forget[i:i + chunk])
-        ref.add(model, b.views(views) + ([b.stacked(views)] if views > 1 else []))
+        batches = b.views(views) + ([b.stacked(views)] if views > 1 else [])
+        ref.add(model, [relabel(x) for x in batches] if relabel else batches)
     return ref
 
 

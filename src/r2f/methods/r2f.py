@@ -147,9 +147,10 @@ class R2F(UpdateMethod):
         model = engine.model
         self.probe = self._checked_probe(gradients, model)
         self.guard_source = self._retain_data(engine, model)
-        self.ref: ReferenceNLL | None = register_reference(engine, model, self.views) \
+        self.format_ids = self._format_ids(engine)
+        self.ref: ReferenceNLL | None = register_reference(
+            engine, model, self.views, relabel=None if self.format_ids is None else self._fact_labels) \
             if self.config.objective == "npo" else None
-        self.format_ids = self._format_ids(engine, model)
         self.steer = self._steering(engine, model) if self.config.objective == "rmu" else None
         # Σ of the probed layers' inputs (or None): an object of its own name, not the ``stats`` option it follows
         self.sigma_stats = self._stats(engine, model, gradients)
@@ -376,9 +377,9 @@ class R2F(UpdateMethod):
         target = control_vector(act.shape[-1], float(self.config.steer_scale) * norm, engine.config.seed)
         return module, target, {"layer": k, "activation_norm": norm, "target_norm": float(target.norm())}
 
-    def _format_ids(self, engine: Engine, model) -> torch.Tensor | None:
-        """``answer_tokens="fact"``: the format token ids over the forget and guard answers (and the reference NLLs
-        of the forget views with them ignored); None when the loss reads every token (also on documents)."""
+    def _format_ids(self, engine: Engine) -> torch.Tensor | None:
+        """``answer_tokens="fact"``: the format token ids over the forget and guard answers; None when the loss
+        reads every token (also on documents)."""
         if self.config.answer_tokens == "all" or is_documents(engine.forget):
             return None
         items = list(engine.forget) + list(engine.retain)
@@ -386,16 +387,15 @@ class R2F(UpdateMethod):
         for i in range(0, len(items), 32):
             labels = engine.make_batch(items[i:i + 32]).inputs["labels"]
             answers += [row[row != IGNORE_INDEX].tolist() for row in labels]
-        ids = format_token_ids(answers, float(self.config.format_share))
-        if self.ref is not None:  # NPO compares with the initial model's NLL of the same (fact) tokens
-            for i in range(0, len(engine.forget), engine.config.batch_size):
-                b = engine.make_batch(engine.forget[i:i + engine.config.batch_size])
-                self.ref.add(model, [fact_labels(v, ids) for v in b.views(self.views)])
-        return ids
+        return format_token_ids(answers, float(self.config.format_share))
+
+    def _fact_labels(self, batch: dict) -> dict:
+        """The batch as the forget loss reads it (NPO's reference NLLs are taken of the same tokens)."""
+        return fact_labels(batch, self.format_ids)
 
     def forget_loss(self, model, batch: dict) -> torch.Tensor:
         if self.format_ids is not None and self.config.objective != "rmu":
-            batch = fact_labels(batch, self.format_ids)
+            batch = self._fact_labels(batch)
         if self.config.objective == "rmu":
             module, target, _ = self.steer
             act = layer_output(model, module, batch)
