@@ -16,12 +16,19 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from r2f import __version__
 from r2f.errors import R2FInputError
+from r2f.eval_spec import flag
 from r2f.io import read_text
 
 CONFIG_HELP = ("YAML file of defaults keyed by this command's option names (without the --); flags on the "
                "command line win; an unknown key is an error.")
 THREADS_HELP = ("torch intra-op threads (default: OMP_NUM_THREADS when set, else 1 for models under 50M parameters, "
                 "else the cores other processes leave free; docs/cli.md).")
+
+
+def record_option(record: Any, name: str) -> Any:
+    """The option of a field of a typed record (:class:`r2f.typed.TypedRecord`: EvalSpec, DemoConfig): its flag,
+    default and help are the record's."""
+    return typer.Option(record.defaults()[name], flag(name), help=record.help(name))
 
 
 def threads_option() -> Any:

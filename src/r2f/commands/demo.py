@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 
-from r2f.commands._app import app, jobs_option, threads_option
+from r2f.commands._app import app, jobs_option, record_option, threads_option
 from r2f.demo_spec import DemoConfig
-from r2f.eval_spec import flag
-
-
-def _setting(name: str) -> Any:
-    """The option of a DemoConfig field: its flag, default and help are the config's (r2f.demo_spec)."""
-    return typer.Option(DemoConfig.defaults()[name], flag(name), help=DemoConfig.help(name))
 
 
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for runs and report.{json,md,html}."),
-    quick: bool = _setting("quick"),
-    target: str = _setting("target"),
-    bench: str = _setting("bench"),
-    seed: int = _setting("seed"),
-    steps: Optional[int] = _setting("steps"),
+    quick: bool = record_option(DemoConfig, "quick"),
+    target: str = record_option(DemoConfig, "target"),
+    bench: str = record_option(DemoConfig, "bench"),
+    seed: int = record_option(DemoConfig, "seed"),
+    steps: Optional[int] = record_option(DemoConfig, "steps"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty --out first (refused otherwise)."),
     threads: Optional[int] = threads_option(),
     jobs: Optional[int] = jobs_option(),

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 import r2f
-from r2f.commands._app import app, threads_option
-from r2f.eval_spec import EvalSpec, flag
+from r2f.commands._app import app, record_option, threads_option
+from r2f.eval_spec import EvalSpec
 
 #: Headline numbers printed after an evaluation.
 HEADLINE = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "retain_Q_A_ROUGE", "forget_Truth_Ratio", "privleak", "extraction_strength")
 #: Headline numbers of ``--bench realfacts``.
 REALFACTS_HEADLINE = ("forget_known", "neighbour_known", "general_known", "heldout_ppl", "forget_gen_match",
                       "mia_loss_forget_vs_neighbour")
-
-
-def _setting(name: str) -> Any:
-    """The option of an EvalSpec field: its flag, default and help are the spec's."""
-    return typer.Option(EvalSpec.defaults()[name], flag(name), help=EvalSpec.help(name))
 
 
 @app.command("eval")
@@ -30,17 +25,17 @@ def eval_command(
                                                              "with --bench realfacts, a realfacts directory instead "
                                                              "of the shipped one)."),
     out: Path = typer.Option(..., "--out", help="Where to write eval.json."),
-    bench: str = _setting("bench"),
+    bench: str = record_option(EvalSpec, "bench"),
     retain_model: Optional[str] = typer.Option(None, "--retain-model", help="Retain-oracle model directory (for forget_quality / privleak)."),
     retain_log: Optional[Path] = typer.Option(None, "--retain-log", help="eval.json of the retain oracle, instead of --retain-model."),
-    forget: Optional[str] = _setting("forget"),
-    retain_split: Optional[str] = _setting("retain_split"),
-    documents: Optional[str] = _setting("documents"),
-    relearn: int = _setting("relearn"),
-    relearn_lr: float = _setting("relearn_lr"),
-    batch_size: int = _setting("batch_size"),
-    max_new_tokens: Optional[int] = _setting("max_new_tokens"),
-    max_items: Optional[int] = _setting("max_items"),
+    forget: Optional[str] = record_option(EvalSpec, "forget"),
+    retain_split: Optional[str] = record_option(EvalSpec, "retain_split"),
+    documents: Optional[str] = record_option(EvalSpec, "documents"),
+    relearn: int = record_option(EvalSpec, "relearn"),
+    relearn_lr: float = record_option(EvalSpec, "relearn_lr"),
+    batch_size: int = record_option(EvalSpec, "batch_size"),
+    max_new_tokens: Optional[int] = record_option(EvalSpec, "max_new_tokens"),
+    max_items: Optional[int] = record_option(EvalSpec, "max_items"),
     threads: Optional[int] = threads_option(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
