@@ -139,6 +139,40 @@ def test_sketches_are_sketches_of_exact_gradient_and_views_mean():
     torch.testing.assert_close(mom[k], want)
 
 
+def test_balanced_views_weigh_every_view_alike_in_exact_gradients_and_sketches():
+    """``balanced``: the mean of each view's gradient over its own norm — computed here view by view."""
+    model = tiny_llama()
+    # a view the model scores far worse than the others gets a far larger gradient; balanced undoes that
+    views = [random_batch(0), random_batch(1, t=20), random_batch(2, b=1)]
+    cfg = ProbeConfig(rank=3, seed=0)
+
+    def loss(model, batch):  # view 2's loss is scaled up 100x: mean aggregation follows it alone
+        return default_loss(model, batch) * (100.0 if batch["input_ids"].shape[0] == 1 else 1.0)
+
+    one = [exact_gradients(model, [v], loss) for v in views]
+    norms = [sum(g.pow(2).sum() for g in o.values()).sqrt() for o in one]
+    bal = exact_gradients(model, views, loss, aggregate="balanced")
+    for k in bal:
+        torch.testing.assert_close(bal[k], sum(o[k] / n for o, n in zip(one, norms)) / 3)
+    # sketches: each view divided by the norm of its own sketches (linear in G, so they track ‖G_v‖)
+    per_view = [probe_gradients(model, [v], cfg, loss) for v in views]
+    sk_norms = [sum(sk.grad_a.pow(2).sum() + sk.grad_b.pow(2).sum() for sk in pv).sqrt() for pv in per_view]
+    sks = probe_gradients(model, views, cfg, loss, aggregate="balanced")
+    for i, sk in enumerate(sks):
+        want_a = sum(pv[i].grad_a / n for pv, n in zip(per_view, sk_norms)) / 3
+        want_b = sum(pv[i].grad_b / n for pv, n in zip(per_view, sk_norms)) / 3
+        torch.testing.assert_close(sk.grad_a, want_a)
+        torch.testing.assert_close(sk.grad_b, want_b)
+    # the mean is dominated by the scaled-up view; the balanced direction is not
+    mean = exact_gradients(model, views, loss)
+    flat = lambda d: torch.cat([g.flatten() for g in d.values()])  # noqa: E731
+    cos = lambda a, b: float(a @ b / a.norm() / b.norm())  # noqa: E731
+    assert cos(flat(mean), flat(one[2])) > 0.99
+    assert cos(flat(bal), flat(one[2])) < 0.9
+    with pytest.raises(ValueError, match="mean|balanced|momentum"):
+        exact_gradients(model, views, aggregate="median")
+
+
 def test_collect_input_stats_psd_and_masked():
     model = tiny_llama()
     st = collect_input_stats(model, [random_batch(0), random_batch(1)], ProbeConfig())

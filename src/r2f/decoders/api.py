@@ -143,7 +143,8 @@ def decoded_gradients(
     """Decoded full-weight gradient of mean_v loss_fn(model, view_batches[v]) per probed Linear.
 
     Keyed by the weight's parameter name (``model.layers.0.self_attn.q_proj.weight``). The model's weights
-    are not modified. ``aggregate`` is ``"mean"`` or ``"momentum"`` (EMA over the views in order);
+    are not modified. ``aggregate`` is ``"mean"``, ``"balanced"`` (each view's gradient divided by its norm before
+    the mean) or ``"momentum"`` (EMA over the views in order);
     ``stats`` are optional :class:`r2f.gradients.InputStats` for the Σ-prior decoders.
     """
     return dict(iter_decoded_gradients(model, view_batches, decoder, probe, loss_fn, aggregate, stats, reduce, checked))

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from r2f.distributed import all_reduce_sum_, is_distributed
 from r2f.errors import R2FInputError
-from r2f.fsdp import is_sharded
+from r2f.fsdp import is_sharded, scalar
 from r2f.models.answer_nll import mean_answer_nll
 
 #: Default target: the attention and MLP projections of the decoder blocks (lm_head excluded), under the names
@@ -56,6 +56,8 @@ DEFAULT_PATTERN = (
     r"|query_key_value|dense_h_to_4h|dense_4h_to_h|attention\.dense|self_attention\.dense)$"  # GPT-NeoX, Falcon
 )
 SEED_RULE = "sha256-name-gaussian-v1"
+#: How the K views' gradients combine (:class:`_Aggregator`).
+VIEW_AGGREGATIONS = ("mean", "balanced", "momentum")
 #: The roles a learned decoder knows (one-hot features): Llama's names for them.
 MODULE_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 #: Other families' projections, by name, mapped onto the Llama role that reads the same input and feeds the same
@@ -454,19 +456,30 @@ class Sketches:
 
 
 class _Aggregator:
+    """How the views' gradients combine: ``mean``; ``balanced``, the mean of each view's gradient divided by its
+    norm (a view the model already answers badly has a gradient hundreds of times larger than a view it knows
+    by heart, and would otherwise set the direction alone); ``momentum`` (``ema``), an EMA over the views."""
+
     def __init__(self, how: str, n_views: int, beta: float = 0.5):
-        if how not in ("mean", "momentum", "ema"):
-            raise ValueError(f"unknown view aggregation {how!r} (mean|momentum)")
+        if how not in VIEW_AGGREGATIONS + ("ema",):
+            raise ValueError(f"unknown view aggregation {how!r} ({'|'.join(VIEW_AGGREGATIONS)})")
         self.how, self.n, self.beta, self.i = how, n_views, beta, 0
 
-    def weight(self, v: int) -> tuple[float, float]:
-        """(decay of the running value, weight of view v)."""
+    def weight(self, v: int, norm: float | None = None) -> tuple[float, float]:
+        """(decay of the running value, weight of view v); ``balanced`` needs the view's gradient ``norm``."""
+        if self.how == "balanced":
+            return 1.0, 1.0 / (self.n * max(float(norm), 1e-30))
         if self.how == "mean":
             return 1.0, 1.0 / self.n
         # EMA started at the first view: g = beta*g + (1-beta)*g_v, g_0 = g_0
         if v == 0:
             return 0.0, 1.0
         return self.beta, 1.0 - self.beta
+
+
+def _global_norm(tensors: list[torch.Tensor]) -> float:
+    """‖(t_1, …, t_k)‖ over every tensor, also over the shards of FSDP DTensors."""
+    return sum(scalar(t.float().pow(2).sum()) for t in tensors) ** 0.5
 
 
 def _accumulate(acc: torch.Tensor | None, g: torch.Tensor, decay: float, weight: float) -> torch.Tensor:
@@ -492,7 +505,9 @@ def probe_gradients(
 ) -> list[Sketches]:
     """Sketches (∇A, ∇B) of every probed module for the aggregated views' loss.
 
-    ``aggregate="mean"`` gives the sketches of mean_v loss(view_v); ``"momentum"`` an EMA over the views
+    ``aggregate="mean"`` gives the sketches of mean_v loss(view_v); ``"balanced"`` those of mean_v g_v / ‖g_v‖
+    (each view's sketches divided by their norm, which tracks ‖g_v‖: sketches are linear in G);
+    ``"momentum"`` an EMA over the views
     in order (g ← β g + (1−β) g_v). Sketches are linear in G, so aggregating sketches equals sketching
     the aggregated gradient. ``with_exact=True`` also returns the exact G from the same backward passes.
     ``batch_stats=True`` also records the forward statistic A·Σ_x of the views' inputs (r_A × n, cost of
@@ -517,19 +532,30 @@ def probe_gradients(
             loss = loss_fn(model, batch)
             grads = torch.autograd.grad(loss, leaves, allow_unused=True)
             pr.finish_backward()
-            decay, w = agg.weight(v)
-            for i, pm in enumerate(pr.modules):
+            view_a, view_b = [], []
+            for pm in pr.modules:
                 ga, gb = pm.take()  # None: the module's output did not reach the loss
-                ga = torch.zeros(probe.r_b, pm.a.shape[1], device=pm.a.device, dtype=pm.a.dtype) if ga is None else ga
-                gb = torch.zeros(pm.b.shape[0], probe.r_a, device=pm.b.device, dtype=pm.b.dtype) if gb is None else gb
-                acc_a[i] = _accumulate(acc_a[i], ga, decay, w)
-                acc_b[i] = _accumulate(acc_b[i], gb, decay, w)
+                view_a.append(torch.zeros(probe.r_b, pm.a.shape[1], device=pm.a.device, dtype=pm.a.dtype)
+                              if ga is None else ga)
+                view_b.append(torch.zeros(pm.b.shape[0], probe.r_a, device=pm.b.device, dtype=pm.b.dtype)
+                              if gb is None else gb)
+            view_g = [torch.zeros_like(pm.module.weight) if g is None else g for pm, g in
+                      zip(pr.modules, grads[1:])] if with_exact else []
+            norm = None
+            if agg.how == "balanced":
+                if reduce:  # the norm of the global batch's view: its sketches summed over ranks first
+                    all_reduce_sum_(view_a + view_b + view_g)
+                # sketches are linear in G, so their norm tracks the view's gradient norm (exact G when given)
+                norm = _global_norm(view_g) if with_exact else _global_norm(view_a + view_b)
+            decay, w = agg.weight(v, norm)
+            for i, pm in enumerate(pr.modules):
+                acc_a[i] = _accumulate(acc_a[i], view_a[i], decay, w)
+                acc_b[i] = _accumulate(acc_b[i], view_b[i], decay, w)
                 if with_exact:
-                    g = grads[1 + i]
-                    g = torch.zeros_like(pm.module.weight) if g is None else g
+                    g = view_g[i]
                     acc_g[i] = _accumulate(acc_g[i], g.t() if pm.transposed else g, decay, w)  # G is m × n
-            del grads, loss
-        if reduce:
+            del grads, loss, view_a, view_b, view_g
+        if reduce and agg.how != "balanced":
             all_reduce_sum_(acc_a + acc_b + (acc_g if with_exact else []))
         a_sig, a_tr = [None] * k, [None] * k
         if batch_stats:
@@ -623,7 +649,11 @@ def exact_gradients(
                     w.grad = None
             else:
                 grads = torch.autograd.grad(loss, weights, allow_unused=True)
-            decay, wv = agg.weight(v)
+            if agg.how == "balanced" and reduce and not sharded:
+                grads = tuple(torch.zeros_like(mod.weight) if g is None else g for (_, mod), g in zip(targets, grads))
+                all_reduce_sum_(list(grads))  # the global batch's view before its norm is taken
+            norm = _global_norm([g for g in grads if g is not None]) if agg.how == "balanced" else None
+            decay, wv = agg.weight(v, norm)
             for (name, mod), g in zip(targets, grads):
                 g = torch.zeros_like(mod.weight) if g is None else g
                 key = f"{name}.weight"
@@ -632,7 +662,7 @@ def exact_gradients(
     finally:
         for p in model.parameters():
             p.requires_grad_(saved[id(p)])
-    if reduce and not sharded:
+    if reduce and not sharded and agg.how != "balanced":
         all_reduce_sum_(list(out.values()))
     return out
 

@@ -82,7 +82,9 @@ class R2FConfig(MethodConfig):
     rank_a: int | None = option(None, "probe r_A (default: the decoder's, else 2·rank)")
     probe_seed: int = option(0, "seed of the probe's random factors")
     target_modules: str | None = option(None, "regex of probed Linear names (default: attention + MLP projections)")
-    aggregate: Literal["mean", "momentum"] = option("mean", "view aggregation: mean | momentum")
+    aggregate: Literal["mean", "balanced", "momentum"] = option(
+        "mean", "view aggregation: mean | balanced (each view's gradient over its own norm, then the mean: a view the "
+                "model answers badly no longer sets the direction alone) | momentum")
     guard: Literal["project", "none"] = option("project", "retain guard: project | none")
     retain_data: Literal["auto", "file", "generated"] = option(
         "auto", "guard data: auto (the file, else generated) | file | generated")
