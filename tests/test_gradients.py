@@ -158,7 +158,9 @@ def test_balanced_views_weigh_every_view_alike_in_exact_gradients_and_sketches()
     per_view = [probe_gradients(model, [v], cfg, loss) for v in views]
     sk_norms = [sum(sk.grad_a.pow(2).sum() + sk.grad_b.pow(2).sum() for sk in pv).sqrt() for pv in per_view]
     sks = probe_gradients(model, views, cfg, loss, aggregate="balanced")
+    with_g = probe_gradients(model, views, cfg, loss, aggregate="balanced", with_exact=True)
     for i, sk in enumerate(sks):
+        torch.testing.assert_close(with_g[i].grad_a, sk.grad_a)  # computing G alongside changes no sketch
         want_a = sum(pv[i].grad_a / n for pv, n in zip(per_view, sk_norms)) / 3
         want_b = sum(pv[i].grad_b / n for pv, n in zip(per_view, sk_norms)) / 3
         torch.testing.assert_close(sk.grad_a, want_a)

@@ -545,8 +545,9 @@ def probe_gradients(
             if agg.how == "balanced":
                 if reduce:  # the norm of the global batch's view: its sketches summed over ranks first
                     all_reduce_sum_(view_a + view_b + view_g)
-                # sketches are linear in G, so their norm tracks the view's gradient norm (exact G when given)
-                norm = _global_norm(view_g) if with_exact else _global_norm(view_a + view_b)
+                # sketches are linear in G, so their norm tracks the view's gradient norm; the probe's own
+                # measure also when the exact G is computed alongside, so that ``with_exact`` changes no sketch
+                norm = _global_norm(view_a + view_b)
             decay, w = agg.weight(v, norm)
             for i, pm in enumerate(pr.modules):
                 acc_a[i] = _accumulate(acc_a[i], view_a[i], decay, w)
