@@ -67,9 +67,13 @@ def _close(a, b, tol: float, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
 
 
-@pytest.mark.parametrize("method,extra", [("r2f", {"decoder": "sigma", "views": 2}),  # probe sketches all-reduced
-                                          ("npo", {})])  # full gradients all-reduced, AdamW
-def test_unlearn_two_processes_equals_one(method, extra, world_dir, tiny_models, tmp_path):
+@pytest.mark.parametrize("method,extra,options", [
+    ("r2f", {"decoder": "sigma", "views": 2}, {}),  # probe sketches all-reduced
+    # each view normalised as the global batch's view: its sketches summed over the ranks before their norm
+    ("r2f", {"decoder": "sigma", "views": 2}, {"aggregate": "balanced"}),
+    pytest.param("exact", {"views": 2}, {"aggregate": "balanced"}, marks=pytest.mark.slow),  # the same, exact G
+    ("npo", {}, {})])  # full gradients all-reduced, AdamW
+def test_unlearn_two_processes_equals_one(method, extra, options, world_dir, tiny_models, tmp_path):
     from r2f.methods import unlearn
     from r2f.threads import torch_threads
 
@@ -77,8 +81,9 @@ def test_unlearn_two_processes_equals_one(method, extra, world_dir, tiny_models,
     common = dict(method=method, steps=2, batch_size=5, seed=0, **extra)
     with torch_threads(1):
         one = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", world_dir / "retain90.jsonl",
-                      out=tmp_path / "one", **common)
+                      out=tmp_path / "one", **common, **options)
     flags = [x for k, v in extra.items() for x in (f"--{k}", str(v))]
+    flags += [x for k, v in options.items() for x in ("-o", f"{k}={v}")]
     _torchrun(["unlearn", "--model", str(tiny_models["full"]), "--forget", str(world_dir / "forget10.jsonl"),
                "--retain", str(world_dir / "retain90.jsonl"), "--method", method, *flags,
                "--steps", "2", "--batch-size", "5", "--seed", "0", "--out", str(tmp_path / "two")])
