@@ -175,3 +175,32 @@ def test_fact_labels_ignore_format_tokens_but_never_a_whole_answer():
     out = fact_labels({"input_ids": labels.clamp_min(0), "labels": labels}, torch.tensor([1, 2]))
     assert out["labels"].tolist() == [[x, x, x, 55, x, 66], [x, 1, 2, 1, x, x]]
     assert labels.tolist()[0] == [x, x, 1, 55, 2, 66]  # the batch given is not changed
+
+
+def test_drift_reference_kl_matches_the_full_kl(world_dir, tiny_models):
+    """The guard's KL(start ‖ now) equals the full-vocabulary KL computed from both models' logits when k covers
+    the vocabulary, is 0 for the starting model itself, and with the default k stays a lower bound above 0."""
+    from r2f.data.loader import load_split
+    from r2f.data.templates import IGNORE_INDEX, encode_qa
+    from r2f.methods.guard import DriftReference
+    from r2f.models.loading import load_model
+
+    start, tok = load_model(str(tiny_models["full"]))
+    now, _ = load_model(str(tiny_models["retain"]))
+    items = load_split(world_dir, "forget10")[:6]
+    batch = encode_qa(tok, [it.question for it in items], [it.answer for it in items])
+    vocab = start.get_output_embeddings().weight.shape[0]
+    exact, coarse = DriftReference(k=vocab), DriftReference()
+    for ref in (exact, coarse):
+        ref.record(start, [batch])
+    assert exact.scores(start, [batch])[0] == pytest.approx(0.0, abs=1e-6)
+    # independent truth: KL per answer token from the two models' full logits, mean per item, mean over items
+    with torch.no_grad():
+        p, q = (torch.log_softmax(m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                                  .logits.float(), -1) for m in (start, now))
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    kl_tok = (p.exp() * (p - q)).sum(-1)[:, :-1]
+    want = float(((kl_tok * keep).sum(1) / keep.sum(1)).mean())
+    assert want > 0.01
+    assert exact.scores(now, [batch])[0] == pytest.approx(want, rel=1e-4)
+    assert 0 < coarse.scores(now, [batch])[0] <= want + 1e-6

@@ -49,7 +49,7 @@ from r2f.methods.answer_tokens import fact_labels, format_token_ids
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
-from r2f.methods.guard import GENERATED_SOURCE, self_answered_items
+from r2f.methods.guard import GENERATED_SOURCE, DriftReference, self_answered_items
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
@@ -91,6 +91,10 @@ class R2FConfig(MethodConfig):
     retain_weight: float = option(3.0, "λ of the added retain-descent term (relative to ‖D_f‖)")
     step_rule: Literal["search", "schedule"] = option(
         "search", "search (guarded line search, η adapts) | schedule (cosine decay from η)")
+    guard_measure: Literal["nll", "kl"] = option(
+        "nll", "search: what the guard bounds on its items: nll (their answer NLL) | kl (KL of the starting model's "
+               "next-token distributions to the current ones; on generated text it lies on nll's trade-off curve, "
+               "docs/methods.md)")
     guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
     guard_budget: float = option(0.08, "search: largest rise of the guard NLL over the whole run (r2f bench's choice)")
     backtracks: int = option(4, "search: halvings of η tried before the step is given up (as many doublings too)")
@@ -165,6 +169,11 @@ class R2F(UpdateMethod):
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
         # (the items themselves: ``guard_set``; the ``guard_items`` option is their number)
         self.guard_set = engine.retain_sample(int(self.config.guard_items))
+        self.guard_measure = self.config.guard_measure
+        self.drift: DriftReference | None = None
+        if self.guard_measure == "kl" and self.guard_set:
+            self.drift = DriftReference()
+            self.drift.record(model, self._guard_batches())
         self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_set else (None, None)
         self.last_guard: float | None = self.guard_start
         # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
@@ -266,6 +275,7 @@ class R2F(UpdateMethod):
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
                                 "guard": {"source": self.guard_source, "items": len(self.engine.retain),
+                                          "measure": self.guard_measure,
                                           "scored": len(self.guard_set),
                                           "nll_start": self.guard_start, "top1_start": self.guard_top1_start},
                                 "forgotten": None if not self.forgotten_items else {
@@ -571,16 +581,23 @@ class R2F(UpdateMethod):
         per_item = s / n.clamp_min(1)
         return self.engine.dp.mean(per_item)
 
+    def _guard_batches(self):
+        return (self.engine.make_batch(self.guard_set[i:i + 32]).inputs for i in range(0, len(self.guard_set), 32))
+
     @torch.no_grad()
     def _guard_scores(self, model) -> tuple[float, float]:
-        """The guard items' mean answer NLL (the mean over items of each item's mean token NLL) and the share of
-        their answer tokens that are the model's top-1 prediction (one forward pass)."""
+        """The guard items' score — mean answer NLL (the mean over items of each item's mean token NLL), or with
+        ``guard_measure`` kl the same mean of KL(start ‖ now) — and the share of their answer tokens that are the
+        model's top-1 prediction (one forward pass)."""
         was_training = model.training
         model.eval()
+        if self.drift is not None:
+            out = self.drift.scores(model, self._guard_batches())
+            model.train(was_training)
+            return out
         nlls, hits, tokens = [], 0, 0
-        for i in range(0, len(self.guard_set), 32):
-            b = self.engine.make_batch(self.guard_set[i:i + 32])
-            nll, top1, rows, counts = answer_token_scores(model, b.inputs)
+        for inputs in self._guard_batches():
+            nll, top1, rows, counts = answer_token_scores(model, inputs)
             sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
             nlls.append(sums / counts.clamp_min(1))
             hits, tokens = hits + int(top1.sum()), tokens + int(counts.sum())
@@ -611,6 +628,7 @@ class R2F(UpdateMethod):
         accepted, why, trials = False, "", 0
         f = g = acc = float("nan")
         too_big: float | None = None  # the smallest η seen to break the guard this step
+        measure = self.guard_measure.upper()
         halvings = 0
         for trials in range(1, 2 * (int(self.config.backtracks) + 1) + 1):
             self._apply(params, directions, unit, eta, base=base)
@@ -618,9 +636,9 @@ class R2F(UpdateMethod):
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
             elif g - g0 > float(self.config.guard_tol):
-                why = f"guard NLL rose {g - g0:.4f} > guard_tol {float(self.config.guard_tol):g}"
+                why = f"guard {measure} rose {g - g0:.4f} > guard_tol {float(self.config.guard_tol):g}"
             elif self.guard_start is not None and g - self.guard_start > float(self.config.guard_budget):
-                why = (f"guard NLL rose {g - self.guard_start:.4f} in all > guard_budget "
+                why = (f"guard {measure} rose {g - self.guard_start:.4f} in all > guard_budget "
                        f"{float(self.config.guard_budget):g}")
             elif f <= f0:
                 # within the guard but the forget NLL did not move: the step is too short to show (a very

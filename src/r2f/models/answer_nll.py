@@ -45,10 +45,10 @@ def answer_token_nll_flat(model: nn.Module, batch: dict) -> tuple[torch.Tensor, 
     return nll, rows, counts
 
 
-def answer_token_scores(model: nn.Module, batch: dict
+def answer_token_logits(model: nn.Module, batch: dict
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(NLL of every answer token, whether it is the model's top-1 token, its row index, answer-token count per
-    row) for a right-padded QA batch: one forward pass."""
+    """(logits at every answer-token position (tokens × vocabulary), the answer tokens, their row index,
+    answer-token count per row) for a right-padded QA batch: one forward pass."""
     dev = next(model.parameters()).device
     inputs = {k: batch[k].to(dev) for k in MODEL_KEYS if k in batch}
     target = batch["labels"].to(dev)[:, 1:]
@@ -61,8 +61,16 @@ def answer_token_scores(model: nn.Module, batch: dict
         body, head = parts
         hidden = body(**inputs).last_hidden_state[:, :-1][keep]
         logits = head(hidden)
-    nll = F.cross_entropy(logits.float(), target[keep], reduction="none")
-    return nll, logits.argmax(-1) == target[keep], rows, keep.sum(1)
+    return logits, target[keep], rows, keep.sum(1)
+
+
+def answer_token_scores(model: nn.Module, batch: dict
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(NLL of every answer token, whether it is the model's top-1 token, its row index, answer-token count per
+    row) for a right-padded QA batch: one forward pass."""
+    logits, target, rows, counts = answer_token_logits(model, batch)
+    nll = F.cross_entropy(logits.float(), target, reduction="none")
+    return nll, logits.argmax(-1) == target, rows, counts
 
 
 def sequence_nll(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
