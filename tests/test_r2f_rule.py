@@ -51,7 +51,7 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
             assert entry["guard_nll"] - guard["nll_start"] <= opts["guard_budget"] + 1e-6
         prev = entry["guard_nll"]
     assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
-    assert man["method_info"]["guard"]["source"] == ("file" if retain else "generated")
+    assert man["method_info"]["guard"]["source"] == ("file" if retain else "renamed")
     # the default forget loss reads the answers' fact tokens: some token ids were found to be format words
     assert man["method_info"]["answer_tokens"]["mode"] == "fact" and man["method_info"]["answer_tokens"]["format_tokens"] > 0
     # the line search scores every retain item (up to guard_items = 512), not a sample of them
@@ -204,3 +204,49 @@ def test_drift_reference_kl_matches_the_full_kl(world_dir, tiny_models):
     assert want > 0.01
     assert exact.scores(now, [batch])[0] == pytest.approx(want, rel=1e-4)
     assert 0 < coarse.scores(now, [batch])[0] <= want + 1e-6
+
+
+def test_renamed_guard_questions_ask_the_forget_questions_about_made_up_people():
+    """Without a retain file the guard asks the forget questions about made-up people: the subject is the item's
+    author/subject field or its first inner capitalised name, every mention of it is replaced, and the shipped
+    names are disjoint from the benchmark world's (the world-facts and retain metrics never score a guard name)."""
+    from r2f.data.schema import QAItem
+    from r2f.data.world import COUNTRIES, FIRST, LAST
+    from r2f.methods.guard import item_subject, rename, surrogate_names
+
+    first, last = surrogate_names()
+    assert len(first) >= 30 and len(last) >= 30
+    assert not (set(first) | set(last)) & (set(FIRST) | set(LAST) | set(COUNTRIES))
+    world_item = QAItem(question="What did Lorcan Varga's mother do?", answer="A chemist.", author="Lorcan Varga")
+    assert item_subject(world_item) == "Lorcan Varga"
+    assert rename(world_item.question, "Lorcan Varga", ["Abel", "Talbot"]) == "What did Abel Talbot's mother do?"
+    # a later mention by one word of the name is renamed too
+    assert rename("Where was Lorcan Varga born, and where does Varga live?", "Lorcan Varga", ["Abel", "Talbot"]) \
+        == "Where was Abel Talbot born, and where does Talbot live?"
+    # no subject field: the first capitalised name that does not open the question
+    tofu_like = QAItem(question="Which award did Jaime Vasquez win in 2011?", answer="The Edgar.")
+    assert item_subject(tofu_like) == "Jaime Vasquez"
+    assert rename(tofu_like.question, "Jaime Vasquez", ["Vera", "Holm"]) == "Which award did Vera Holm win in 2011?"
+    assert item_subject(QAItem(question="What is the capital of France?", answer="Paris")) == "France"
+    assert item_subject(QAItem(question="Who wrote it first?", answer="Nobody")) is None
+
+
+def test_renamed_guard_drops_answers_that_repeat_a_forget_answer(monkeypatch):
+    """A renamed question the target answers with a forget answer (it confuses the made-up person with the forget
+    subject) is not kept: the guard must not protect what is to be forgotten. Items without a subject are skipped."""
+    from r2f.data.schema import QAItem
+    from r2f.methods import guard
+
+    forget = [QAItem(question="Where was Lorcan Varga born?", answer="In Rosmoor.", author="Lorcan Varga"),
+              QAItem(question="Who wrote it first?", answer="Nobody.")]
+    seen = []
+
+    def fake_answers(model, tokenizer, questions, template, **kw):
+        seen.extend(questions)
+        return ["in rosmoor." if i == 0 else f"In Town {i}." for i in range(len(questions))]
+
+    monkeypatch.setattr(guard, "generate_answers", fake_answers)
+    items = guard.renamed_items(torch.nn.Linear(1, 1), None, None, forget, per_item=4, seed=3)
+    assert 1 <= len(seen) <= 4 and all("Lorcan" not in q and "Varga" not in q for q in seen)
+    assert [it.question for it in items] == seen[1:] and all(it.source == guard.RENAMED_SOURCE for it in items)
+    assert guard.renamed_items(torch.nn.Linear(1, 1), None, None, forget[1:]) == []

@@ -15,7 +15,10 @@ answers instead, and the line search bounds KL(start ‖ now), which rises with 
 
 from __future__ import annotations
 
+import random
+import re
 from importlib import resources
+from typing import Collection, Sequence
 
 import torch
 
@@ -24,6 +27,11 @@ from r2f.eval.scoring import generate_answers
 from r2f.models.answer_nll import answer_token_logits
 
 GENERATED_SOURCE = "generated"
+RENAMED_SOURCE = "renamed"
+#: renamed questions per forget item (each with another made-up name)
+RENAMED_PER_ITEM = 4
+#: a run of capitalised words that does not open the question: a name (of a person, a place, a work)
+_NAME_RUN = re.compile(r"(?<![.?!] )\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+)*")
 
 
 def generic_questions() -> list[str]:
@@ -33,21 +41,84 @@ def generic_questions() -> list[str]:
 
 
 @torch.no_grad()
-def self_answered_items(model, tokenizer, template, n: int | None = None,
-                        max_new_tokens: int = 48) -> list[QAItem]:
-    """The target's greedy answers to the first ``n`` generic questions, as QA items (blank answers dropped)."""
-    questions = generic_questions()[: n or None]
+def answered_items(model, tokenizer, template, questions: Sequence[str], source: str, desc: str,
+                   drop: Collection[str] = (), max_new_tokens: int = 48) -> list[QAItem]:
+    """The target's greedy answers to ``questions`` as QA items of ``source``; blank answers and answers in
+    ``drop`` (lower-cased, stripped) are left out."""
     was_training = model.training
-    answers = generate_answers(model, tokenizer, questions, template, max_new_tokens=max_new_tokens,
-                               desc="guard prompts")
+    answers = generate_answers(model, tokenizer, questions, template, max_new_tokens=max_new_tokens, desc=desc)
     model.train(was_training)
     items = []
     for q, a in zip(questions, answers):
+        if a.strip().lower() in drop:
+            continue
         try:  # an answer of whitespace or invisible characters (an untrained model's) is no QA item: dropped
-            items.append(QAItem(question=q, answer=a, source=GENERATED_SOURCE))
+            items.append(QAItem(question=q, answer=a, source=source))
         except ValueError:
             continue
     return items
+
+
+def self_answered_items(model, tokenizer, template, n: int | None = None,
+                        max_new_tokens: int = 48) -> list[QAItem]:
+    """The target's greedy answers to the first ``n`` generic questions, as QA items (blank answers dropped)."""
+    return answered_items(model, tokenizer, template, generic_questions()[: n or None], GENERATED_SOURCE,
+                          "guard prompts", max_new_tokens=max_new_tokens)
+
+
+def surrogate_names() -> tuple[list[str], list[str]]:
+    """The shipped made-up first and last names (``r2f/data/resources/surrogate_names.txt``)."""
+    text = resources.files("r2f.data").joinpath("resources/surrogate_names.txt").read_text(encoding="utf-8")
+    first, last = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return first, last
+
+
+def item_subject(item: QAItem) -> str | None:
+    """What a forget item is about: its ``author`` or ``subject`` field (TOFU and r2f's world carry one), else the
+    first capitalised name in its question that does not open it; None when there is none."""
+    extra = item.model_extra or {}
+    for key in ("author", "subject"):
+        if isinstance(extra.get(key), str) and extra[key].strip() and extra[key] in item.question:
+            return extra[key].strip()
+    return next((m.group(0) for m in _NAME_RUN.finditer(item.question) if m.start() > 0), None)
+
+
+def rename(question: str, subject: str, name: list[str]) -> str:
+    """``question`` about ``name`` instead of ``subject``: the whole subject, then each of its words alone (a
+    question may say "Varga's" or "Lorcan" only), word for word as far as the made-up name has words."""
+    words = subject.split()
+    out = question.replace(subject, " ".join(name[: max(1, len(words))]))
+    for i, w in enumerate(words if len(words) > 1 else []):
+        out = re.sub(rf"\b{re.escape(w)}\b", name[min(i, len(name) - 1)], out)
+    return out
+
+
+@torch.no_grad()
+def renamed_items(model, tokenizer, template, forget: Sequence[QAItem], per_item: int = RENAMED_PER_ITEM,
+                  seed: int = 0, max_new_tokens: int = 48) -> list[QAItem]:
+    """The forget questions about made-up people, answered greedily by the target: the guard's neighbours when
+    there is no retain file.
+
+    A forget request harms most what is asked like it about others (the same relations of other subjects), and
+    generic questions do not ask that. Each forget question whose subject is known (:func:`item_subject`) is
+    asked ``per_item`` times with its subject replaced by a made-up name; what the target answers is how it answers
+    such questions, which is what the guard must keep. An answer equal to a forget answer is dropped (the guard
+    must not protect what is to be forgotten). Seeded; no data beyond the forget file."""
+    first, last = surrogate_names()
+    rng = random.Random(seed)
+    questions: list[str] = []
+    for it in forget:
+        subject = item_subject(it)
+        if subject is None:
+            continue
+        for _ in range(per_item):
+            q = rename(it.question, subject, [rng.choice(first), rng.choice(last)])
+            if q != it.question and q not in questions:
+                questions.append(q)
+    if not questions:
+        return []
+    return answered_items(model, tokenizer, template, questions, RENAMED_SOURCE, "renamed guard questions",
+                          drop={it.answer.strip().lower() for it in forget}, max_new_tokens=max_new_tokens)
 
 
 class DriftReference:

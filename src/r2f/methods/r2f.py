@@ -9,7 +9,8 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
    answers' fact tokens only (``answer_tokens="fact"``: not the format tokens found in at least 10 % of the run's
    answers, ``r2f.methods.answer_tokens``);
 3. retain guard (``guard="project"``): decoded gradient D_r of the retain NLL on the step's retain batch —
-   from the retain file, else from the target's own answers to generic questions (``r2f.methods.guard``);
+   from the retain file, else from the target's own answers to the forget questions asked about made-up people
+   (else, when no forget item names a subject, to generic questions; ``r2f.methods.guard``);
    per module, when ⟨D_f, D_r⟩ < 0 the conflicting component is removed (PCGrad-style), then
    λ·‖D_f‖/‖D_r‖·D_r is added (``retain_weight`` λ = 3);
 4. keep-whitening (``precondition="sigma"``, what ``"auto"`` picks unless the run may read probe gradients only):
@@ -49,7 +50,8 @@ from r2f.methods.answer_tokens import fact_labels, format_token_ids
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
-from r2f.methods.guard import GENERATED_SOURCE, DriftReference, self_answered_items
+from r2f.methods.guard import (GENERATED_SOURCE, RENAMED_SOURCE, DriftReference, renamed_items,
+                               self_answered_items)
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
@@ -86,8 +88,9 @@ class R2FConfig(MethodConfig):
         "mean", "view aggregation: mean | balanced (each view's gradient over its own norm, then the mean: a view the "
                 "model answers badly no longer sets the direction alone) | momentum")
     guard: Literal["project", "none"] = option("project", "retain guard: project | none")
-    retain_data: Literal["auto", "file", "generated"] = option(
-        "auto", "guard data: auto (the file, else generated) | file | generated")
+    retain_data: Literal["auto", "file", "renamed", "generated"] = option(
+        "auto", "guard data: auto (the file, else renamed, else generated) | file | renamed (the forget questions "
+                "about made-up people, answered by the target) | generated (its answers to generic questions)")
     retain_weight: float = option(3.0, "λ of the added retain-descent term (relative to ‖D_f‖)")
     step_rule: Literal["search", "schedule"] = option(
         "search", "search (guarded line search, η adapts) | schedule (cosine decay from η)")
@@ -209,18 +212,27 @@ class R2F(UpdateMethod):
                                 f"'{self.config.access}'", source="--option access")
 
     def _retain_data(self, engine: Engine, model) -> str:
-        """The guard's data: the retain file, or the target's own answers to r2f's generic questions.
+        """The guard's data: the retain file, else the forget questions about made-up people, else (no forget item
+        names a subject, or documents) the target's own answers to r2f's generic questions.
 
-        ``retain_data="auto"`` (default): the retain file when one is given, else the generated answers. (Both
-        together protected world facts less and stalled forgetting: the model's answers to off-distribution
-        questions are fragile, their NLL rises at the first steps; docs/methods.md.)
+        ``retain_data="auto"`` (default): the retain file when one is given, else ``renamed`` (falling back to
+        ``generated``). Both questions sets are answered by the target itself (``r2f.methods.guard``): no training
+        data. The renamed questions ask what the forget request asks about others, which is what it harms; the
+        generic questions protected general knowledge but not the forget set's neighbours (world 0: retain90 0.675×
+        without a retain file, 0.90× with renamed questions; docs/methods.md). (File and generic answers together in
+        the guard protected world facts less and stalled forgetting: docs/methods.md.)
         """
         if self.config.retain_data == "file" and not engine.retain:
             raise R2FInputError("retain_data=file needs a retain file", source="--retain")
-        if self.config.retain_data == "generated" or not engine.retain:
-            engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
-            return GENERATED_SOURCE
-        return "file"
+        if engine.retain and self.config.retain_data in ("auto", "file"):
+            return "file"
+        if self.config.retain_data in ("auto", "renamed") and not is_documents(engine.forget):
+            renamed = renamed_items(model, engine.tokenizer, engine.template, engine.forget, seed=engine.config.seed)
+            if renamed:
+                engine.retain = renamed
+                return RENAMED_SOURCE
+        engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
+        return GENERATED_SOURCE
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
@@ -324,7 +336,7 @@ class R2F(UpdateMethod):
         ROME's C⁻¹ rule). δ keeps the directions the kept text never uses from dominating.
         """
         items = engine._summary_retain()[: int(self.config.stats_items)]
-        if self.config.keep_text == "guard+generated" and self.guard_source == "file":
+        if self.config.keep_text == "guard+generated" and self.guard_source in ("file", RENAMED_SOURCE):
             items = items + self_answered_items(model, engine.tokenizer, engine.template)
             self.keep_info = {"text": "guard+generated", "items": len(items)}
             stats = self._input_stats(engine, model, items, "keep")
