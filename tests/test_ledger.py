@@ -155,7 +155,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(copy, setup, capsys,
         (("--forget", bad, "--method", "grad_ascent"), f"{bad}:2"),
         (("--forget", setup["second"], "--method", "no_such"), "--method"),
         (("--forget", setup["second"], "--method", "grad_ascent", "-o", "bogus=1"), "bogus"),
-        (("--forget", setup["second"], "--method", "npo"), "--retain"),  # npo needs retain data
         (("--forget", setup["second"], "--method", "grad_ascent", "--utility", bad), f"{bad}:2"),
         (("--forget", setup["second"], "--method", "grad_ascent", "--resume"), "pending"),
     ]

@@ -167,8 +167,8 @@ def test_method_registry_and_defaults():
 
 
 def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monkeypatch):
-    """A method the registry gains at run time is treated by its class's capabilities: retain data refused when it
-    needs it, --decoder refused (naming the registry's decoder methods, read from the classes) until it declares
+    """A method the registry gains at run time is treated by its class's capabilities: retain data made from the
+    target when it needs some and got no file, --decoder refused (naming the registry's decoder methods, read from the classes) until it declares
     ``uses_decoder``, then its decoder is loaded before the model; an optimizer the engine does not run is refused
     at registration."""
     from dataclasses import dataclass
@@ -188,8 +188,11 @@ def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monke
 
     monkeypatch.setitem(METHODS, Declared.name, Declared)
     args = (str(tiny_setup["model"]), tiny_setup["forget"])
-    with pytest.raises(R2FInputError, match="needs retain data"):
-        unlearn(*args, None, method=Declared.name, out=tmp_path / "a", steps=1)
+    # no retain file: a method that needs retain data makes its own from the target, and the manifest says so
+    # (these forget questions name no subject, so the generic questions: r2f.methods.guard.self_made_retain)
+    made = json.loads((unlearn(*args, None, method=Declared.name, out=tmp_path / "a", steps=1)
+                       / "manifest.json").read_text())["data"]["retain"]
+    assert made["source"] == "generated" and made["path"] is None and made["items"] > 0
     with pytest.raises(R2FInputError) as exc:
         unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="exact", out=tmp_path / "b", steps=1)
     users = [n for n, cls in METHODS.items() if cls.uses_decoder]
@@ -202,7 +205,7 @@ def test_what_a_method_declares_decides_not_its_name(tiny_setup, tmp_path, monke
     with pytest.raises(R2FInputError, match="unknown decoder"):  # now loaded, and refused, before the model
         unlearn(*args, tiny_setup["retain"], method=Declared.name, decoder="no-such-decoder", out=tmp_path / "c",
                 steps=1)
-    assert not any((tmp_path / d).exists() for d in "abc")
+    assert not any((tmp_path / d).exists() for d in "bc")  # refused runs write nothing ("a" ran)
 
     class Unrunnable(GradAscent):
         name = "unrunnable_for_test"
@@ -598,8 +601,9 @@ def test_bad_input_exits_2_before_work(case, tiny_setup, tmp_path, capsys):
         argv += ["--method", "grad_ascent"]
     elif case == "option":
         argv += ["--method", "npo", "-o", "bogus=1"]
-    elif case == "retain":
-        argv = [a for a in argv if a not in ("--retain", r)] + ["--method", "npo"]
+    elif case == "retain":  # a retain file that is not there (no retain file at all is fine: made from the target)
+        argv[argv.index(r)] = str(tmp_path / "missing.jsonl")
+        argv += ["--method", "npo"]
     before = dir_digest(tiny_setup["model"])
     assert _cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -250,3 +250,24 @@ def test_renamed_guard_drops_answers_that_repeat_a_forget_answer(monkeypatch):
     assert 1 <= len(seen) <= 4 and all("Lorcan" not in q and "Varga" not in q for q in seen)
     assert [it.question for it in items] == seen[1:] and all(it.source == guard.RENAMED_SOURCE for it in items)
     assert guard.renamed_items(torch.nn.Linear(1, 1), None, None, forget[1:]) == []
+
+
+def test_a_baseline_without_a_retain_file_guards_the_renamed_forget_questions(world_dir, tiny_models, tmp_path):
+    """NPO needs retain data; without a file it trains its retain term on the target's own answers to the forget
+    questions about made-up people, which the manifest records (no name of a forget author among them)."""
+    from r2f.data.loader import load_split
+    from r2f.methods import unlearn
+    from r2f.methods.guard import renamed_items
+    from r2f.models.loading import load_model
+    from r2f.data.templates import template_for
+
+    forget = load_split(world_dir, "forget10")
+    out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", None, method="npo", out=tmp_path / "npo",
+                  steps=2, seed=0)
+    made = json.loads((out / "manifest.json").read_text())["data"]["retain"]
+    assert made["source"] == "renamed" and made["path"] is None
+    model, tok = load_model(str(tiny_models["full"]))
+    items = renamed_items(model, tok, template_for(tok), forget, seed=0)
+    assert made["items"] == len(items) > len(forget)
+    authors = {it.model_extra["author"] for it in forget}
+    assert not any(name in it.question for it in items for a in authors for name in a.split())

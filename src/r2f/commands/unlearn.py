@@ -42,7 +42,7 @@ def unlearn_command(
     chunk_tokens: int = typer.Option(128, "--chunk-tokens",
                                      help="Documents: tokens per unit (chunk) the run draws; views are the chunk, its "
                                           "paraphrases' chunks and the chunk after preceding text."),
-    retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL). Optional for r2f: without it the guard uses the target's own answers to generic questions."),
+    retain: Optional[Path] = typer.Option(None, "--retain", help="Retain split (JSON/JSONL). Optional: without it R2F's guard and a baseline's retain term use the target's own answers to the forget questions asked about made-up people (or, where no forget item names a subject, to generic questions)."),
     method: str = typer.Option("r2f", "--method",
                                help="Method name (docs/methods.md). The names are those the method registry "
                                     "holds (r2f.methods.METHODS); an unknown one is refused with the list."),

@@ -335,8 +335,6 @@ def unlearn(
     check_out_dir(out, overwrite=overwrite or resume, protect=[src_dir] if src_dir else [])
     forget_items, forget_info = _data(forget, "forget", required=True, kind=forget_kind)
     retain_items, retain_info = _data(retain, "retain", required=False, kind=retain_kind)
-    if meth.needs_retain and not retain_items:
-        raise R2FInputError(f"method '{method}' needs retain data", source="--retain")
     documents = None
     if is_documents(forget_items) or is_documents(retain_items):
         check_chunk_tokens(chunk_tokens)
@@ -423,7 +421,10 @@ def _run(spec: RunSpec, meth, inputs: RunInputs, out: Path, *, resume: bool, dev
                     "config": config,
                     "decoder": config["options"].get("decoder") if meth.uses_decoder else None,
                     "method_info": result.method_info,
-                    "data": {"forget": inputs.forget_info, "retain": inputs.retain_info},
+                    # no retain file: what the run made its retain data from (r2f.methods.guard), if it made any
+                    "data": {"forget": inputs.forget_info, "retain": inputs.retain_info or (
+                        {"path": None, "source": engine.retain_source, "items": len(engine.retain)}
+                        if engine.retain_source else None)},
                     "source_model": source,
                     "steps": {"budget": spec.steps, "done": result.steps_done,
                               "stopped_early": result.stop_reason is not None, "stop_reason": result.stop_reason},

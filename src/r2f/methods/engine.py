@@ -42,6 +42,7 @@ from r2f.fsdp import is_sharded, merge_lora_shards, shard_model
 from r2f.methods.base import METHODS, LossMethod, Method, StepContext, UpdateMethod, get_method, register
 from r2f.methods.checkpoint import Checkpointer, jsonable, latest_checkpoint
 from r2f.methods.cost import CostMeter
+from r2f.methods.guard import self_made_retain
 from r2f.methods.losses import sequence_nll
 from r2f.methods.numerics import Rollback
 from r2f.progress import progress
@@ -110,8 +111,6 @@ class Engine:
         self.dp = dp
         if not forget:
             raise R2FInputError("no forget items", source="--forget")
-        if method.needs_retain and not retain:
-            raise R2FInputError(f"method '{method.name}' needs retain data", source="--retain")
         if config.steps < 1:
             raise R2FInputError("must be at least 1", source="--steps")
         for what, n in (("forget", len(forget)), ("retain", len(retain or []))):
@@ -127,6 +126,12 @@ class Engine:
         self.config = config
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.template = template or template_for(tokenizer)
+        # what the retain data are: the file's items, or (None) none yet. A method that needs retain data and got
+        # no file makes its own from the target (r2f.methods.guard.self_made_retain: no training data needed)
+        self.retain_source: str | None = "file" if retain else None
+        if method.needs_retain and not retain:
+            made, self.retain_source = self_made_retain(model, tokenizer, self.template, self.forget, seed=config.seed)
+            self.retain = self._units(made, config)
         # one tokenisation per question view and answer for the whole run: every step's batches, the line search's
         # guard and forget-set NLLs and the start/end summaries draw the same texts again
         self.encoder = QAEncoder(tokenizer, self.template, config.max_length)

@@ -22,6 +22,7 @@ from typing import Collection, Sequence
 
 import torch
 
+from r2f.data.batching import is_documents
 from r2f.data.schema import QAItem
 from r2f.eval.scoring import generate_answers
 from r2f.models.answer_nll import answer_token_logits
@@ -119,6 +120,18 @@ def renamed_items(model, tokenizer, template, forget: Sequence[QAItem], per_item
         return []
     return answered_items(model, tokenizer, template, questions, RENAMED_SOURCE, "renamed guard questions",
                           drop={it.answer.strip().lower() for it in forget}, max_new_tokens=max_new_tokens)
+
+
+def self_made_retain(model, tokenizer, template, forget: Sequence, seed: int = 0,
+                     source: str = RENAMED_SOURCE) -> tuple[list[QAItem], str]:
+    """Retain data when there is no retain file, and its source: the forget questions about made-up people
+    (``renamed``), else — no forget item names a subject, the forget data are documents, or ``source`` is
+    ``generated`` — the target's answers to the generic questions (``generated``)."""
+    if source == RENAMED_SOURCE and not is_documents(forget):
+        items = renamed_items(model, tokenizer, template, forget, seed=seed)
+        if items:
+            return items, RENAMED_SOURCE
+    return self_answered_items(model, tokenizer, template), GENERATED_SOURCE
 
 
 class DriftReference:

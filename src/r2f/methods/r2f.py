@@ -50,8 +50,8 @@ from r2f.methods.answer_tokens import fact_labels, format_token_ids
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
-from r2f.methods.guard import (GENERATED_SOURCE, RENAMED_SOURCE, DriftReference, renamed_items,
-                               self_answered_items)
+from r2f.methods.guard import (GENERATED_SOURCE, RENAMED_SOURCE, DriftReference, self_answered_items,
+                               self_made_retain)
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
@@ -226,13 +226,10 @@ class R2F(UpdateMethod):
             raise R2FInputError("retain_data=file needs a retain file", source="--retain")
         if engine.retain and self.config.retain_data in ("auto", "file"):
             return "file"
-        if self.config.retain_data in ("auto", "renamed") and not is_documents(engine.forget):
-            renamed = renamed_items(model, engine.tokenizer, engine.template, engine.forget, seed=engine.config.seed)
-            if renamed:
-                engine.retain = renamed
-                return RENAMED_SOURCE
-        engine.retain = self_answered_items(model, engine.tokenizer, engine.template)
-        return GENERATED_SOURCE
+        wanted = GENERATED_SOURCE if self.config.retain_data == "generated" else RENAMED_SOURCE
+        engine.retain, engine.retain_source = self_made_retain(model, engine.tokenizer, engine.template, engine.forget,
+                                                               seed=engine.config.seed, source=wanted)
+        return engine.retain_source
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
