@@ -108,13 +108,15 @@ def renamed_items(model, tokenizer, template, forget: Sequence[QAItem], per_item
     first, last = surrogate_names()
     rng = random.Random(seed)
     questions: list[str] = []
+    seen: set[str] = set()
     for it in forget:
         subject = item_subject(it)
         if subject is None:
             continue
         for _ in range(per_item):
             q = rename(it.question, subject, [rng.choice(first), rng.choice(last)])
-            if q != it.question and q not in questions:
+            if q != it.question and q not in seen:
+                seen.add(q)
                 questions.append(q)
     if not questions:
         return []
