@@ -56,7 +56,7 @@ from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
 from r2f.methods.reference import ReferenceNLL
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
 from r2f.methods.wga import wga_loss
-from r2f.models.answer_nll import answer_token_nll_flat, answer_token_scores
+from r2f.models.answer_nll import answer_token_nll_flat, answer_token_scores, row_sums
 
 #: Largest relative step the line search tries (a 5 % change of the probed weights in one step).
 MAX_ETA = 0.05
@@ -219,7 +219,7 @@ class R2F(UpdateMethod):
         ``generated``). Both questions sets are answered by the target itself (``r2f.methods.guard``): no training
         data. The renamed questions ask what the forget request asks about others, which is what it harms; the
         generic questions protected general knowledge but not the forget set's neighbours (world 0: retain90 0.675×
-        without a retain file, 0.90× with renamed questions; docs/methods.md). (File and generic answers together in
+        without a retain file, 0.885× with renamed questions; docs/methods.md). (File and generic answers together in
         the guard protected world facts less and stalled forgetting: docs/methods.md.)
         """
         if self.config.retain_data == "file" and not engine.retain:
@@ -601,17 +601,16 @@ class R2F(UpdateMethod):
         was_training = model.training
         model.eval()
         if self.drift is not None:
-            out = self.drift.scores(model, self._guard_batches())
-            model.train(was_training)
-            return out
-        nlls, hits, tokens = [], 0, 0
-        for inputs in self._guard_batches():
-            nll, top1, rows, counts = answer_token_scores(model, inputs)
-            sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
-            nlls.append(sums / counts.clamp_min(1))
-            hits, tokens = hits + int(top1.sum()), tokens + int(counts.sum())
+            score, top1_share = self.drift.scores(model, self._guard_batches())
+        else:
+            nlls, hits, tokens = [], 0, 0
+            for inputs in self._guard_batches():
+                nll, top1, rows, counts = answer_token_scores(model, inputs)
+                nlls.append(row_sums(nll, rows, counts.shape[0]) / counts.clamp_min(1))
+                hits, tokens = hits + int(top1.sum()), tokens + int(counts.sum())
+            score, top1_share = float(torch.cat(nlls).mean()), hits / max(tokens, 1)
         model.train(was_training)
-        return float(torch.cat(nlls).mean()), hits / max(tokens, 1)
+        return score, top1_share
 
     def _line_search(self, model, forget: QABatch, params, directions, unit, ctx: StepContext) -> dict[str, Any]:
         """The largest η (from the last accepted η, doubled after a first-try success) whose step raises the

@@ -22,7 +22,7 @@ from r2f.distributed import ONE_PROCESS, DataParallel
 from r2f.methods.baselines import GradDiffShapeConfig, ObjectiveMethod
 from r2f.methods.config import option
 from r2f.methods.engine import StepContext, register
-from r2f.models.answer_nll import answer_token_nll_flat
+from r2f.models.answer_nll import answer_token_nll_flat, row_sums
 
 
 def wga_loss(token_nll: torch.Tensor, n_tokens: torch.Tensor, beta: float,
@@ -53,6 +53,5 @@ class WGA(ObjectiveMethod):
     def forget_loss(self, model, inputs: dict[str, torch.Tensor], ctx: StepContext, record: bool) -> torch.Tensor:
         nll, rows, counts = answer_token_nll_flat(model, inputs)
         if record:
-            sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll.detach())
-            ctx.record(forget_nll=sums / counts.clamp_min(1))
+            ctx.record(forget_nll=row_sums(nll.detach(), rows, counts.shape[0]) / counts.clamp_min(1))
         return wga_loss(nll, counts, float(self.config.beta), ctx.dp)

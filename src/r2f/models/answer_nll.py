@@ -73,11 +73,15 @@ def answer_token_scores(model: nn.Module, batch: dict
     return nll, logits.argmax(-1) == target, rows, counts
 
 
+def row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Per-token ``values`` summed per sequence (``rows``: each token's row index), shape (n_rows,)."""
+    return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, rows, values)
+
+
 def sequence_nll(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed answer NLL per sequence, answer-token count per sequence), both of shape (batch,)."""
     nll, rows, counts = answer_token_nll_flat(model, batch)
-    sums = torch.zeros(counts.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, nll)
-    return sums, counts
+    return row_sums(nll, rows, counts.shape[0]), counts
 
 
 def mean_answer_nll(model: nn.Module, batch: dict) -> torch.Tensor:
