@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +286,27 @@ def test_train_decoder_lora_mode_corrects_the_best_closed_form(tiny_models, worl
     model = tiny_llama(dtype=torch.float32)
     got = decoded_gradients(model, [random_batch(3)], dec, ProbeConfig(rank=4), None)  # no stats: fine
     assert got and all(torch.isfinite(g).all() for g in got.values())
+
+
+def test_train_decoder_on_a_ladder_pools_the_pairs_of_every_proxy_shape(tiny_models, world_dir, tmp_path):
+    """A ladder (two proxies of other widths and depths) gives pairs from each member on the same author split:
+    the training set holds both members' modules, both shapes' features, and the file names both members."""
+    from r2f.decoders import train_decoder
+    from r2f.decoders.train import as_ladder
+    from r2f.models.loading import model_fingerprint
+
+    narrow, wide = str(tiny_models["full"]), str(tiny_models["proxy"])  # tiny (64 × 2 layers), proxy (128 × 3)
+    kw = dict(rank=4, steps=20, probe_seeds=1, max_items=8, access="lora")
+    one = train_decoder(wide, world_dir, **kw)
+    both = train_decoder([narrow, wide], world_dir, out=tmp_path / "ladder.safetensors", **kw)
+    meta = load_decoder(str(tmp_path / "ladder.safetensors")).meta
+    assert [m["fingerprint"] for m in meta["ladder"]] == [model_fingerprint(narrow), model_fingerprint(wide)]
+    assert meta["proxy"] == meta["ladder"][0]
+    # the same jobs (items × probe seeds) on each member: modules per job scale with the member's layer count
+    layers = {p: json.loads((Path(p) / "config.json").read_text())["num_hidden_layers"] for p in (narrow, wide)}
+    n_one = one.meta["training"]["n_modules_train"]
+    assert both.meta["training"]["n_modules_train"] == n_one + n_one * layers[narrow] // layers[wide]
+    assert both.meta["data"]["n_train_items"] == one.meta["data"]["n_train_items"]
+    # a (model, tokenizer) pair is one proxy, not a ladder of two
+    pair = (tiny_llama(dtype=torch.float32), object())
+    assert as_ladder(pair) == [pair] and as_ladder(narrow) == [narrow] and len(as_ladder([narrow, wide])) == 2

@@ -98,6 +98,28 @@ def test_prepare_retain_file_holds_the_retain_half_of_the_world_facts_only(monke
     assert set(prep.retain_file.read_text(encoding="utf-8").splitlines()) >= set(wf_lines[1::2])
 
 
+@pytest.mark.parametrize("target", ["small", "smollm2"])
+def test_prepare_trains_the_decoders_on_the_targets_proxy_ladder(monkeypatch, tmp_path, target):
+    """The world's own targets get decoders from the proxy alone; SmolLM2 targets from the proxy ladder (the proxy,
+    its SmolLM2-wide member and its SmolLM2-tokenizer member), every member a proxy-pool model of the same seed."""
+    import r2f.demo
+    from r2f.demo_spec import DECODER_LADDER
+    from r2f.models.ladder import PROXY_SIZES
+
+    trained, decoders = [], {}
+    monkeypatch.setattr(r2f.demo, "train_model", lambda world, size, **kw: trained.append((size, kw)) or
+                        tmp_path / f"{size}-{kw.get('split', 'full')}")
+    monkeypatch.setattr(r2f.demo, "_cached_decoder",
+                        lambda ladder, world, cfg, access: decoders.setdefault(access, ladder) and tmp_path / access)
+    prep = r2f.demo.prepare(tmp_path / "out", DemoConfig(target=target), lambda m: None, {})
+    expected = ("proxy",) if target == "small" else ("proxy", "proxy_wide", "proxy_smoltok")
+    assert DECODER_LADDER[target] == expected and set(expected) <= set(PROXY_SIZES)
+    assert [size for size, kw in trained if size in PROXY_SIZES] == list(expected)
+    assert all(kw == {"seed": 0} for size, kw in trained if size in PROXY_SIZES)
+    assert decoders["batch"] == decoders["lora"] == prep.ladder == tuple(tmp_path / f"{s}-full" for s in expected)
+    assert prep.proxy == prep.ladder[0]
+
+
 def _captured_options(monkeypatch, tmp_path, cfg: DemoConfig) -> dict[str, dict]:
     """run_method's options per demo method, with r2f.methods.unlearn replaced by a recorder (no training)."""
     import r2f.demo

@@ -210,3 +210,43 @@ def test_pretrained_base_is_fine_tuned_not_modified(world_dir, tiny_models, monk
         from r2f.models.ladder import build_model
 
         build_model("smollm2", None)  # a pretrained base is never built from scratch
+
+
+def test_the_wide_proxy_has_smollm2s_module_shapes_on_fewer_layers():
+    """The proxy ladder's wide member exists to put SmolLM2's shape features inside the decoder's training range."""
+    from r2f.models.loading import resolve_model_dir
+
+    cfg = json.loads((resolve_model_dir("smollm2") / "config.json").read_text())
+    wide = RECIPES["proxy_wide"]
+    assert (wide.hidden, wide.intermediate, wide.heads, wide.kv_heads) == (
+        cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"])
+    assert wide.layers < cfg["num_hidden_layers"] and wide.base is None
+
+
+def test_a_ladder_member_speaks_a_pretrained_tokenizer_and_template(world_dir, monkeypatch, tmp_path):
+    """``proxy_smoltok``: a fresh model with SmolLM2's tokenizer and chat template, trained on the proxy pool (here a
+    tiny shape for one epoch): its vocabulary and prompt format are SmolLM2's, its items the proxy authors'."""
+    from r2f.models import training
+    from r2f.models.ladder import PROXY_SIZES, Recipe
+    from r2f.models.loading import resolve_model_dir
+
+    assert "proxy_smoltok" in PROXY_SIZES
+    monkeypatch.setitem(RECIPES, "proxy_smoltok", Recipe(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                                                          epochs=1, lr=1e-3, tokenizer="smollm2"))
+    out = training.train_model(world_dir, size="proxy_smoltok", out=tmp_path / "m", use_cache=False)
+    meta = json.loads((out / "r2f_model.json").read_text())["r2f_model"]
+    assert meta["template"] == "chat" and meta["forget"] is None
+    assert meta["n_items"] == len(load_split(world_dir, "proxy")) + len(load_split(world_dir, "world_facts"))
+    model, tok = load_model(out)
+    smol = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2"))
+    assert model.config.vocab_size == len(smol) and tok.get_vocab() == smol.get_vocab()
+    assert template_for(tok).kind == "chat"
+
+
+def test_recipe_record_names_a_tokenizer_only_when_the_recipe_has_one():
+    """The recipe is hashed into the model cache's key: a recipe without a tokenizer of its own records none, so
+    models trained before the field existed (and their hours of fine-tuning) stay in the cache."""
+    from r2f.models.ladder import recipe_dict
+
+    assert "tokenizer" not in recipe_dict("small") and "tokenizer" not in recipe_dict("smollm2")
+    assert recipe_dict("proxy_smoltok")["tokenizer"] == "smollm2"

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def train_decoder(
-    proxy: str | os.PathLike | tuple,
+    proxy: str | os.PathLike | tuple | list,
     data: str | os.PathLike,
     rank: int = 16,
     out: str | os.PathLike | None = None,
@@ -47,7 +47,8 @@ def train_decoder(
 ) -> LearnedDecoder:
     """Train the learned R2F gradient decoder on ``proxy`` with the world ``data`` (``r2f train-decoder``).
 
-    ``proxy``: a model directory or name, or a ``(model, tokenizer)`` pair. ``rank_a=0`` means ``2 * rank``.
+    ``proxy``: a model directory or name, or a ``(model, tokenizer)`` pair, or a list of these (a ladder of proxy
+    shapes whose pairs are pooled). ``rank_a=0`` means ``2 * rank``.
     With ``out`` (a ``.safetensors`` path; a ``.json`` sidecar is written next to it) the decoder is saved
     and becomes the default of ``unlearn(..., method="r2f")``; it is returned either way. ``access`` (lora |
     stats | batch) is what the decoder may read besides the probe gradients (docs/decoder.md); ``long_answers``

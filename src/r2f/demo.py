@@ -31,8 +31,8 @@ from r2f.decoders import measure_fidelity, train_decoder
 from r2f.decoders.fidelity import mode_candidates
 from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
 # the settings and rows live in a module without torch (the CLI's help reads them); offered here too
-from r2f.demo_spec import (BENCH_FORGET, BENCH_TARGETS, DEMO_METHODS, DEMO_PYTHON_ONLY, REALFACTS_METRICS,  # noqa: F401
-                           REALFACTS_STEPS, DemoConfig, DemoRow, ProxyDecoder, Target, demo_source)
+from r2f.demo_spec import (BENCH_FORGET, BENCH_TARGETS, DECODER_LADDER, DEMO_METHODS, DEMO_PYTHON_ONLY,  # noqa: F401
+                           REALFACTS_METRICS, REALFACTS_STEPS, DemoConfig, DemoRow, ProxyDecoder, Target, demo_source)
 from r2f.errors import R2FInputError
 from r2f.eval import evaluate
 from r2f.eval.realfacts import evaluate_realfacts
@@ -89,7 +89,8 @@ def _stage(log: Callable[[str], None], timings: dict, name: str):
 @dataclass(frozen=True)
 class Prepared:
     """What one seed's pipeline prepares before any unlearning: the world, its forget and retain files, the
-    proxy, the target (``full``) and its retain oracle, and the decoder trained on the proxy."""
+    proxy, the target (``full``) and its retain oracle, and the decoders trained on the proxy (or its ladder:
+    ``DECODER_LADDER``)."""
 
     world: Path
     forget_file: Path
@@ -99,6 +100,7 @@ class Prepared:
     retain: Path | None                # None: no retain oracle (realfacts)
     decoder: Path                      # access mode batch (the demo's r2f row)
     decoder_lora: Path | None = None   # access mode lora (the r2f_lora row), when that row runs
+    ladder: tuple[Path, ...] = ()      # every proxy the decoders were trained on (``proxy`` first)
 
     def proxy_decoder(self, access: ProxyDecoder) -> Path:
         """The file of the proxy-trained decoder of ``access`` (a row's :attr:`DemoRow.proxy_decoder`)."""
@@ -122,7 +124,7 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
         retain_file = write_retain_file(world, cfg.forget, out / "retain_set.jsonl")
 
     with _stage(log, timings, "models"):
-        proxy = train_model(world, size="proxy", seed=cfg.seed)
+        ladder = tuple(train_model(world, size=size, seed=cfg.seed) for size in DECODER_LADDER[cfg.target])
         if cfg.bench == "realfacts":  # no retain oracle: no copy of the target was pre-trained without the facts
             full, retain = resolve_model_dir(BASE_MODELS[cfg.target]), None
         else:
@@ -130,11 +132,12 @@ def prepare(out: Path, cfg: DemoConfig, log: Callable[[str], None], timings: dic
             retain = train_model(world, size=cfg.target, split="retain", forget=cfg.forget, seed=cfg.seed)
 
     with _stage(log, timings, "decoder"):
-        decoder = _cached_decoder(proxy, world, cfg, "batch")
-        decoder_lora = _cached_decoder(proxy, world, cfg, "lora") if any(
+        decoder = _cached_decoder(ladder, world, cfg, "batch")
+        decoder_lora = _cached_decoder(ladder, world, cfg, "lora") if any(
             DEMO_METHODS[m].proxy_decoder == "lora" for m in cfg.methods) else None
     return Prepared(world=world, forget_file=forget_file, retain_file=retain_file,
-                    proxy=proxy, full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora)
+                    proxy=ladder[0], full=full, retain=retain, decoder=decoder, decoder_lora=decoder_lora,
+                    ladder=ladder)
 
 
 def write_realfacts_files(data: str | None, out: Path) -> tuple[Path, Path]:
@@ -159,18 +162,21 @@ def write_retain_file(world: Path, forget: str, out: Path) -> Path:
                              + jsonl_text([it.model_dump() for it in facts]))
 
 
-def _cached_decoder(proxy: Path, world: Path, cfg: DemoConfig, access: str) -> Path:
-    """The decoder of this proxy and access mode, trained once and then taken from the cache."""
+def _cached_decoder(ladder: tuple[Path, ...], world: Path, cfg: DemoConfig, access: str) -> Path:
+    """The decoder of this proxy ladder (usually the proxy alone) and access mode, trained once and then taken
+    from the cache."""
     # the key names everything the file depends on, so a decoder from an older r2f is never picked up
-    # (mode batch keeps the key it had before modes existed)
-    key = hash_config({"proxy": proxy.name, "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
+    # (mode batch, and a ladder of one proxy, keep the key they had before modes and ladders existed)
+    proxy = ladder[0]
+    key = hash_config({"proxy": proxy.name, **({"ladder": [p.name for p in ladder]} if len(ladder) > 1 else {}),
+                       "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
                        "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
                        "rule": TRAINING_RULE, **({} if access == "batch" else {"access": access}),
                        **cfg.decoder_budget})[:16]
     decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
     if not decoder.is_file():
         decoder.parent.mkdir(parents=True, exist_ok=True)
-        train_decoder(proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed, access=access,
+        train_decoder(list(ladder) if len(ladder) > 1 else proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed, access=access,
                       **cfg.decoder_budget)
     return decoder
 

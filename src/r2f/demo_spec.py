@@ -61,6 +61,13 @@ DEMO_METHODS: Mapping[str, DemoRow] = MappingProxyType({
 #: realfacts unlearns from SmolLM2 as shipped.
 BENCH_TARGETS: Mapping[str, tuple[str, ...]] = MappingProxyType({"world": ("small", "smollm2", "tiny"),
                                                                  "realfacts": ("smollm2-base",)})
+#: The proxy ladder each target's decoders are trained on (``r2f.models.ladder``): the proxy alone for the world's
+#: own ladder targets (its decoder already beats the closed forms there, and the demo has 10 minutes cold), the
+#: proxy plus its wide and SmolLM2-tokenizer members for the SmolLM2 targets, whose width and tokenizer the proxy
+#: alone lacks (docs/decoder.md §3.2; about 7 minutes more, once per world seed).
+DECODER_LADDER: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "small": ("proxy",), "tiny": ("proxy",), **dict.fromkeys(("smollm2", "smollm2-base"),
+                                                             ("proxy", "proxy_wide", "proxy_smoltok"))})
 #: The realfacts demo's step budget: two passes over the 37 forget facts at batch 8 (the world demo's 30 steps on
 #: a 135M target do not fit its 20-minute budget on 2 cores), and what its evaluation scores (no greedy
 #: generation: ``*_gen_match`` is ``r2f eval --bench realfacts``'s).

@@ -14,8 +14,9 @@ from r2f.io import check_out_dir
 @app.command("train")
 def train(
     data: Path = typer.Option(..., "--data", help="World (or TOFU-shaped) data directory."),
-    size: str = typer.Option("small", help="Ladder size: tiny, small, proxy, or smollm2 (fine-tunes the "
-                                                   "pretrained SmolLM2-135M)."),
+    size: str = typer.Option("small", help="Ladder size: tiny, small, smollm2 (fine-tunes the pretrained "
+                                           "SmolLM2-135M), or a proxy for decoder training (proxy authors only): "
+                                           "proxy, proxy_wide (SmolLM2's widths), proxy_smoltok (SmolLM2's tokenizer)."),
     split: str = typer.Option("full", help="full (all training authors) or retain (forget split removed)."),
     forget: str = typer.Option("forget10", help="Forget split that --split retain leaves out."),
     out: Path = typer.Option(..., "--out", help="Output model directory (Hugging Face format)."),

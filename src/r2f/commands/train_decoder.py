@@ -14,7 +14,8 @@ from r2f.commands._app import app, threads_option
 
 @app.command("train-decoder")
 def train_decoder_cmd(
-    proxy: str = typer.Option(..., "--proxy", help="Proxy model directory (or name) whose exact gradients are cheap."),
+    proxy: list[str] = typer.Option(..., "--proxy", help="Proxy model directory (or name) whose exact gradients are "
+                                    "cheap; repeat it for a ladder of proxies of other shapes (e.g. proxy and proxy_wide)."),
     data: Path = typer.Option(..., "--data", help="World directory; only its proxy.jsonl (and world_facts for Σ) are used."),
     rank: int = typer.Option(16, "--rank", help="Probe rank r_B (columns of B); r_A defaults to 2·rank."),
     out: Path = typer.Option(..., "--out", help="Output decoder file (.safetensors; a .json sidecar is written next to it)."),
@@ -38,7 +39,7 @@ def train_decoder_cmd(
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
-    dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
+    dec = r2f.train_decoder(proxy[0] if len(proxy) == 1 else proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
                             batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
     # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)

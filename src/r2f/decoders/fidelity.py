@@ -283,6 +283,8 @@ def measure_fidelity(
         "split": split,
         "target": ident,
         "proxy": (getattr(learned, "meta", {}) or {}).get("proxy") if learned is not None else proxy_identity,
+        # every proxy the decoder was trained on (a ladder; files from before ladders: their one proxy)
+        "ladder": ((getattr(learned, "meta", {}) or {}).get("ladder") if learned is not None else None),
         "decoder_file": getattr(learned, "source", None) if learned is not None else None,
         "access": access,
         "threads": threads_record(),

@@ -55,6 +55,19 @@ def stats_batches(items: Sequence, tokenizer, batch_size: int = 16) -> list[dict
     return [encode_qa(tokenizer, [it.question for it in c], [it.answer for it in c], template) for c in chunks(items, batch_size)]
 
 
+def as_ladder(proxy) -> list:
+    """The proxies of a decoder's training: one proxy (a path, name or ``(model, tokenizer)`` pair) or a list of
+    them (a ladder of shapes)."""
+    if isinstance(proxy, (str, os.PathLike)):
+        return [proxy]
+    if isinstance(proxy, (tuple, list)) and len(proxy) == 2 and hasattr(proxy[0], "parameters"):
+        return [proxy]
+    ladder = list(proxy)
+    if not ladder:
+        raise R2FInputError("give at least one proxy model", source="--proxy")
+    return ladder
+
+
 def resolve_model(model_or_path):
     """(model, tokenizer, identity) from a path/name or a (model, tokenizer) pair."""
     if isinstance(model_or_path, (tuple, list)) and len(model_or_path) == 2:
@@ -226,7 +239,8 @@ def train_decoder(
     loss_fn: LossFn | None = None,
     log=None,
 ) -> LearnedDecoder:
-    """Train the R2F decoder on ``proxy`` (path, name or (model, tokenizer)) with the proxy author pool.
+    """Train the R2F decoder on ``proxy`` (path, name or (model, tokenizer), or a list of them: a ladder) with the
+    proxy author pool.
 
     Pairs (probe sketches, exact gradient) are generated from ``proxy.jsonl`` items through ``views``
     question views, under ``probe_seeds`` different probe draws (so the decoder does not memorise one
@@ -241,6 +255,10 @@ def train_decoder(
     ``long_answers`` (default): also train on the proxy authors' biographies (``documents/proxy.jsonl``, when the
     world has them), pairs whose batches hold many more answer tokens than the probe's rank (split by the same
     authors). Without them the correction learned on short answers fell below its closed form on long answers.
+
+    A **ladder** (several proxies of other widths and tokenizers, e.g. ``proxy``, ``proxy_wide`` and
+    ``proxy_smoltok``): every member gives pairs from the same items (same author split), so the shape features
+    of a target between the members' shapes lie inside the training range (docs/decoder.md §3.2).
     """
     if rank < 1:
         raise R2FInputError("rank must be >= 1", source="--rank")
@@ -252,8 +270,7 @@ def train_decoder(
     items = load_split(data_dir, "proxy")
     facts = load_split(data_dir, "world_facts")
     probe = ProbeConfig(rank=rank, rank_a=rank_a, seed=seed)
-    model, tok, ident = resolve_model(proxy)
-    model.eval()
+    ladder = as_ladder(proxy)
     t0 = time.perf_counter()
     # split by author (fallback: by position) into train / held-out
     authors = sorted({it.author or str(i) for i, it in enumerate(items)})
@@ -272,13 +289,22 @@ def train_decoder(
         tr_items += [b for b in bios if b.author not in held_authors]
         ho_items += [b for b in bios if b.author in held_authors]
         n_long = len(bios)
-    stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
-        if access != "lora" else None
     seeds = [seed + 1000 * i for i in range(max(1, probe_seeds))]
     dp = DataParallel.current()  # torchrun: pair generation (the expensive part) is split over the ranks
-    train_parts = generate_pairs(model, tok, tr_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=seeds, desc="decoder pairs (train)", dp=dp)
+    train_parts, held_parts, idents = [], [], []
+    for member in ladder:  # one model in memory at a time
+        model, tok, ident = resolve_model(member)
+        model.eval()
+        idents.append(ident)
+        stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
+            if access != "lora" else None
+        common = dict(views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, dp=dp)
+        train_parts += generate_pairs(model, tok, tr_items, probe, seeds=seeds, desc="decoder pairs (train)", **common)
+        if ho_items:
+            held_parts += generate_pairs(model, tok, ho_items, probe, seeds=[seed + 7], desc="decoder pairs (held-out)", **common)
+        del model
     train = _cat(train_parts)
-    held = _cat(generate_pairs(model, tok, ho_items, probe, views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, seeds=[seed + 7], desc="decoder pairs (held-out)", dp=dp)) if ho_items else None
+    held = _cat(held_parts) if held_parts else None
     base = best_closed_form(train, access)
     net, losses = fit_coefnet(train, steps=steps, hidden=hidden, seed=seed, base=base, log=log)
     fid_held = scalar_fidelity(net, held, base, access) if held is not None else None
@@ -304,7 +330,8 @@ def train_decoder(
         "correction": correction,
         "module_kinds": kinds,
         "module_kinds_seen": sorted({KINDS[i] for i in train["kind"].tolist()}),
-        "proxy": ident,
+        "proxy": idents[0],
+        "ladder": idents,
         "data": {
             "dir": str(data_dir),
             "split": "proxy",

@@ -1,4 +1,4 @@
-"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy`` and ``small``, and the real ``smollm2``.
+"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy``, ``proxy_wide`` and ``small``, and the real ``smollm2``.
 
 The proxy is deliberately narrower and shallower than ``small`` (and trained on other authors), so
 that a decoder trained on it has to transfer across width, depth and data. ``smollm2`` is not built from
@@ -27,17 +27,26 @@ class Recipe:
     warmup: float = 0.05
     weight_decay: float = 0.0
     base: str | None = None  # a pretrained model to fine-tune (``r2f.models.load_model`` name) instead of a fresh one
+    tokenizer: str | None = None  # a fresh model with this pretrained model's tokenizer and prompt template
 
 
 RECIPES: dict[str, Recipe] = {
     "tiny": Recipe(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, epochs=40, lr=5e-3),
     "proxy": Recipe(hidden=128, layers=3, heads=4, kv_heads=2, intermediate=256, epochs=40, lr=4e-3),
+    # the proxy ladder's wide member: SmolLM2-135M's module shapes (576 → 576/192, 576 ↔ 1536) on two layers,
+    # so that a decoder trained on the ladder sees the shape features of targets up to that width
+    "proxy_wide": Recipe(hidden=576, layers=2, heads=9, kv_heads=3, intermediate=1536, epochs=40, lr=2e-3),
+    # another tokenizer and prompt template (SmolLM2's: a 49k vocabulary, the chat template's longer prompts)
+    "proxy_smoltok": Recipe(hidden=192, layers=2, heads=6, kv_heads=2, intermediate=512, epochs=40, lr=3e-3,
+                            tokenizer="smollm2"),
     "small": Recipe(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=512, epochs=30, lr=3e-3),
     # shape fields describe the pretrained model; fine-tuning needs far fewer epochs and a small rate
     "smollm2": Recipe(hidden=576, layers=30, heads=9, kv_heads=3, intermediate=1536, epochs=6, lr=2e-4,
                       warmup=0.1, base="smollm2"),
 }
 SIZES = tuple(RECIPES)
+#: the ladder members trained on the proxy author pool (decoder training), never on a target's authors
+PROXY_SIZES = ("proxy", "proxy_wide", "proxy_smoltok")
 
 
 def llama_config(size: str, tokenizer) -> LlamaConfig:
@@ -67,4 +76,9 @@ def build_model(size: str, tokenizer, seed: int = 0) -> LlamaForCausalLM:
 
 
 def recipe_dict(size: str) -> dict:
-    return asdict(RECIPES[size])
+    """The recipe as recorded (and hashed into the model cache's key). ``tokenizer`` only when set, so that every
+    model trained before that field existed keeps its cache key."""
+    recipe = asdict(RECIPES[size])
+    if recipe["tokenizer"] is None:
+        del recipe["tokenizer"]
+    return recipe

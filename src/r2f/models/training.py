@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from r2f.data.batching import CHUNK_TOKENS, document_units
 from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_documents, load_split
@@ -30,8 +31,8 @@ from r2f.errors import R2FInputError
 from r2f.io import atomic_dir
 from r2f.models.answer_nll import token_mean_answer_nll
 from r2f.models.cache import cache_dir, hash_config, hash_files
-from r2f.models.ladder import RECIPES, SIZES, build_model, recipe_dict
-from r2f.models.loading import load_model
+from r2f.models.ladder import PROXY_SIZES, RECIPES, SIZES, build_model, recipe_dict
+from r2f.models.loading import load_model, resolve_model_dir
 from r2f.models.tokenizer import train_tokenizer
 from r2f.progress import progress, quiet_hf_progress
 from r2f.threads import model_threads_for
@@ -43,10 +44,10 @@ TOKENIZER_VOCAB = 1024
 
 def training_items(data_dir: Path, size: str, split: str, forget: str):
     """The records a ladder model learns (world facts always included)."""
-    if size != "proxy":  # before any file is read: the flag at fault, not a missing file
+    if size not in PROXY_SIZES:  # before any file is read: the flag at fault, not a missing file
         check_choice("forget split", forget, tuple(RETAIN_OF), source="--forget")
     world_facts = load_split(data_dir, "world_facts")
-    if size == "proxy":
+    if size in PROXY_SIZES:
         return load_split(data_dir, "proxy") + world_facts
     retain = load_split(data_dir, RETAIN_OF[forget])
     if split == "retain":
@@ -56,7 +57,7 @@ def training_items(data_dir: Path, size: str, split: str, forget: str):
 
 def training_documents(data_dir: Path, size: str, split: str, forget: str) -> list:
     """The biographies a ``documents=True`` model also learns: those of the authors its QA items come from."""
-    if size == "proxy":
+    if size in PROXY_SIZES:
         names = ["proxy"]
     else:
         names = [RETAIN_OF[forget]] if split == "retain" else [forget, RETAIN_OF[forget]]  # as training_items
@@ -73,7 +74,7 @@ def training_documents(data_dir: Path, size: str, split: str, forget: str) -> li
 def cache_key(data_dir: Path, size: str, split: str, forget: str, seed: int, documents: bool = False) -> str:
     files = [data_dir / f for f in SPLIT_FILES.values() if (data_dir / f).is_file()]
     config = {"v": TRAINING_VERSION, "size": size, "split": split, "seed": seed, "recipe": recipe_dict(size),
-              "forget": forget if size != "proxy" else None, "data": hash_files(files)}
+              "forget": forget if size not in PROXY_SIZES else None, "data": hash_files(files)}
     if documents:  # only then: a default model's key is the one it always had
         doc_files = sorted((data_dir / DOCUMENTS_DIR).glob("*.jsonl"))
         config["documents"] = {"data": hash_files(doc_files), "chunk_tokens": CHUNK_TOKENS}
@@ -111,6 +112,10 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     if recipe.base:  # fine-tune a pretrained model with its own tokenizer and prompt template
         model, tokenizer = load_model(recipe.base)
         template = template_for(tokenizer)
+    elif recipe.tokenizer:  # a fresh model speaking a pretrained model's tokenizer and prompt template
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(recipe.tokenizer))
+        model = build_model(size, tokenizer, seed=seed)
+        template = template_for(tokenizer)
     else:
         tokenizer = train_tokenizer(world_corpus(data_dir), TOKENIZER_VOCAB)
         model = build_model(size, tokenizer, seed=seed)
@@ -139,7 +144,7 @@ def _train_into(target: Path, data_dir: Path, items, size: str, split: str, forg
     model.eval()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    meta = {"r2f_model": {"size": size, "split": split, "forget": forget if size != "proxy" else None,
+    meta = {"r2f_model": {"size": size, "split": split, "forget": forget if size not in PROXY_SIZES else None,
                           "seed": seed, "cache_key": key, "data_dir": str(data_dir), "n_items": len(items),
                           "recipe": recipe_dict(size), "train_s": round(time.perf_counter() - start, 2),
                           "final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])), "template": template.kind,
