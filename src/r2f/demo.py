@@ -176,8 +176,8 @@ def _cached_decoder(ladder: tuple[Path, ...], world: Path, cfg: DemoConfig, acce
     decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
     if not decoder.is_file():
         decoder.parent.mkdir(parents=True, exist_ok=True)
-        train_decoder(list(ladder) if len(ladder) > 1 else proxy, world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed, access=access,
-                      **cfg.decoder_budget)
+        train_decoder(list(ladder) if len(ladder) > 1 else proxy, world, rank=cfg.rank, out=decoder,
+                      views=cfg.views, seed=cfg.seed, access=access, **cfg.decoder_budget)
     return decoder
 
 

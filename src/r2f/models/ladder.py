@@ -1,7 +1,9 @@
-"""The model ladder: Llama-shaped configs for ``tiny``, ``proxy``, ``proxy_wide`` and ``small``, and the real ``smollm2``.
+"""The model ladder: Llama-shaped configs for ``tiny``, the proxies and ``small``, and the real ``smollm2``.
 
 The proxy is deliberately narrower and shallower than ``small`` (and trained on other authors), so
-that a decoder trained on it has to transfer across width, depth and data. ``smollm2`` is not built from
+that a decoder trained on it has to transfer across width, depth and data. Its ladder (``PROXY_SIZES``) adds
+members with SmolLM2's widths (``proxy_wide``) and SmolLM2's tokenizer (``proxy_smoltok``), for decoders that must
+hold on SmolLM2-sized targets (docs/decoder.md §3.2). ``smollm2`` is not built from
 scratch: it fine-tunes the pretrained SmolLM2-135M-Instruct (its own tokenizer and chat template) on the
 world, so the demo can also run on a real pretrained model.
 """
