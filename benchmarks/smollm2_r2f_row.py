@@ -1,9 +1,10 @@
 """The demo's rows on the SmolLM2 world target without the demo's fidelity stage (R2F-defaults issue, SmolLM2 check).
 
 Prepares what ``r2f demo --target smollm2 --seed S`` prepares (world, SmolLM2 fine-tuned on it, its retain oracle,
-the proxy's decoder; all cached), then runs each requested row with ``r2f.unlearn`` on the demo's forget and retain
-files and evaluates it as the demo does (48 retain items, against the oracle). Rows are ``NAME|METHOD|JSON``
-(the method's options; R2F gets the demo's learned decoder). Results go to ``OUT/rows.jsonl``.
+the decoder trained on this target's proxy ladder; all cached), then runs each requested row with ``r2f.unlearn``
+on the demo's forget and retain files and evaluates it as the demo does (48 retain items, against the oracle).
+Rows are ``NAME|METHOD|JSON`` (the method's options; R2F gets the demo's learned decoder). Results go to
+``OUT/rows.jsonl``.
 
     python benchmarks/smollm2_r2f_row.py --out /tmp/w/smol0 "r2f|r2f|{}" "npo|npo|{}"
 """
