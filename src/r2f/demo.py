@@ -167,8 +167,7 @@ def _cached_decoder(ladder: tuple[Path, ...], world: Path, cfg: DemoConfig, acce
     from the cache."""
     # the key names everything the file depends on, so a decoder from an older r2f is never picked up
     # (mode batch, and a ladder of one proxy, keep the key they had before modes and ladders existed)
-    proxy = ladder[0]
-    key = hash_config({"proxy": proxy.name, **({"ladder": [p.name for p in ladder]} if len(ladder) > 1 else {}),
+    key = hash_config({"proxy": ladder[0].name, **({"ladder": [p.name for p in ladder]} if len(ladder) > 1 else {}),
                        "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
                        "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
                        "rule": TRAINING_RULE, **({} if access == "batch" else {"access": access}),
@@ -176,8 +175,8 @@ def _cached_decoder(ladder: tuple[Path, ...], world: Path, cfg: DemoConfig, acce
     decoder = cache_dir() / "decoders" / f"r2f-{key}.safetensors"
     if not decoder.is_file():
         decoder.parent.mkdir(parents=True, exist_ok=True)
-        train_decoder(list(ladder) if len(ladder) > 1 else proxy, world, rank=cfg.rank, out=decoder,
-                      views=cfg.views, seed=cfg.seed, access=access, **cfg.decoder_budget)
+        train_decoder(list(ladder), world, rank=cfg.rank, out=decoder, views=cfg.views, seed=cfg.seed,
+                      access=access, **cfg.decoder_budget)
     return decoder
 
 

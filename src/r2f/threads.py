@@ -135,8 +135,9 @@ def own_load() -> float:
 
 
 def model_params(model: Any) -> int | None:
-    """Parameter count of a module, a ``(model, tokenizer)`` pair, a list of these, or a model directory (its safetensors bytes / 4,
-    i.e. fp32; a bf16 file counts half its parameters, which only matters near the threshold); else None."""
+    """Parameter count of a module, a ``(model, tokenizer)`` pair, a list of these (the largest), or a model directory
+    (its safetensors bytes / 4, i.e. fp32; a bf16 file counts half its parameters, which only matters near the
+    threshold); else None."""
     if isinstance(model, list):  # a proxy ladder: its largest member sets the policy
         return max((model_params(m) or 0 for m in model), default=0) or None
     if isinstance(model, tuple):

@@ -39,7 +39,7 @@ def train_decoder_cmd(
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
-    dec = r2f.train_decoder(proxy[0] if len(proxy) == 1 else proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
+    dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
                             batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
     # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)

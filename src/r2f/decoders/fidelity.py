@@ -283,7 +283,7 @@ def measure_fidelity(
         "split": split,
         "target": ident,
         "proxy": (getattr(learned, "meta", {}) or {}).get("proxy") if learned is not None else proxy_identity,
-        # every proxy the decoder was trained on (a ladder; files from before ladders: their one proxy)
+        # every proxy the decoder was trained on (None for decoder files written before ladders)
         "ladder": ((getattr(learned, "meta", {}) or {}).get("ladder") if learned is not None else None),
         "decoder_file": getattr(learned, "source", None) if learned is not None else None,
         "access": access,
