@@ -288,6 +288,86 @@ def test_train_decoder_lora_mode_corrects_the_best_closed_form(tiny_models, worl
     assert got and all(torch.isfinite(g).all() for g in got.values())
 
 
+def test_group_weights_make_the_loss_a_mean_of_group_means():
+    from r2f.decoders.train import group_weights
+
+    group = torch.tensor([3, 3, 3, 0, 5, 5])
+    loss = torch.tensor([1.0, 2.0, 3.0, 10.0, 4.0, 6.0])
+    # groups 3, 0, 5: means 2, 10, 5 -> 17 / 3
+    assert float((group_weights(group) * loss).sum()) == pytest.approx(17.0 / 3.0)
+
+
+def test_label_groups_marks_each_members_short_and_long_answer_batches():
+    from r2f.decoders.train import label_groups
+
+    # 10 items, the first 6 short: batches of 4 are [0-3] short, [4-7] and [8-9] long; two probe seeds
+    parts = [{"features": torch.zeros(n, 2)} for n in (2, 3, 1, 2, 3, 1)]
+    label_groups(parts, member=2, n_items=10, n_short=6, batch_items=4)
+    assert [p["group"].tolist() for p in parts] == [[4, 4], [5, 5, 5], [5], [4, 4], [5, 5, 5], [5]]
+
+
+def test_a_grouped_fit_weighs_every_group_alike_whatever_its_size():
+    """Nine modules want the candidate's coefficient at +1, one wants it at −1 (features alike, so the network
+    gives one coefficient to all): pooled, the nine win; grouped, the two groups pull equally and meet near 0."""
+    from r2f.decoders.learned import J, N_FEATURES
+    from r2f.decoders.train import fit_coefnet
+
+    n = 10
+    beta = torch.zeros(n, J, dtype=torch.float64)
+    beta[:9, 0], beta[9, 0] = 1.0, -1.0
+    mask = torch.zeros(n, J, dtype=torch.float64)
+    mask[:, 0] = 1.0
+    data = {"features": torch.zeros(n, N_FEATURES), "beta": beta, "gram": torch.eye(J, dtype=torch.float64).expand(n, J, J),
+            "gamma": torch.full((n,), 2.0, dtype=torch.float64), "mask": mask}
+    feats = torch.zeros(1, N_FEATURES)
+    pooled, _ = fit_coefnet(data, steps=300, lr=1e-2, weight_decay=0.0)
+    grouped, _ = fit_coefnet(data | {"group": torch.tensor([0] * 9 + [1])}, steps=300, lr=1e-2, weight_decay=0.0)
+    with torch.no_grad():
+        c_pooled, c_grouped = float(pooled(feats)[0, 0]), float(grouped(feats)[0, 0])
+    # pooled: maximise (10 + 8c)/√(1 + c²), optimum c = 0.8; grouped: maximise 1/√(1 + c²), optimum c = 0
+    assert c_pooled > 0.5
+    assert abs(c_grouped) < 0.1
+
+
+def test_best_mix_cosine_is_the_cosine_of_the_projection_onto_the_candidates_span():
+    """Explicit vectors: Ĝ_LS = e1, candidate blocks orthogonal to it, G = e1 + the rest. The best mix of the
+    available candidates is G's projection onto span(e1, their blocks), so its cos is ‖PG‖/‖G‖."""
+    from r2f.decoders.learned import J, cosine_from_scalars
+    from r2f.decoders.train import best_mix_cosine
+
+    gen = torch.Generator().manual_seed(0)
+    d, n_mod = 12, 5
+    rows: dict[str, list] = {k: [] for k in ("beta", "gram", "gamma", "mask")}
+    want = []
+    for i in range(n_mod):
+        h = torch.randn(d, J, generator=gen, dtype=torch.float64)
+        h[0] = 0.0  # orthogonal to Ĝ_LS = e1
+        h = h / h.norm(dim=0)
+        g = torch.randn(d, generator=gen, dtype=torch.float64)
+        g[0] = 1.0  # ⟨Ĝ_LS, G⟩ = ‖Ĝ_LS‖² = 1
+        mask = (torch.rand(J, generator=gen) < 0.6).double()
+        mask[i % J] = 1.0
+        span = torch.cat([torch.eye(d, dtype=torch.float64)[:, :1], h[:, mask.bool()]], 1)
+        coef = torch.linalg.lstsq(span, g[:, None]).solution[:, 0]
+        want.append(float((span @ coef).norm() / g.norm()))
+        c_star = torch.zeros(J, dtype=torch.float64)
+        c_star[mask.bool()] = coef[1:]  # the projection's own mix: the bound is attained
+        rows.setdefault("c_star", []).append(c_star)
+        rows["beta"].append(h.T @ g)
+        rows["gram"].append(h.T @ h)
+        rows["gamma"].append(g.norm())
+        rows["mask"].append(mask)
+    c_star = torch.stack(rows.pop("c_star"))
+    data = {k: torch.stack(v) for k, v in rows.items()}
+    best = best_mix_cosine(data)
+    assert best.tolist() == pytest.approx(want, rel=1e-9)
+    args = (data["beta"], data["gram"], data["gamma"], data["mask"])
+    assert cosine_from_scalars(c_star, *args).tolist() == pytest.approx(want, rel=1e-9)
+    # and no other mix of the candidates does better
+    trials = torch.randn(2000, n_mod, J, generator=gen, dtype=torch.float64) * 2
+    assert bool((torch.stack([cosine_from_scalars(c, *args) for c in trials]) <= best + 1e-12).all())
+
+
 def test_train_decoder_on_a_ladder_pools_the_pairs_of_every_proxy_shape(tiny_models, world_dir, tmp_path):
     """A ladder (two proxies of other widths and depths) gives pairs from each member on the same author split:
     the training set holds both members' modules, both shapes' features, and the file names both members."""
@@ -307,6 +387,8 @@ def test_train_decoder_on_a_ladder_pools_the_pairs_of_every_proxy_shape(tiny_mod
     n_one = one.meta["training"]["n_modules_train"]
     assert both.meta["training"]["n_modules_train"] == n_one + n_one * layers[narrow] // layers[wide]
     assert both.meta["data"]["n_train_items"] == one.meta["data"]["n_train_items"]
+    # the network's loss weighs each (member, short/long answers) group alike; one proxy keeps the plain mean
+    assert "group" in both.meta["loss"] and "group" not in one.meta["loss"]
     # a (model, tokenizer) pair is one proxy, not a ladder of two
     pair = (tiny_llama(dtype=torch.float32), object())
     assert as_ladder(pair) == [pair] and as_ladder(narrow) == [narrow] and len(as_ladder([narrow, wide])) == 2

@@ -29,7 +29,7 @@ from r2f.data.realfacts import load_realfacts
 from r2f.data.world import WorldConfig, jsonl_text, write_world
 from r2f.decoders import measure_fidelity, train_decoder
 from r2f.decoders.fidelity import mode_candidates
-from r2f.decoders.learned import BASES, FORMAT_VERSION, TRAINING_RULE
+from r2f.decoders.learned import BASES, FORMAT_VERSION, LADDER_RULE, TRAINING_RULE
 # the settings and rows live in a module without torch (the CLI's help reads them); offered here too
 from r2f.demo_spec import (BENCH_FORGET, BENCH_TARGETS, DECODER_LADDER, DEMO_METHODS, DEMO_PYTHON_ONLY,  # noqa: F401
                            REALFACTS_METRICS, REALFACTS_STEPS, DemoConfig, DemoRow, ProxyDecoder, Target, demo_source)
@@ -167,7 +167,8 @@ def _cached_decoder(ladder: tuple[Path, ...], world: Path, cfg: DemoConfig, acce
     from the cache."""
     # the key names everything the file depends on, so a decoder from an older r2f is never picked up
     # (mode batch, and a ladder of one proxy, keep the key they had before modes and ladders existed)
-    key = hash_config({"proxy": ladder[0].name, **({"ladder": [p.name for p in ladder]} if len(ladder) > 1 else {}),
+    key = hash_config({"proxy": ladder[0].name,
+                       **({"ladder": [p.name for p in ladder], "ladder_rule": LADDER_RULE} if len(ladder) > 1 else {}),
                        "rank": cfg.rank, "views": cfg.views, "seed": cfg.seed,
                        "format": FORMAT_VERSION, "bases": [b[0] for b in BASES], "seed_rule": SEED_RULE,
                        "rule": TRAINING_RULE, **({} if access == "batch" else {"access": access}),

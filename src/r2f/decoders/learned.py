@@ -54,6 +54,8 @@ FORMAT_VERSION = 1
 KINDS = MODULE_KINDS + ("other",)
 #: how train_decoder builds the decoder (part of cache keys: a change retrains cached decoders)
 TRAINING_RULE = "correction-on-best-closed-form-v2-long-answers"
+#: how a decoder on a ladder of several proxies weighs their pairs (part of such decoders' cache keys)
+LADDER_RULE = "mean-over-member-and-regime-groups-v1"
 #: log-norm feature of an unavailable candidate
 _SENTINEL = -10.0
 

@@ -23,6 +23,7 @@ from r2f.decoders.learned import (
     N_FEATURES,
     CoefNet,
     J,
+    LADDER_RULE,
     LearnedDecoder,
     allowed_bases,
     base_coefficients,
@@ -139,10 +140,21 @@ def _cat(parts: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+def group_weights(group: torch.Tensor) -> torch.Tensor:
+    """Per module, 1 / (number of groups × size of its group): a weighted sum with these is the mean over groups of
+    each group's mean."""
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse].float())
+
+
 def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int = 48, seed: int = 0,
                 weight_decay: float = 1e-4, base: str | None = None, log=None) -> tuple[CoefNet, list[float]]:
     """Fit the coefficient network by 1 − cos per module; it learns a correction on top of the closed form
-    ``base`` (the output layer starts at zero, so the untrained decoder *is* that closed form)."""
+    ``base`` (the output layer starts at zero, so the untrained decoder *is* that closed form).
+
+    The loss is the mean over modules, or, when ``train`` has a ``group`` label per module (a ladder: member ×
+    short/long answers), the mean over groups of each group's mean, so that no member or regime outweighs the
+    others by the number of modules it gives."""
     torch.manual_seed(seed)
     net = CoefNet(N_FEATURES, hidden, J)
     f = train["features"]
@@ -151,11 +163,12 @@ def fit_coefnet(train: dict, *, steps: int = 1500, lr: float = 3e-3, hidden: int
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     beta, gram, gamma, mask = (train[k].float() for k in ("beta", "gram", "gamma", "mask"))
     c_base = base_coefficients(f, base).float()
+    weights = group_weights(train["group"]) if "group" in train else None
     losses = []
     for step in range(steps):
         c = net(f) + c_base
         cos = cosine_from_scalars(c, beta, gram, gamma, mask)
-        loss = (1.0 - cos).mean()
+        loss = (1.0 - cos).mean() if weights is None else ((1.0 - cos) * weights).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -180,6 +193,20 @@ def scalar_fidelity(net: CoefNet | None, data: dict, base: str | None = None,
             c = net(data["features"]) + base_coefficients(data["features"], base).float()
             out["learned"] = float(cosine_from_scalars(c, beta, gram, gamma, mask).mean())
     return out
+
+
+def best_mix_cosine(data: dict) -> torch.Tensor:
+    """Per module, the highest cos(Ĝ, G) of any mix Ĝ_LS + Σ c_j H̃_j of the available candidates: the ceiling
+    of every coefficient network over them, learned or not.
+
+    cos(c) = (1 + cᵀβ) / (γ √(1 + cᵀMc)) (M the Gram of the normalised blocks) is largest at c = M⁺β, where it is
+    √(1 + βᵀM⁺β) / γ (Cauchy–Schwarz on the vectors (1, M^½c) and (1, M^-½β))."""
+    beta, gram, gamma, mask = (data[k].double() for k in ("beta", "gram", "gamma", "mask"))
+    keep = mask[:, :, None] * mask[:, None, :]
+    m = gram * keep
+    b = beta * mask
+    c = (torch.linalg.pinv(m, hermitian=True) @ b.unsqueeze(-1)).squeeze(-1)
+    return (1.0 + (b * c).sum(-1)).clamp_min(0.0).sqrt() / gamma
 
 
 def best_closed_form(data: dict, access: str) -> str:
@@ -216,6 +243,17 @@ def generate_pairs(
         sks = probe_gradients(model, vb, cfg, loss_fn, with_exact=True, batch_stats=True)
         out.append(training_scalars(sks, stats, access=access))
     return dp.gather(out, len(all_jobs))
+
+
+def label_groups(parts: list[dict], member: int, n_items: int, n_short: int, batch_items: int) -> None:
+    """Label every module of one ladder member's training pairs with its group, ``2·member + long``.
+
+    :func:`generate_pairs` gives one record per (probe seed, batch) in that order; a batch holding any item past
+    the first ``n_short`` of the ``n_items`` (the biographies come last) is in the long-answer regime."""
+    n_batches = math.ceil(n_items / batch_items)
+    for k, part in enumerate(parts):
+        long = ((k % n_batches) + 1) * batch_items > n_short
+        part["group"] = torch.full((part["features"].shape[0],), 2 * member + int(long), dtype=torch.long)
 
 
 @model_threads("proxy")
@@ -258,7 +296,8 @@ def train_decoder(
 
     A **ladder** (several proxies of other widths and tokenizers, e.g. ``proxy``, ``proxy_wide`` and
     ``proxy_smoltok``): every member gives pairs from the same items (same author split), so the shape features
-    of a target between the members' shapes lie inside the training range (docs/decoder.md §3.2).
+    of a target between the members' shapes lie inside the training range (docs/decoder.md §3.2). The network's
+    loss then weighs each (member, short/long answers) group equally, whatever the number of modules it gives.
     """
     if rank < 1:
         raise R2FInputError("rank must be >= 1", source="--rank")
@@ -284,6 +323,7 @@ def train_decoder(
         tr_items = tr_items[:max_items]
         ho_items = ho_items[: max(1, max_items // 4)]
     n_long = 0
+    n_short_train = len(tr_items)
     if long_answers and (Path(data_dir) / DOCUMENTS_DIR / "proxy.jsonl").is_file():
         bios = load_split(Path(data_dir) / DOCUMENTS_DIR, "proxy")  # after the QA items: batches of their own
         tr_items += [b for b in bios if b.author not in held_authors]
@@ -299,7 +339,10 @@ def train_decoder(
         stats = collect_input_stats(model, stats_batches(facts, tok), probe, source="world_facts") \
             if access != "lora" else None
         common = dict(views=views, batch_items=batch_items, stats=stats, access=access, loss_fn=loss_fn, dp=dp)
-        train_parts += generate_pairs(model, tok, tr_items, probe, seeds=seeds, desc="decoder pairs (train)", **common)
+        parts = generate_pairs(model, tok, tr_items, probe, seeds=seeds, desc="decoder pairs (train)", **common)
+        if len(ladder) > 1:
+            label_groups(parts, len(idents) - 1, len(tr_items), n_short_train, batch_items)
+        train_parts += parts
         if ho_items:
             held_parts += generate_pairs(model, tok, ho_items, probe, seeds=[seed + 7], desc="decoder pairs (held-out)", **common)
         del model
@@ -344,7 +387,7 @@ def train_decoder(
         "training": {"steps": steps, "hidden": hidden, "loss_first": losses[0], "loss_last": losses[-1], "n_modules_train": int(train["features"].shape[0]), "seconds": round(time.perf_counter() - t0, 2)},
         "fidelity_train": fid_train,
         "fidelity_heldout": fid_held,
-        "loss": "1 - cos per module",
+        "loss": "1 - cos per module" + (f"; ladder groups weighed alike ({LADDER_RULE})" if len(ladder) > 1 else ""),
         "distributed": dist.describe(),
         "threads": threads_record(),
     }
