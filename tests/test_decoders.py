@@ -389,6 +389,17 @@ def test_train_decoder_on_a_ladder_pools_the_pairs_of_every_proxy_shape(tiny_mod
     assert both.meta["data"]["n_train_items"] == one.meta["data"]["n_train_items"]
     # the network's loss weighs each (member, short/long answers) group alike; one proxy keeps the plain mean
     assert "group" in both.meta["loss"] and "group" not in one.meta["loss"]
+    # r2f fidelity names the ladder the decoder was trained on
+    from typer.testing import CliRunner
+
+    from r2f.cli import _load_commands, app
+
+    _load_commands()
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["fidelity", "--decoder", str(tmp_path / "ladder.safetensors"), "--model", narrow,
+                                 "--data", str(world_dir), "--max-batches", "1", "--no-cost", "--access", "lora",
+                                 "--out", str(tmp_path / "fid.json")])
+    assert r.exit_code == 0, r.output
+    assert f"access lora, trained on 2 proxies ({Path(narrow).name}, {Path(wide).name})" in r.output
     # a (model, tokenizer) pair is one proxy, not a ladder of two
     pair = (tiny_llama(dtype=torch.float32), object())
     assert as_ladder(pair) == [pair] and as_ladder(narrow) == [narrow] and len(as_ladder([narrow, wide])) == 2

@@ -56,3 +56,7 @@ def fidelity_cmd(
     write_json_atomic(out, res)
     line = ", ".join(f"{k} cos {v['cos_mean']:.3f}" for k, v in res["decoders"].items() if v["cos_mean"] is not None)
     typer.echo(f"wrote {out}: {line}")
+    if res.get("ladder"):  # which proxies the learned decoder was trained on (its shape features' range)
+        names = ", ".join(Path(str(m.get("name", "?"))).name for m in res["ladder"])
+        typer.echo(f"learned decoder: access {meta.get('access', 'batch')}, trained on {len(res['ladder'])} "
+                   f"prox{'y' if len(res['ladder']) == 1 else 'ies'} ({names})")
