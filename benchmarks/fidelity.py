@@ -60,7 +60,8 @@ def main(argv=None):
             ap.error("--proxy is required unless --decoder is given")
         t = time.time()
         dec = train_decoder(args.proxy, args.data, rank=args.rank, out=args.decoder_out, views=args.views,
-                            batch_items=args.batch_items, probe_seeds=args.probe_seeds, steps=args.steps)
+                            batch_items=args.batch_items, probe_seeds=args.probe_seeds, steps=args.steps,
+                            set_default=False)  # a benchmark's decoder is not the machine's default
         train_s = time.time() - t
     p = dec.meta["probe"]
     probe = ProbeConfig(rank=p["rank"], rank_a=p["rank_a"], seed=p.get("seed", 0) + 12345,

@@ -43,7 +43,7 @@ def main() -> None:
     for rank in (int(r) for r in args.ranks.split(",")):
         dec = Path(args.out).with_suffix(f".r{rank}.safetensors")
         if not dec.is_file():
-            train_decoder(args.proxy, args.data, rank=rank, out=dec)
+            train_decoder(args.proxy, args.data, rank=rank, out=dec, set_default=False)  # not the default
         for k in (int(v) for v in args.views.split(",")):
             used = min(k, max_views)
             t0 = time.perf_counter()

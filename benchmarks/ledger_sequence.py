@@ -89,7 +89,7 @@ def method_options(name: str, size: str, world: Path, seed: int) -> tuple[str, d
     cfg = DemoConfig(target="small" if size == "small" else "tiny", seed=seed)
     if row.proxy_decoder is not None:
         proxy = train_model(world, size="proxy", seed=seed)
-        options["decoder"] = str(_cached_decoder(proxy, world, cfg, row.proxy_decoder))
+        options["decoder"] = str(_cached_decoder((proxy,), world, cfg, row.proxy_decoder))
     options.update(chosen_overrides(name, size))
     if method in ("r2f", "exact"):
         options.setdefault("views", cfg.views)

@@ -403,3 +403,19 @@ def test_train_decoder_on_a_ladder_pools_the_pairs_of_every_proxy_shape(tiny_mod
     # a (model, tokenizer) pair is one proxy, not a ladder of two
     pair = (tiny_llama(dtype=torch.float32), object())
     assert as_ladder(pair) == [pair] and as_ladder(narrow) == [narrow] and len(as_ladder([narrow, wide])) == 2
+
+
+def test_a_side_decoder_leaves_the_default_learned_decoder_alone(tiny_models, world_dir, tmp_path, monkeypatch):
+    """``out=`` makes the decoder the machine's default (``--decoder learned``) unless ``set_default=False``:
+    a benchmark's or experiment's decoder must not replace the one a user's ``r2f unlearn`` picks up."""
+    from r2f.decoders import train_decoder
+    from r2f.decoders.api import default_decoder_path
+
+    monkeypatch.setenv("R2F_CACHE", str(tmp_path / "cache"))
+    kw = dict(rank=4, steps=5, probe_seeds=1, max_items=8, long_answers=False)
+    first = tmp_path / "default.safetensors"
+    train_decoder(str(tiny_models["proxy"]), world_dir, out=first, **kw)
+    assert default_decoder_path() == first.resolve()
+    side = tmp_path / "side.safetensors"
+    train_decoder(str(tiny_models["proxy"]), world_dir, out=side, set_default=False, **kw)
+    assert side.is_file() and default_decoder_path() == first.resolve()

@@ -432,3 +432,38 @@ def test_eval_documents_option_writes_document_metrics(world_dir, doc_setup, tmp
         assert set(ev[name]) >= {"agg_value", "value_by_index"} and name in ev["summary"]
     assert ev["meta"]["documents"]["split"] == "forget10" and ev["meta"]["documents"]["documents"]["forget"] == 2
     assert set(ev["doc_forget_extraction"]["value_by_index"]) == {"0", "1"}
+
+
+def test_r2f_document_fact_tokens_leave_the_shared_tokens_out_of_the_forget_loss(doc_setup, tmp_path):
+    """``document_tokens="fact"``: on forget documents the loss skips the tokens found in at least ``format_share``
+    of the forget units and the guard's answers (counted here by hand); the default reads every token."""
+    from collections import Counter
+
+    from r2f.data.loader import load_items
+    from r2f.data.schema import Document
+    from r2f.data.templates import IGNORE_INDEX
+    from r2f.distributed import ONE_PROCESS
+    from r2f.methods import get_method, unlearn
+    from r2f.methods.engine import Engine, EngineConfig
+    from transformers import AutoModelForCausalLM
+
+    share = 0.3
+    model = AutoModelForCausalLM.from_pretrained(doc_setup["model"]).eval()
+    engine = Engine(model, doc_setup["tok"], [Document(text=t) for t in TEXTS], load_items(doc_setup["retain"]),
+                    get_method("grad_diff"), EngineConfig(steps=1, lr=1e-3, chunk_tokens=16), dp=ONE_PROCESS)
+    rows = [set(u.target) for u in engine.forget]
+    labels = engine.make_batch(engine.retain).inputs["labels"]
+    rows += [set(r[r != IGNORE_INDEX].tolist()) for r in labels]
+    counts = Counter(t for r in rows for t in r)
+    shared = {t for t, c in counts.items() if c >= share * len(rows)}
+    assert shared and len(shared) < len(counts)
+
+    def tokens_info(out):
+        return json.loads((out / "manifest.json").read_text())["method_info"]["answer_tokens"]
+
+    kw = dict(method="r2f", decoder="ls", steps=1, batch_size=2, chunk_tokens=16, stop="none", format_share=share)
+    fact = unlearn(str(doc_setup["model"]), doc_setup["docs"], doc_setup["retain"], out=tmp_path / "fact",
+                   document_tokens="fact", **kw)
+    assert tokens_info(fact) == {"mode": "fact", "format_tokens": len(shared)}
+    every = unlearn(str(doc_setup["model"]), doc_setup["docs"], doc_setup["retain"], out=tmp_path / "all", **kw)
+    assert tokens_info(every) == {"mode": "all"}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -582,6 +583,26 @@ def test_stale_temporaries_of_killed_runs_are_cleaned(tmp_path):
     check_out_dir(run)  # it was all leftovers: the directory counts as empty, no --overwrite needed
     assert not (run / "checkpoints").exists()
     assert clean_stale(tmp_path / "nothing-here") == []
+
+
+def test_the_model_cache_sheds_every_killed_trainings_leftovers(tiny_models, world_dir):
+    """A killed training of one model leaves its temporary directory in the cache; the next train_model call
+    (even a cache hit of another model) removes it, and leaves a live writer's alone."""
+    from r2f.models.training import train_model
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that has exited
+    models = Path(tiny_models["full"]).parent
+    stale = models / f".small-full-0123456789abcdef.{dead}.k1ll3d.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    live = models / f".small-retain-0123456789abcdef.{os.getpid()}.l1ve.tmp"
+    live.mkdir()
+    try:
+        assert train_model(world_dir, size="tiny", split="full") == tiny_models["full"]  # a cache hit
+        assert not stale.exists() and live.exists()
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- 4. untrusted files

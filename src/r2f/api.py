@@ -44,13 +44,15 @@ def train_decoder(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     threads: int | None = None,
+    set_default: bool = True,
 ) -> LearnedDecoder:
     """Train the learned R2F gradient decoder on ``proxy`` with the world ``data`` (``r2f train-decoder``).
 
     ``proxy``: a model directory or name, or a ``(model, tokenizer)`` pair, or a list of these (a ladder of proxy
     shapes whose pairs are pooled). ``rank_a=0`` means ``2 * rank``.
     With ``out`` (a ``.safetensors`` path; a ``.json`` sidecar is written next to it) the decoder is saved
-    and becomes the default of ``unlearn(..., method="r2f")``; it is returned either way. ``access`` (lora |
+    and becomes the default of ``unlearn(..., method="r2f")`` (unless ``set_default=False``: a side decoder of an
+    experiment, say); it is returned either way. ``access`` (lora |
     stats | batch) is what the decoder may read besides the probe gradients (docs/decoder.md); ``long_answers``
     adds the proxy authors' biographies to the training pairs when the world has them. ``threads``: torch's
     intra-op threads (default: r2f.threads' policy; recorded in the decoder's metadata).
@@ -73,7 +75,7 @@ def train_decoder(
     with model_policy(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code), requested_threads(threads):
         return fit(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a or None,
                    batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access,
-                   long_answers=long_answers)
+                   long_answers=long_answers, set_default=set_default)
 
 
 def evaluate(

@@ -80,11 +80,13 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def clean_stale(out: str | os.PathLike) -> list[Path]:
+def clean_stale(out: str | os.PathLike, *, any_sibling: bool = False) -> list[Path]:
     """Remove what killed r2f processes left around ``out``: ``.NAME.PID.*.tmp`` entries whose PID is gone.
 
-    Looks at ``out``'s own siblings and, inside ``out``, two levels down (e.g. ``OUT/checkpoints``); then
-    removes sub-directories of ``out`` that only held such leftovers. Entries of live processes stay.
+    Looks at ``out``'s own siblings (``any_sibling``: every sibling's, for a directory only r2f writes into, such
+    as the model cache, where a killed run's leftovers of another output would otherwise stay until that output
+    is written again) and, inside ``out``, two levels down (e.g. ``OUT/checkpoints``); then removes
+    sub-directories of ``out`` that only held such leftovers. Entries of live processes stay.
     """
     out = Path(out)
     removed: list[Path] = []
@@ -101,7 +103,7 @@ def clean_stale(out: str | os.PathLike) -> list[Path]:
                 removed.append(p)
 
     if out.parent.is_dir():
-        sweep(out.parent, only_name=out.name)
+        sweep(out.parent, only_name=None if any_sibling else out.name)
     if out.is_dir() and not out.is_symlink():
         sweep(out)
         for sub in [p for p in out.iterdir() if p.is_dir() and not p.is_symlink()]:

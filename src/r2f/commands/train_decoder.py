@@ -32,6 +32,9 @@ def train_decoder_cmd(
                                       help="Also train on the proxy authors' biographies (documents/proxy.jsonl), "
                                            "long answers, when the world has them."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+    set_default: bool = typer.Option(True, "--set-default/--no-set-default",
+                                     help="Make --out the default learned decoder of this machine (--decoder "
+                                          "learned, R2F's default); --no-set-default leaves the default as it is."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Also load pickle weights (.bin/.pt), which can run code when loaded."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
@@ -41,7 +44,7 @@ def train_decoder_cmd(
     """Train the learned gradient decoder on proxy pairs (probe gradients, exact gradient)."""
     dec = r2f.train_decoder(proxy, data, rank=rank, out=out, views=views, seed=seed, rank_a=rank_a,
                             batch_items=batch_items, probe_seeds=probe_seeds, steps=steps, access=access, long_answers=long_answers, overwrite=overwrite,
-                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
+                            set_default=set_default, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, threads=threads)
     # here, not at the top: the CLI imports this module at start-up without torch (r2f.commands)
     from r2f.distributed import is_main
 

@@ -276,6 +276,7 @@ def train_decoder(
     long_answers: bool = True,
     loss_fn: LossFn | None = None,
     log=None,
+    set_default: bool = True,
 ) -> LearnedDecoder:
     """Train the R2F decoder on ``proxy`` (path, name or (model, tokenizer), or a list of them: a ladder) with the
     proxy author pool.
@@ -298,6 +299,9 @@ def train_decoder(
     ``proxy_smoltok``): every member gives pairs from the same items (same author split), so the shape features
     of a target between the members' shapes lie inside the training range (docs/decoder.md §3.2). The network's
     loss then weighs each (member, short/long answers) group equally, whatever the number of modules it gives.
+
+    With ``out``, the decoder is saved there and (``set_default``) becomes the default learned decoder of this
+    machine (``--decoder learned``); benchmarks and experiments that train side decoders pass ``set_default=False``.
     """
     if rank < 1:
         raise R2FInputError("rank must be >= 1", source="--rank")
@@ -395,7 +399,8 @@ def train_decoder(
     if out is not None:
         if dist.is_main():  # every rank fitted the same network on the same gathered pairs
             dec.save(out)
-            set_default_decoder(out)
+            if set_default:
+                set_default_decoder(out)
         dist.barrier()
         dec.source = str(out)
     return dec

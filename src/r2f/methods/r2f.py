@@ -80,6 +80,9 @@ class R2FConfig(MethodConfig):
         "fact", "answer tokens of the forget loss: fact (not the format tokens: those in at least format_share of "
                 "the run's answers, forget and guard items together; r2f.methods.answer_tokens) | all")
     format_share: float = option(0.1, "answer_tokens=fact: a token in at least this share of the answers is format")
+    document_tokens: Literal["all", "fact"] = option(
+        "all", "forget documents: the tokens of each unit the forget loss reads: all | fact (answer_tokens=fact's rule "
+               "over the units and the guard's items: not the tokens found in at least format_share of them)")
     rank: int | None = option(None, "probe r_B (default: the decoder's, else 16)")
     rank_a: int | None = option(None, "probe r_A (default: the decoder's, else 2·rank)")
     probe_seed: int = option(0, "seed of the probe's random factors")
@@ -399,15 +402,17 @@ class R2F(UpdateMethod):
         return module, target, {"layer": k, "activation_norm": norm, "target_norm": float(target.norm())}
 
     def _format_ids(self, engine: Engine) -> torch.Tensor | None:
-        """``answer_tokens="fact"``: the format token ids over the forget and guard answers; None when the loss
-        reads every token (also on documents)."""
-        if self.config.answer_tokens == "all" or is_documents(engine.forget):
+        """``answer_tokens="fact"``: the format token ids over the forget and guard answers (on documents, with
+        ``document_tokens="fact"``, over the forget units' text and the guard's items); None when the loss reads
+        every token."""
+        documents = is_documents(engine.forget)
+        if self.config.answer_tokens == "all" or (documents and self.config.document_tokens == "all"):
             return None
-        items = list(engine.forget) + list(engine.retain)
         answers = []
-        for i in range(0, len(items), 32):
-            labels = engine.make_batch(items[i:i + 32]).inputs["labels"]
-            answers += [row[row != IGNORE_INDEX].tolist() for row in labels]
+        for records in (list(engine.forget), list(engine.retain)):  # a batch holds one kind: QA items or units
+            for i in range(0, len(records), 32):
+                labels = engine.make_batch(records[i:i + 32]).inputs["labels"]
+                answers += [row[row != IGNORE_INDEX].tolist() for row in labels]
         return format_token_ids(answers, float(self.config.format_share))
 
     def _fact_labels(self, batch: dict) -> dict:

@@ -28,7 +28,7 @@ from r2f.data.loader import RETAIN_OF, SPLIT_FILES, load_documents, load_split
 from r2f.data.templates import PromptTemplate, answer_ids, collate_qa, encode_qa, pad_id, prompt_ids, template_for
 from r2f.data.world import DOCUMENTS_DIR, world_corpus
 from r2f.errors import R2FInputError
-from r2f.io import atomic_dir
+from r2f.io import atomic_dir, clean_stale
 from r2f.models.answer_nll import token_mean_answer_nll
 from r2f.models.cache import cache_dir, hash_config, hash_files
 from r2f.models.ladder import PROXY_SIZES, RECIPES, SIZES, build_model, recipe_dict
@@ -93,6 +93,7 @@ def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "
     docs = training_documents(data_dir, size, split, forget) if documents else []
     key = cache_key(data_dir, size, split, forget, seed, documents=bool(documents))
     cached = cache_dir() / "models" / (f"{size}-{split}-{key}" if not documents else f"{size}-{split}-docs-{key}")
+    clean_stale(cached, any_sibling=True)  # the cache is r2f's own: what killed trainings of any model left
     if not (use_cache and (cached / "model.safetensors").is_file()):
         with atomic_dir(cached, overwrite=True) as tmp:
             _train_into(tmp, data_dir, items, size, split, forget, seed, key, docs)
