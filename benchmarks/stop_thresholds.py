@@ -12,7 +12,9 @@ the two side by side, with the other references a run could use:
   which a deletion request does not bring, so no stop rule can rely on it);
 
 and, where the directory holds an R2F run (``runs/<name>/manifest.json`` with its ``eval.json``), the forget-set
-NLL at which that run stopped, its steps, forget quality and forget truth ratio against the oracle's.
+NLL at which that run stopped, its steps, forget quality and forget truth ratio against the oracle's. ``gap``: how
+much likelier than a shuffled (wrong, same-kind) answer a model finds the true one at its own weights, NLL(shuffled)
+− NLL(true), for the original, the run's model and the oracle (a knowledge-level signal, unlike the threshold).
 
 Forward passes only; every model must already be in r2f's model cache (an ``r2f demo`` or
 ``benchmarks/smollm2_r2f_row.py`` run leaves them there): nothing is trained.
@@ -73,14 +75,22 @@ def one_world(run_dir: Path, size: str, run_name: str) -> dict:
     seed = json.loads((world / "world.json").read_text())["config"]["seed"]
     forget, holdout = load_items(world / "forget10.jsonl"), load_items(world / "holdout.jsonl")
     own = [(it.question, it.answer) for it in forget]
+    shuffled = _shuffled_pairs(forget)
+
+    def gap(model, tokenizer) -> float:
+        """How much likelier than a wrong answer of the same kind the model finds the true one, at its own
+        weights: NLL(shuffled answers) − NLL(true answers) (≈ 0 for a model that never learned the items)."""
+        template = template_for(tokenizer)
+        return mean_nll(model, tokenizer, template, shuffled) - mean_nll(model, tokenizer, template, own)
+
     oracle, tok = load_model(cached_model(world, size, "retain", seed))
     row: dict = {"dir": str(run_dir), "seed": seed, "target": size,
-                 "oracle": mean_nll(oracle, tok, template_for(tok), own)}
+                 "oracle": mean_nll(oracle, tok, template_for(tok), own), "oracle_gap": gap(oracle, tok)}
     del oracle
     full, tok = load_model(cached_model(world, size, "full", seed))
     template = template_for(tok)
-    row |= {"original": mean_nll(full, tok, template, own),
-            "shuffled": mean_nll(full, tok, template, _shuffled_pairs(forget)),
+    row |= {"original": mean_nll(full, tok, template, own), "original_gap": gap(full, tok),
+            "shuffled": mean_nll(full, tok, template, shuffled),
             "perturbed": mean_nll(full, tok, template,
                                   [(it.question, wrong) for it in forget for wrong in it.perturbed_answer]),
             "holdout": mean_nll(full, tok, template, [(it.question, it.answer) for it in holdout])}
@@ -89,9 +99,11 @@ def one_world(run_dir: Path, size: str, run_name: str) -> dict:
         man = json.loads((run / "manifest.json").read_text())
         ev = json.loads((run / "eval.json").read_text())["summary"]
         last = man["log"][-1]
+        unlearned, utok = load_model(run)
         row["run"] = {"steps": man["steps"]["done"], "stop_nll": last.get("forget_set_nll"),
                       "stop_reason": man["steps"]["stop_reason"], "FQ": ev["forget_quality"],
-                      "truth_ratio": ev["forget_Truth_Ratio"]}
+                      "truth_ratio": ev["forget_Truth_Ratio"], "gap": gap(unlearned, utok)}
+        del unlearned
     oracle_eval = next((p for p in (run_dir / "oracle-eval.json",) if p.is_file()), None)
     report = run_dir / "report.json"
     if oracle_eval is not None:
@@ -130,12 +142,14 @@ def main(argv: list[str] | None = None) -> None:
 
     body = table(
         ["world", "target", "oracle NLL", "shuffled (÷ oracle)", "perturbed (÷)", "holdout (÷)",
-         "R2F stop NLL (÷)", "steps", "FQ", "truth ratio (oracle)"],
+         "R2F stop NLL (÷)", "steps", "FQ", "truth ratio (oracle)", "gap: original / run / oracle"],
         [[r["seed"], r["target"], r["oracle"], f"{r['shuffled']:.3f} ({ratio(r, 'shuffled'):.2f})",
           f"{r['perturbed']:.2f} ({ratio(r, 'perturbed'):.1f})", f"{r['holdout']:.3f} ({ratio(r, 'holdout'):.2f})",
           *([f"{r['run']['stop_nll']:.3f} ({r['run']['stop_nll'] / r['oracle']:.2f})", r["run"]["steps"],
              r["run"]["FQ"], f"{r['run']['truth_ratio']:.3f} ({r.get('oracle_truth_ratio') or float('nan'):.3f})"]
-            if "run" in r else ["–", "–", "–", "–"])] for r in rows])
+            if "run" in r else ["–", "–", "–", "–"]),
+          f"{r['original_gap']:.2f} / {r['run']['gap']:.2f} / {r['oracle_gap']:.2f}" if "run" in r else
+          f"{r['original_gap']:.2f} / – / {r['oracle_gap']:.2f}"] for r in rows])
     if not args.no_record:
         record(f"stop_thresholds_{args.target}", f"R2F's stop threshold against the retain oracle ({args.target})",
                body)
