@@ -39,10 +39,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def cached_model(world: Path, size: str, split: str, seed: int) -> Path:
     """The cached model ``r2f.models.training.train_model`` would return, without ever training one."""
-    from r2f.models.training import cache_key
-    from r2f.models.cache import cache_dir
+    from r2f.models.training import cached_model_dir
 
-    path = cache_dir() / "models" / f"{size}-{split}-{cache_key(world, size, split, 'forget10', seed)}"
+    path = cached_model_dir(world, size, split, "forget10", seed)
     if not (path / "model.safetensors").is_file():
         raise SystemExit(f"{path}: not in the model cache (run the demo for this world first)")
     return path
@@ -104,9 +103,8 @@ def one_world(run_dir: Path, size: str, run_name: str) -> dict:
                       "stop_reason": man["steps"]["stop_reason"], "FQ": ev["forget_quality"],
                       "truth_ratio": ev["forget_Truth_Ratio"], "gap": gap(unlearned, utok)}
         del unlearned
-    oracle_eval = next((p for p in (run_dir / "oracle-eval.json",) if p.is_file()), None)
-    report = run_dir / "report.json"
-    if oracle_eval is not None:
+    oracle_eval, report = run_dir / "oracle-eval.json", run_dir / "report.json"  # smollm2_r2f_row.py's, the demo's
+    if oracle_eval.is_file():
         row["oracle_truth_ratio"] = json.loads(oracle_eval.read_text())["summary"]["forget_Truth_Ratio"]
     elif report.is_file():
         runs = json.loads(report.read_text())["runs"]

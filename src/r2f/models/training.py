@@ -81,6 +81,13 @@ def cache_key(data_dir: Path, size: str, split: str, forget: str, seed: int, doc
     return hash_config(config)[:16]
 
 
+def cached_model_dir(data_dir: Path, size: str, split: str, forget: str, seed: int, documents: bool = False,
+                     key: str | None = None) -> Path:
+    """Where :func:`train_model` keeps (or will keep) this model in the cache; nothing is trained or checked."""
+    key = key or cache_key(data_dir, size, split, forget, seed, documents=documents)
+    return cache_dir() / "models" / (f"{size}-{split}-{key}" if not documents else f"{size}-{split}-docs-{key}")
+
+
 def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "full", forget: str = "forget10",
                 out: str | os.PathLike | None = None, seed: int = 0, use_cache: bool = True,
                 overwrite: bool = False, documents: bool = False) -> Path:
@@ -92,7 +99,7 @@ def train_model(data_dir: str | os.PathLike, size: str = "small", split: str = "
     items = training_items(data_dir, size, split, forget)
     docs = training_documents(data_dir, size, split, forget) if documents else []
     key = cache_key(data_dir, size, split, forget, seed, documents=bool(documents))
-    cached = cache_dir() / "models" / (f"{size}-{split}-{key}" if not documents else f"{size}-{split}-docs-{key}")
+    cached = cached_model_dir(data_dir, size, split, forget, seed, documents=bool(documents), key=key)
     clean_stale(cached, any_sibling=True)  # the cache is r2f's own: what killed trainings of any model left
     if not (use_cache and (cached / "model.safetensors").is_file()):
         with atomic_dir(cached, overwrite=True) as tmp:
