@@ -48,8 +48,8 @@ def tiny_models(world_dir):
     }
 
 
-def answer_prob(model_dir, items) -> float:
-    """Mean over items of P̄ = exp(−mean answer-token NLL) (OpenUnlearning's probability metric)."""
+def item_answer_nlls(model_dir, items):
+    """Per item, its mean answer-token NLL under the model in ``model_dir`` (transformers loading, 16 a batch)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,5 +63,17 @@ def answer_prob(model_dir, items) -> float:
         for i in range(0, len(items), 16):
             chunk = items[i:i + 16]
             s, n = sequence_nll(model, encode_qa(tok, [it.question for it in chunk], [it.answer for it in chunk]))
-            vals.append(torch.exp(-(s / n)))
-    return float(torch.cat(vals).mean())
+            vals.append(s / n)
+    return torch.cat(vals)
+
+
+def answer_prob(model_dir, items) -> float:
+    """Mean over items of P̄ = exp(−mean answer-token NLL) (OpenUnlearning's probability metric)."""
+    import torch
+
+    return float(torch.exp(-item_answer_nlls(model_dir, items)).mean())
+
+
+def mean_answer_nll(model_dir, items) -> float:
+    """Mean over items of the mean answer-token NLL (R2F's logged signals: guard, forget set, collateral watch)."""
+    return float(item_answer_nlls(model_dir, items).mean())

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import answer_prob
+from conftest import answer_prob, mean_answer_nll
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,10 @@ def proxy_decoder(world_dir, tiny_models, tmp_path_factory):
 @pytest.mark.parametrize("retain", ["file", None])
 def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, tiny_models, proxy_decoder, tmp_path):
     from r2f.data.loader import load_split
+    from r2f.data.templates import template_for
     from r2f.methods import unlearn
+    from r2f.methods.guard import self_answered_items
+    from r2f.models import load_model
 
     forget = load_split(world_dir, "forget10")
     kept = {"retain": load_split(world_dir, "retain90")[:48], "world_facts": load_split(world_dir, "world_facts")}
@@ -41,6 +44,8 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
     out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", retain_file, method="r2f",
                   decoder=proxy_decoder, out=tmp_path / "out", seed=0)
     man = json.loads((out / "manifest.json").read_text())
+    model, tokenizer = load_model(tiny_models["full"])
+    generated = self_answered_items(model, tokenizer, template_for(tokenizer))
     # the line search's contract, read from the log: no accepted step raised the guard NLL by more than
     # guard_tol, and the run never by more than guard_budget
     opts, guard = man["config"]["options"], man["method_info"]["guard"]
@@ -50,6 +55,18 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
             assert entry["guard_nll"] - prev <= opts["guard_tol"] + 1e-6
             assert entry["guard_nll"] - guard["nll_start"] <= opts["guard_budget"] + 1e-6
         prev = entry["guard_nll"]
+    # the stop rule's contract: past the threshold the run went on only while the collateral watch (the target's
+    # NLL of its own answers to the generic questions) stayed within guard_budget, and a stop at the threshold
+    # says the watch had moved more; the watch's start is the full model's NLL of those answers, recomputed here
+    watch, threshold = man["method_info"]["watch"], man["method_info"]["stop_threshold"]
+    assert watch["budget"] == opts["guard_budget"] and watch["items"] == len(generated)
+    assert watch["nll_start"] == pytest.approx(mean_answer_nll(tiny_models["full"], generated), abs=1e-4)
+    for entry in man["log"][:-1]:
+        if entry["forget_set_nll"] >= threshold:
+            assert entry["watch_rise"] <= opts["guard_budget"], entry
+    reason = man["steps"]["stop_reason"] or ""
+    if "reached the threshold" in reason:
+        assert man["log"][-1]["watch_rise"] > opts["guard_budget"] and "collateral watch rose" in reason
     assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
     assert man["method_info"]["guard"]["source"] == ("file" if retain else "renamed")
     # the default forget loss reads the answers' fact tokens: some token ids were found to be format words
@@ -72,6 +89,27 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
     for name, (before, now) in after.items():
         if retain or name == "world_facts":
             assert now >= 0.8 * before, (name, retain, before, now, man["steps"])
+
+
+def test_stop_rule_goes_past_the_threshold_only_while_the_collateral_watch_is_clean():
+    """At the stop threshold the run stops only when the collateral watch has risen by more than guard_budget;
+    without a watch (past_threshold=stop, or the generic answers are the guard themselves) it stops there."""
+    from r2f.methods import get_method
+    from r2f.methods.guard import GENERATED_SOURCE
+
+    method = get_method("r2f")
+    method.halt, method.threshold, method.window = None, 1.0, 1
+    assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 0.9, "watch_rise": 0.5}]) is None
+    assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.08}]) is None
+    reason = method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.0801}])
+    assert reason == "forget NLL 1.2000 reached the threshold 1.0000; the collateral watch rose 0.0801 > 0.08"
+    assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2}]) == \
+        "forget NLL 1.2000 reached the threshold 1.0000"
+    for options, source in (({"past_threshold": "stop"}, "file"), ({}, GENERATED_SOURCE),
+                            ({"step_rule": "schedule"}, "file")):
+        other = get_method("r2f", **options)
+        other.threshold, other.guard_source = 1.0, source
+        assert other._watch(None, None) == (None, None)  # no watch: the log has no rise, the threshold stops
 
 
 def test_keep_whitener_is_the_damped_inverse_square_root():

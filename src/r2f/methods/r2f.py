@@ -20,9 +20,12 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
 5. step size (``step_rule="search"``): a backtracking line search on the relative step η of the probed
    weights: the largest η (from the last accepted one) whose step raises the forget NLL while the guard NLL
    rises by at most ``guard_tol`` nats/token this step and ``guard_budget`` over the run;
-6. stop rule (``stop="shuffled"``): stop once the forget NLL reaches the initial model's NLL of shuffled
-   (wrong, same-format) answers, or when no step has fitted the guard for ``patience`` steps in a row (a step
-   without one keeps the weights and moves on to the next batch).
+6. stop rule (``stop="shuffled"``): once the forget NLL reaches the initial model's NLL of shuffled
+   (wrong, same-format) answers, stop if the collateral watch — the target's NLL of its own answers to r2f's
+   generic questions, text no guard step looks at — has risen by more than ``guard_budget`` since the start; while
+   it has not, go on (``past_threshold="while_clean"``: a model that forgets without visible collateral is taken
+   deeper). Also stop when no step has fitted the guard for ``patience`` steps in a row (a step without one keeps
+   the weights and moves on to the next batch).
 
 ``exact`` is the same rule with exact gradients (the perfect-decoder oracle).
 """
@@ -40,6 +43,7 @@ import torch
 from r2f import gradients
 from r2f.data.batching import is_documents, shuffled_unit_pairs
 from r2f.data.loader import load_items
+from r2f.data.schema import QAItem
 from r2f.data.templates import IGNORE_INDEX
 from r2f.decoders import DEFAULT_DECODER, Decoder, decoded_gradients, resolve_decoder
 from r2f.decoders.learned import ACCESS_MODES
@@ -118,6 +122,10 @@ class R2FConfig(MethodConfig):
     stop: Literal["shuffled", "perturbed", "none"] = option("shuffled", "stop rule: shuffled | perturbed | none")
     stop_nll: float | None = option(None, "explicit stop threshold on the forget NLL (overrides every stop rule)")
     stop_window: int = option(1, "steps whose mean forget NLL is compared with the threshold")
+    past_threshold: Literal["while_clean", "stop"] = option(
+        "while_clean", "search: once the forget NLL reaches the stop threshold: while_clean (go on while the target's "
+                       "NLL of its own answers to r2f's generic questions — the collateral watch — has risen by at most "
+                       "guard_budget since the start; stop once it rises more) | stop (stop at the threshold)")
     stats: Literal["retain", "batch"] = option(
         "retain", "Σ statistics for decoders that use them: retain (generic text) | batch")
     stats_items: int = option(64, "retain items the Σ statistics are collected over")
@@ -168,10 +176,14 @@ class R2F(UpdateMethod):
         self.sigma_stats = self._stats(engine, model, gradients)
         self.step_geometry = self._step_geometry()
         self.keep_info: dict[str, Any] | None = None  # Σ_keep's text and item count, set by _keep_root
+        self._generated_items: list[QAItem] | None = None  # the target's answers to the generic questions, once
         self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
         self.threshold = self._threshold(engine, model)
         self.window = max(1, int(self.config.stop_window))
         self.engine = engine
+        # the collateral watch (past_threshold=while_clean): the target's own answers to the generic questions and
+        # their NLL at the start; None when there is no threshold, or the generic answers are the guard itself
+        self.watch_items, self.watch_start = self._watch(engine, model)
         # line-search state (checkpointed): the guard items, their NLL at the start, the next first trial η
         # (the items themselves: ``guard_set``; the ``guard_items`` option is their number)
         self.guard_set = engine.retain_sample(int(self.config.guard_items))
@@ -298,7 +310,10 @@ class R2F(UpdateMethod):
                                 "precondition": self.step_geometry,
                                 "answer_tokens": {"mode": "all"} if self.format_ids is None else {
                                     "mode": "fact", "format_tokens": len(self.format_ids)},
-                                "keep": self.keep_info}
+                                "keep": self.keep_info,
+                                "watch": None if self.watch_items is None else {
+                                    "items": len(self.watch_items), "nll_start": self.watch_start,
+                                    "budget": float(self.config.guard_budget)}}
         if self.steer is not None:
             info["steering"] = self.steer[2]
         spec = self.options.get("decoder") or DEFAULT_DECODER
@@ -326,6 +341,33 @@ class R2F(UpdateMethod):
         batches = [engine.make_batch(items[i:i + 16]).inputs for i in range(0, len(items), 16)]
         return gradients.collect_input_stats(model, batches, self.probe, source=source)
 
+    def _generated(self, engine: Engine, model) -> list[QAItem]:
+        """The target's greedy answers to r2f's generic questions, at the initial weights (made once per run)."""
+        if self._generated_items is None:
+            self._generated_items = self_answered_items(model, engine.tokenizer, engine.template)
+        return self._generated_items
+
+    def _watch(self, engine: Engine, model) -> tuple[list[QAItem] | None, float | None]:
+        """The collateral watch's items and their mean answer NLL at the start (``past_threshold``).
+
+        Why: the shuffled threshold is where a model that *memorised* its answers (``small``) has forgotten them;
+        a pretrained model (SmolLM2) reaches it with the fact still preferred over wrong ones in other phrasings
+        (forget quality 0.004–0.021 there, 0.088–0.273 when run deeper), while a memorising model taken deeper loses
+        what it should keep (world facts 0.29× on world 1 with retain90). What tells them apart at the threshold is
+        how much the model's answers to unrelated generic questions have moved: +0.6 nats/token on ``small`` worlds
+        0 and 1, +0.02 on SmolLM2 worlds 0 and 28 (docs/methods.md, "Thirteenth round")."""
+        if (self.threshold is None or self.config.past_threshold != "while_clean" or self.config.step_rule != "search"
+                or self.guard_source == GENERATED_SOURCE):
+            return None, None
+        items = self._generated(engine, model)
+        return (items, engine.mean_nll(model, items, chunk=32)) if items else (None, None)
+
+    def _watch_entry(self, model) -> dict[str, float]:
+        """The collateral watch's rise since the start, for the step's log (empty when there is no watch)."""
+        if self.watch_items is None:
+            return {}
+        return {"watch_rise": self.engine.mean_nll(model, self.watch_items, chunk=32) - self.watch_start}
+
     def _keep_root(self, engine: Engine, model) -> dict[str, tuple[torch.Tensor, bool]]:
         """Per probed weight, R = (Σ_keep + δ·s̄·I)^-1/2: Σ_keep = E[x xᵀ] of the module's inputs over the guard's
         retain text (file or self-answered; ``stats_items`` items) at the initial weights, s̄ its mean eigenvalue.
@@ -337,7 +379,7 @@ class R2F(UpdateMethod):
         """
         items = engine._summary_retain()[: int(self.config.stats_items)]
         if self.config.keep_text == "guard+generated" and self.guard_source in ("file", RENAMED_SOURCE):
-            items = items + self_answered_items(model, engine.tokenizer, engine.template)
+            items = items + self._generated(engine, model)
             self.keep_info = {"text": "guard+generated", "items": len(items)}
             stats = self._input_stats(engine, model, items, "keep")
         else:  # the same items the decoder's Σ was taken over (when it takes one): no second pass
@@ -681,7 +723,8 @@ class R2F(UpdateMethod):
                              f"{trials} trials ({why})")
             # the stop rule reads the forget set's NLL: unchanged weights, but measured, not the batch's
             return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0,
-                    "forget_set_nll": self.engine.mean_nll(model, self.engine.forget, chunk=32)}
+                    "forget_set_nll": self.engine.mean_nll(model, self.engine.forget, chunk=32),
+                    **self._watch_entry(model)}
         self.failed_in_row = 0
         self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
         self.last_guard = g
@@ -690,7 +733,8 @@ class R2F(UpdateMethod):
         forget_all = self.engine.mean_nll(model, self.engine.forget, chunk=32)
         o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
         return {"step_size": eta, "trials": trials, "forget_nll_after": f, "forget_set_nll": forget_all,
-                "guard_nll": g, "guard_top1": acc, **({"forgotten_nll": o} if o is not None else {})}
+                "guard_nll": g, "guard_top1": acc, **({"forgotten_nll": o} if o is not None else {}),
+                **self._watch_entry(model)}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
         if self.halt is not None:
@@ -699,10 +743,16 @@ class R2F(UpdateMethod):
             return None
         recent = [e.get("forget_set_nll", e["forget_nll"]) for e in log[-self.window:]]
         mean = sum(recent) / len(recent)
-        if mean >= self.threshold:
-            what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"
-            return f"{what} {mean:.4f} reached the threshold {self.threshold:.4f}"
-        return None
+        if mean < self.threshold:
+            return None
+        what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"
+        reached = f"{what} {mean:.4f} reached the threshold {self.threshold:.4f}"
+        rise = log[-1].get("watch_rise")
+        if rise is None:
+            return reached
+        budget = float(self.config.guard_budget)
+        # no visible collateral yet: forgetting deeper costs nothing the run can see, so it goes on
+        return f"{reached}; the collateral watch rose {rise:.4f} > {budget:g}" if rise > budget else None
 
 
 @register
