@@ -355,7 +355,7 @@ class R2F(UpdateMethod):
         (forget quality 0.004–0.021 there, 0.088–0.273 when run deeper), while a memorising model taken deeper loses
         what it should keep (world facts 0.29× on world 1 with retain90). What tells them apart at the threshold is
         how much the model's answers to unrelated generic questions have moved: +0.6 nats/token on ``small`` worlds
-        0 and 1, +0.02 on SmolLM2 worlds 0 and 28 (docs/methods.md, "Thirteenth round")."""
+        0 and 1, +0.01 on SmolLM2 worlds 0 and 28 (docs/methods.md, "Thirteenth round")."""
         if (self.threshold is None or self.config.past_threshold != "while_clean" or self.config.step_rule != "search"
                 or self.guard_source == GENERATED_SOURCE):
             return None, None
