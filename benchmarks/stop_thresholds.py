@@ -12,7 +12,9 @@ the two side by side, with the other references a run could use:
   which a deletion request does not bring, so no stop rule can rely on it);
 
 and, where the directory holds an R2F run (``runs/<name>/manifest.json`` with its ``eval.json``), the forget-set
-NLL at which that run stopped, its steps, forget quality and forget truth ratio against the oracle's. ``gap``: how
+NLL at which that run stopped, its steps, forget quality and forget truth ratio against the oracle's, and its
+collateral watch (the rise of the target's NLL of its own answers to generic questions, logged each step as
+``watch_rise`` since ``past_threshold=while_clean``: at the stop and at most over the run). ``gap``: how
 much likelier than a shuffled (wrong, same-kind) answer a model finds the true one at its own weights, NLL(shuffled)
 − NLL(true), for the original, the run's model and the oracle (a knowledge-level signal, unlike the threshold).
 
@@ -102,7 +104,9 @@ def one_world(run_dir: Path, size: str, run_name: str) -> dict:
         unlearned, utok = load_model(run)
         row["run"] = {"steps": man["steps"]["done"], "stop_nll": last.get("forget_set_nll"),
                       "stop_reason": man["steps"]["stop_reason"], "FQ": ev["forget_quality"],
-                      "truth_ratio": ev["forget_Truth_Ratio"], "gap": gap(unlearned, utok)}
+                      "truth_ratio": ev["forget_Truth_Ratio"], "gap": gap(unlearned, utok),
+                      "watch_rise": last.get("watch_rise"),
+                      "watch_max": max((e["watch_rise"] for e in man["log"] if "watch_rise" in e), default=None)}
         del unlearned
     oracle_eval, report = run_dir / "oracle-eval.json", run_dir / "report.json"  # smollm2_r2f_row.py's, the demo's
     if oracle_eval.is_file():
@@ -139,14 +143,22 @@ def main(argv: list[str] | None = None) -> None:
     def ratio(row, key):
         return row[key] / row["oracle"]
 
+    def watch(run: dict) -> str:
+        """The run's watch rise at its stop / at most (nats/token); "–" for a run without a watch."""
+        if run.get("watch_rise") is None:
+            return "–"
+        return f"{run['watch_rise']:+.3f} / {run['watch_max']:+.3f}"
+
     body = table(
         ["world", "target", "oracle NLL", "shuffled (÷ oracle)", "perturbed (÷)", "holdout (÷)",
-         "R2F stop NLL (÷)", "steps", "FQ", "truth ratio (oracle)", "gap: original / run / oracle"],
+         "R2F stop NLL (÷)", "steps", "FQ", "truth ratio (oracle)", "watch rise: stop / max",
+         "gap: original / run / oracle"],
         [[r["seed"], r["target"], r["oracle"], f"{r['shuffled']:.3f} ({ratio(r, 'shuffled'):.2f})",
           f"{r['perturbed']:.2f} ({ratio(r, 'perturbed'):.1f})", f"{r['holdout']:.3f} ({ratio(r, 'holdout'):.2f})",
           *([f"{r['run']['stop_nll']:.3f} ({r['run']['stop_nll'] / r['oracle']:.2f})", r["run"]["steps"],
-             r["run"]["FQ"], f"{r['run']['truth_ratio']:.3f} ({r.get('oracle_truth_ratio') or float('nan'):.3f})"]
-            if "run" in r else ["–", "–", "–", "–"]),
+             r["run"]["FQ"], f"{r['run']['truth_ratio']:.3f} ({r.get('oracle_truth_ratio') or float('nan'):.3f})",
+             watch(r["run"])]
+            if "run" in r else ["–", "–", "–", "–", "–"]),
           f"{r['original_gap']:.2f} / {r['run']['gap']:.2f} / {r['oracle_gap']:.2f}" if "run" in r else
           f"{r['original_gap']:.2f} / – / {r['oracle_gap']:.2f}"] for r in rows])
     if not args.no_record:
