@@ -6,7 +6,7 @@ learned the forget authors — the retain oracle — scores the forget answers a
 the two side by side, with the other references a run could use:
 
 * ``oracle``: the retain oracle's NLL of the forget answers (what "forgotten" means in NLL);
-* ``shuffled``: R2F's default threshold (``r2f.methods.r2f``'s pairs, the original model);
+* ``shuffled``: R2F's default threshold (``r2f.data.batching.shuffled_answer_pairs``, the original model);
 * ``perturbed``: ``stop=perturbed`` (the data's perturbed answers, the original model);
 * ``holdout``: the original model's NLL of the holdout authors' answers (authors it never saw: needs a holdout split,
   which a deletion request does not bring, so no stop rule can rely on it);
@@ -69,14 +69,14 @@ def mean_nll(model, tokenizer, template, pairs: list[tuple[str, str]]) -> float:
 def one_world(run_dir: Path, size: str, run_name: str) -> dict:
     from r2f.data.loader import load_items
     from r2f.data.templates import template_for
-    from r2f.methods.r2f import _shuffled_pairs
+    from r2f.data.batching import shuffled_answer_pairs
     from r2f.models import load_model
 
     world = run_dir / "world"
     seed = json.loads((world / "world.json").read_text())["config"]["seed"]
     forget, holdout = load_items(world / "forget10.jsonl"), load_items(world / "holdout.jsonl")
     own = [(it.question, it.answer) for it in forget]
-    shuffled = _shuffled_pairs(forget)
+    shuffled = shuffled_answer_pairs(forget)
 
     def gap(model, tokenizer) -> float:
         """How much likelier than a wrong answer of the same kind the model finds the true one, at its own

@@ -245,3 +245,52 @@ def test_report_plots_the_sequence(copy, capsys):
     html = (copy / "report.html").read_text()
     assert code == 0 and "data:image/png;base64," in html and "npo" in html
     assert ledger.verify(copy)["ok"]  # the report is not part of what verify checks
+
+
+def test_each_request_is_judged_against_the_nll_of_shuffled_answers(copy, setup, capsys):
+    """The verdict: a request is forgotten once its answers' NLL reaches its bar, the parent's NLL of the request's
+    questions with each other's answers — the same number R2F's own stop rule computes on the same model (another
+    code path: the engine's encoder, not r2f.eval's scoring). A request left as it was is said to be not
+    forgotten, on stderr, and the entry is committed all the same."""
+    from r2f import ledger
+
+    code, _, err = _cli(capsys, "ledger", "apply", copy, "--forget", setup["world"] / "forget01.jsonl",
+                        "--method", "exact", "--steps", "2")
+    assert code == 0, err
+    entry = ledger.entries(copy)[-1]
+    req = entry["verification"]["request"]
+    manifest = json.loads((copy / entry["child"]["path"] / "manifest.json").read_text())
+    assert req["bar"]["pairs"] == 8 and req["bar"]["answer_nll"] == pytest.approx(
+        manifest["method_info"]["stop_threshold"], rel=1e-5)
+    assert req["forgotten"] is (req["after"]["answer_nll"] >= req["bar"]["answer_nll"])
+    assert [r["forgotten"] is not None for r in entry["verification"]["earlier"]] == [True, True]
+    assert any("this request is not forgotten" in ln for ln in err) is (not req["forgotten"])
+
+    # a step of 1e-12 leaves the answers as they were: far below wrong answers' NLL, so not forgotten
+    code, out, err = _cli(capsys, "ledger", "apply", copy, "--forget", setup["second"], "--method", "grad_ascent",
+                          "--lr", "1e-12", "--steps", "1")
+    entry = ledger.entries(copy)[-1]
+    req = entry["verification"]["request"]
+    assert code == 0 and entry["index"] == 4 and req["forgotten"] is False
+    assert req["after"]["answer_nll"] < req["bar"]["answer_nll"]
+    assert err[0].startswith("r2f: warning: entry 4: this request is not forgotten: its answers' NLL "), err
+    lost = [r["entry"] for r in entry["verification"]["earlier"] if r["forgotten"] is False]
+    assert err[1:] == (["r2f: warning: entry 4: earlier requests whose answers are likelier again than wrong ones "
+                        f"(NLL below the bar of their own entry): {ledger.relapsed_text(entry['verification'])}"]
+                       if lost else []), err
+    code, out, _ = _cli(capsys, "ledger", "show", copy)
+    assert code == 0 and "forgotten NO (NLL" in out.splitlines()[3]
+    assert ledger.verify(copy)["ok"]
+
+
+def test_relapsed_requests_are_named_from_the_verification_record():
+    from r2f import ledger
+
+    rows = [{"entry": 1, "forgotten": True}, {"entry": 2, "forgotten": False}, {"entry": 3, "forgotten": False}]
+    assert ledger.relapsed_text({"earlier": rows}) == "entries 2, 3"
+    assert ledger.relapsed_text({"earlier": rows[:2]}) == "entry 2"
+    assert ledger.relapsed_text({"earlier": rows[:1]}) == "none"
+    assert ledger.relapsed_text({"earlier": [{"entry": 1}]}) == "–"  # a ledger written before verdicts
+    assert ledger.is_forgotten({"answer_nll": 2.0}, {"answer_nll": 2.0}) is True
+    assert ledger.is_forgotten({"answer_nll": 1.9}, {"answer_nll": 2.0}) is False
+    assert ledger.is_forgotten({"answer_nll": 1.9}, None) is None

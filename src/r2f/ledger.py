@@ -3,8 +3,10 @@
 A deletion request arrives after the ones before it and applies to the model the earlier ones produced, so the
 ledger keeps every model version and, per request, what was asked (the forget file, copied), how it was honoured
 (method and full configuration), which model it changed into which (fingerprints) and what was measured then
-(forget metrics of this and every earlier request, and utility, before and after). Records chain by hash, so an
-auditor can re-check the whole history with :func:`verify` without re-running anything.
+(forget metrics of this and every earlier request, and utility, before and after) with a verdict: whether each
+request's answers are still at least as unlikely as wrong answers were before it was applied (:func:`is_forgotten`).
+Records chain by hash, so an auditor can re-check the whole history with :func:`verify` without re-running
+anything.
 
 Layout of a ledger directory ``L`` (docs/ledger.md)::
 
@@ -336,6 +338,35 @@ def request_metrics(model: Any, tokenizer: Any, items: Sequence[QAItem], *, max_
                     "answer_prob": nanmean(float(np.exp(-x)) for x in losses)})
 
 
+def forget_bar(model: Any, tokenizer: Any, items: Sequence[QAItem], *, batch_size: int = 32,
+               desc: str = "ledger bar") -> dict | None:
+    """The bar a request's answers must reach to count as forgotten: ``model``'s mean answer NLL of the request's
+    questions each paired with another item's answer of the same kind (R2F's ``shuffled`` stop threshold),
+    scored as :func:`request_metrics` scores ``answer_nll``. None when no such pair exists (one item, or every
+    answer the same): no bar, no verdict."""
+    # deferred (torch): see the note under the module's imports
+    from r2f.data.batching import shuffled_answer_pairs
+    from r2f.data.templates import template_for
+    from r2f.eval.functional import nanmean
+    from r2f.eval.scoring import score_pairs
+
+    pairs = shuffled_answer_pairs(items)
+    if not pairs:
+        return None
+    losses = score_pairs(model, tokenizer, [q for q, _ in pairs], [a for _, a in pairs], template_for(tokenizer),
+                         batch_size=batch_size, desc=f"{desc}: scoring")["avg_loss"]
+    return _finite({"answer_nll": nanmean(losses), "pairs": len(pairs)})
+
+
+def is_forgotten(after: dict | None, bar: dict | None) -> bool | None:
+    """The ledger's verdict on one request at one model version: its answer NLL has reached its bar (measured on the
+    model the request was applied to). None without a bar or a measured NLL."""
+    nll, level = (after or {}).get("answer_nll"), (bar or {}).get("answer_nll")
+    if not isinstance(nll, (int, float)) or not isinstance(level, (int, float)):
+        return None
+    return bool(nll >= level)
+
+
 class _Meter:
     """Measures files on a ledger's models, reusing what an earlier entry recorded for the same model fingerprint,
     file sha256, item count and generation length: a model version is measured once, when it is the child."""
@@ -370,6 +401,18 @@ class _Meter:
         with model_threads_for(net, self.threads):
             self.known[key] = request_metrics(net, tok, items, max_new_tokens=self.max_new_tokens, desc=label)
         return self.known[key]
+
+    def bar(self, model_dir: Path, fingerprint: str, items: Sequence[QAItem], label: str) -> dict | None:
+        """:func:`forget_bar` of ``items`` on a model this meter has loaded (or loads)."""
+        from r2f.models.loading import load_model
+        from r2f.threads import model_threads_for
+
+        if fingerprint not in self.loaded:
+            net, tok = load_model(model_dir)
+            self.loaded[fingerprint] = (net.to(self.device) if self.device else net, tok)
+        net, tok = self.loaded[fingerprint]
+        with model_threads_for(net, self.threads):
+            return forget_bar(net, tok, items, desc=label)
 
 
 # ----------------------------------------------------------------------------- apply
@@ -515,12 +558,17 @@ def apply(
         earlier = []
         for k, e in enumerate(chain, start=1):
             req_file = root / ENTRIES / f"{k:04d}" / REQUEST_DIR / e["request"]["file"]
-            earlier.append({"entry": k, "sha256": e["request_sha256"],
-                            **before_after(load_items(req_file), e["request_sha256"], f"entry {k} request")})
+            row = {"entry": k, "sha256": e["request_sha256"],
+                   **before_after(load_items(req_file), e["request_sha256"], f"entry {k} request")}
+            # judged against the bar of its own entry (its parent's shuffled answers): a relapse shows as False
+            bar_k = ((e.get("verification") or {}).get("request") or {}).get("bar")
+            earlier.append({**row, "forgotten": is_forgotten(row["after"], bar_k)})
+        this = {"sha256": forget_info["sha256"], **before_after(forget_items, forget_info["sha256"], "this request"),
+                "bar": meter.bar(parent_dir, parent_fp, forget_items, "this request: bar (parent)")}
+        this["forgotten"] = is_forgotten(this["after"], this["bar"])
         verification = {
             "metrics": list(METRICS), "max_new_tokens": max_new_tokens, "max_items": eval_max_items,
-            "request": {"sha256": forget_info["sha256"],
-                        **before_after(forget_items, forget_info["sha256"], "this request")},
+            "request": this,
             "earlier": earlier,
             "utility": [{"name": p.name, "path": info["path"], "sha256": info["sha256"],
                          **before_after(items[:eval_max_items], info["sha256"], f"utility {p.name}")}
@@ -654,15 +702,37 @@ def write_report(ledger: str | os.PathLike, *, forget_lines: dict[str, float] | 
                   for n, ok, d in checks]
         parts.append("</table>")
     parts.append("<h2>Entries</h2><table><tr><th>#</th><th>time</th><th>method</th><th>authors</th>"
-                 "<th>request sha256</th><th>forget ROUGE before → after</th><th>child</th></tr>")
+                 "<th>request sha256</th><th>forget ROUGE before → after</th><th>forgotten (NLL ≥ bar)</th>"
+                 "<th>earlier requests not forgotten</th><th>child</th></tr>")
     for r in rows:
         req = (r.get("verification") or {}).get("request") or {}
         b, a = (req.get("before") or {}).get("rougeL_recall"), (req.get("after") or {}).get("rougeL_recall")
         parts.append(f"<tr><td>{r['index']}</td><td>{esc(str(r['time']))}</td><td>{esc(str(r['method']))}</td>"
                      f"<td>{esc(', '.join(r.get('authors') or []))}</td><td><code>{esc(str(r['request_sha256'])[:16])}"
-                     f"</code></td><td>{short_number(b)} → {short_number(a)}</td><td><code>{esc(str(r['child'])[:16])}</code></td></tr>")
+                     f"</code></td><td>{short_number(b)} → {short_number(a)}</td><td>{esc(verdict_text(req))}</td>"
+                     f"<td>{esc(relapsed_text(r.get('verification')))}</td>"
+                     f"<td><code>{esc(str(r['child'])[:16])}</code></td></tr>")
     parts.append("</table>")
     return write_text_atomic(root / REPORT_FILE, "\n".join(parts) + "\n")
+
+
+def verdict_text(row: dict) -> str:
+    """A request row's verdict as a table cell: "yes (NLL 3.9 ≥ 3.4)", "no (...)" or "–" without one."""
+    verdict = row.get("forgotten")
+    if verdict is None:
+        return "–"
+    nll, bar = (row.get("after") or {}).get("answer_nll"), (row.get("bar") or {}).get("answer_nll")
+    return f"{'yes' if verdict else 'NO'} (NLL {short_number(nll)} {'≥' if verdict else '<'} {short_number(bar)})"
+
+
+def relapsed_text(verification: dict | None) -> str:
+    """The earlier requests an entry's child no longer keeps forgotten ("entries 4, 5"), "none", or "–" without
+    verdicts."""
+    rows = (verification or {}).get("earlier") or []
+    if not any(r.get("forgotten") is not None for r in rows):
+        return "–"
+    lost = [str(r["entry"]) for r in rows if r.get("forgotten") is False]
+    return ("entry " if len(lost) == 1 else "entries ") + ", ".join(lost) if lost else "none"
 
 
 def short_number(v: Any) -> str:
@@ -670,6 +740,7 @@ def short_number(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
 
 
-__all__ = ["init", "apply", "verify", "show", "entries", "head", "latest_model", "request_metrics",
-           "write_report", "sequence_table", "record_hash", "file_digests", "pending_dir", "interrupted_message",
+__all__ = ["init", "apply", "verify", "show", "entries", "head", "latest_model", "request_metrics", "forget_bar",
+           "is_forgotten",
+           "write_report", "sequence_table", "verdict_text", "relapsed_text", "record_hash", "file_digests", "pending_dir", "interrupted_message",
            "METRICS"]

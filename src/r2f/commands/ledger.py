@@ -83,6 +83,15 @@ def apply_command(
     for row in entry["verification"]["utility"]:
         line += f", {row['name']} ROUGE-L {_num(row['before']['rougeL_recall'])} -> {_num(row['after']['rougeL_recall'])}"
     typer.echo(f"{line} -> {Path(ledger) / entry['child']['path']}")
+    # the entry is committed either way (it records what was done); the verdict is said where a script sees it
+    if req.get("forgotten") is False:
+        typer.echo(f"r2f: warning: entry {entry['index']}: this request is not forgotten: its answers' NLL "
+                   f"{_num(req['after']['answer_nll'])} is below {_num(req['bar']['answer_nll'])}, the parent's NLL "
+                   "of shuffled answers", err=True)
+    lost = lg.relapsed_text(entry["verification"])
+    if lost not in ("none", "–"):
+        typer.echo(f"r2f: warning: entry {entry['index']}: earlier requests whose answers are likelier again than "
+                   f"wrong ones (NLL below the bar of their own entry): {lost}", err=True)
 
 
 @ledger_app.command("verify")
@@ -115,7 +124,8 @@ def show_command(
                    f"({r['request_items']} items{', ' + ', '.join(r['authors']) if r.get('authors') else ''})  "
                    f"{str(r['parent'])[:12]} -> {str(r['child'])[:12]}  forget ROUGE-L "
                    f"{_num((req.get('before') or {}).get('rougeL_recall'))} -> "
-                   f"{_num((req.get('after') or {}).get('rougeL_recall'))}  {r['path']}")
+                   f"{_num((req.get('after') or {}).get('rougeL_recall'))}  forgotten {lg.verdict_text(req)}  "
+                   f"earlier not forgotten: {lg.relapsed_text(r.get('verification'))}  {r['path']}")
     typer.echo(f"head {lg.head(ledger)}")
 
 

@@ -234,6 +234,24 @@ def document_units(tokenizer, documents: Sequence[Document], chunk_tokens: int =
     return units
 
 
+def shuffled_answer_pairs(items: Sequence[QAItem]) -> list[tuple[str, str]]:
+    """(question, another item's answer): answers rotated by one within each ``kind`` (else over all items), pairs
+    whose two answers are equal left out — a wrong fact in the trained format, what a model that never learned the
+    items scores (R2F's ``shuffled`` stop threshold; the ledger's bar for "forgotten")."""
+    groups: dict[object, list] = {}
+    for it in items:
+        groups.setdefault((it.model_extra or {}).get("kind"), []).append(it)
+    if any(len(g) < 2 for g in groups.values()):
+        groups = {None: list(items)}
+    pairs = []
+    for group in groups.values():
+        for i, it in enumerate(group):
+            other = group[(i + 1) % len(group)]
+            if other.answer != it.answer:
+                pairs.append((it.question, other.answer))
+    return pairs
+
+
 def shuffled_unit_pairs(units: Sequence[DocUnit], bos: Sequence[int] = ()) -> list[tuple[list[int], list[int]]]:
     """(context, target) pairs: a unit's first half, then the second half of the next document's unit at the same chunk
     position (its last one when it is shorter; the next unit when there is one document): the documents' analogue of
@@ -298,4 +316,5 @@ def is_documents(items: Sequence[Any]) -> bool:
 
 
 __all__ = ["CHUNK_TOKENS", "DocBatch", "DocUnit", "QABatch", "QAEncoder", "batch_indices", "cycled_views",
-           "document_tokens", "document_units", "encode_views", "is_documents", "shuffled_unit_pairs", "view_pairs"]
+           "document_tokens", "document_units", "encode_views", "is_documents", "shuffled_answer_pairs",
+           "shuffled_unit_pairs", "view_pairs"]

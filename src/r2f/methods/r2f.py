@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 
 from r2f import gradients
-from r2f.data.batching import is_documents, shuffled_unit_pairs
+from r2f.data.batching import is_documents, shuffled_answer_pairs, shuffled_unit_pairs
 from r2f.data.loader import load_items
 from r2f.data.schema import QAItem
 from r2f.data.templates import IGNORE_INDEX
@@ -409,7 +409,7 @@ class R2F(UpdateMethod):
             bos = [engine.tokenizer.bos_token_id] if engine.tokenizer.bos_token_id is not None else []
             pairs = shuffled_unit_pairs(engine.forget, bos) if self.config.stop == "shuffled" else []
         else:
-            pairs = _shuffled_pairs(engine.forget) if self.config.stop == "shuffled" else \
+            pairs = shuffled_answer_pairs(engine.forget) if self.config.stop == "shuffled" else \
                 [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
         if not pairs:
             return None
@@ -779,19 +779,3 @@ def keep_whitener(sigma: torch.Tensor, damp: float) -> torch.Tensor:
     evals = evals.clamp_min(0)
     damped = evals + damp * float(evals.mean().clamp_min(1e-30))
     return ((evecs * damped.rsqrt()) @ evecs.T).float()
-
-
-def _shuffled_pairs(items) -> list[tuple[str, str]]:
-    """(question, another item's answer): answers rotated by one within each ``kind`` (else over all items)."""
-    groups: dict[object, list] = {}
-    for it in items:
-        groups.setdefault((it.model_extra or {}).get("kind"), []).append(it)
-    if any(len(g) < 2 for g in groups.values()):
-        groups = {None: list(items)}
-    pairs = []
-    for group in groups.values():
-        for i, it in enumerate(group):
-            other = group[(i + 1) % len(group)]
-            if other.answer != it.answer:
-                pairs.append((it.question, other.answer))
-    return pairs
