@@ -386,10 +386,9 @@ class _Meter:
         self.device, self.threads, self.max_new_tokens = device, threads, max_new_tokens
         self.loaded: dict[str, tuple[Any, Any]] = {}
 
-    def measure(self, model_dir: Path, fingerprint: str, sha: str, items: Sequence[QAItem], label: str) -> dict:
-        key = (fingerprint, sha, len(items))
-        if key in self.known:
-            return self.known[key]
+    def _run(self, model_dir: Path, fingerprint: str, fn, *args, **kwargs):
+        """``fn(model, tokenizer, *args, **kwargs)`` on the model with that fingerprint, loaded once per meter, under
+        the thread count the model's size and the free cores call for."""
         # deferred (torch): see the note under the module's imports
         from r2f.models.loading import load_model
         from r2f.threads import model_threads_for
@@ -399,20 +398,18 @@ class _Meter:
             self.loaded[fingerprint] = (net.to(self.device) if self.device else net, tok)
         net, tok = self.loaded[fingerprint]
         with model_threads_for(net, self.threads):
-            self.known[key] = request_metrics(net, tok, items, max_new_tokens=self.max_new_tokens, desc=label)
+            return fn(net, tok, *args, **kwargs)
+
+    def measure(self, model_dir: Path, fingerprint: str, sha: str, items: Sequence[QAItem], label: str) -> dict:
+        key = (fingerprint, sha, len(items))
+        if key not in self.known:
+            self.known[key] = self._run(model_dir, fingerprint, request_metrics, items,
+                                        max_new_tokens=self.max_new_tokens, desc=label)
         return self.known[key]
 
     def bar(self, model_dir: Path, fingerprint: str, items: Sequence[QAItem], label: str) -> dict | None:
-        """:func:`forget_bar` of ``items`` on a model this meter has loaded (or loads)."""
-        from r2f.models.loading import load_model
-        from r2f.threads import model_threads_for
-
-        if fingerprint not in self.loaded:
-            net, tok = load_model(model_dir)
-            self.loaded[fingerprint] = (net.to(self.device) if self.device else net, tok)
-        net, tok = self.loaded[fingerprint]
-        with model_threads_for(net, self.threads):
-            return forget_bar(net, tok, items, desc=label)
+        """:func:`forget_bar` of ``items`` on that model."""
+        return self._run(model_dir, fingerprint, forget_bar, items, desc=label)
 
 
 # ----------------------------------------------------------------------------- apply
