@@ -714,7 +714,8 @@ def write_report(ledger: str | os.PathLike, *, forget_lines: dict[str, float] | 
 
 
 def verdict_text(row: dict) -> str:
-    """A request row's verdict as a table cell: "yes (NLL 3.9 ≥ 3.4)", "no (...)" or "–" without one."""
+    """A request row's verdict as a table cell: "yes (NLL 3.900 ≥ 3.400)", "NO (NLL 0.046 < 3.720)" or "–"
+    without one."""
     verdict = row.get("forgotten")
     if verdict is None:
         return "–"
@@ -722,14 +723,21 @@ def verdict_text(row: dict) -> str:
     return f"{'yes' if verdict else 'NO'} (NLL {short_number(nll)} {'≥' if verdict else '<'} {short_number(bar)})"
 
 
-def relapsed_text(verification: dict | None) -> str:
-    """The earlier requests an entry's child no longer keeps forgotten ("entries 4, 5"), "none", or "–" without
-    verdicts."""
+def relapsed_entries(verification: dict | None) -> list[int] | None:
+    """The earlier entries whose requests an entry's child no longer keeps forgotten; None without verdicts (a
+    first entry, or a ledger written before them)."""
     rows = (verification or {}).get("earlier") or []
     if not any(r.get("forgotten") is not None for r in rows):
+        return None
+    return [r["entry"] for r in rows if r.get("forgotten") is False]
+
+
+def relapsed_text(verification: dict | None) -> str:
+    """:func:`relapsed_entries` as a table cell: "entries 4, 5", "entry 4", "none", or "–" without verdicts."""
+    lost = relapsed_entries(verification)
+    if lost is None:
         return "–"
-    lost = [str(r["entry"]) for r in rows if r.get("forgotten") is False]
-    return ("entry " if len(lost) == 1 else "entries ") + ", ".join(lost) if lost else "none"
+    return ("entry " if len(lost) == 1 else "entries ") + ", ".join(map(str, lost)) if lost else "none"
 
 
 def short_number(v: Any) -> str:
@@ -738,6 +746,5 @@ def short_number(v: Any) -> str:
 
 
 __all__ = ["init", "apply", "verify", "show", "entries", "head", "latest_model", "request_metrics", "forget_bar",
-           "is_forgotten",
-           "write_report", "sequence_table", "verdict_text", "relapsed_text", "record_hash", "file_digests", "pending_dir", "interrupted_message",
-           "METRICS"]
+           "is_forgotten", "write_report", "sequence_table", "verdict_text", "relapsed_entries", "relapsed_text",
+           "record_hash", "file_digests", "pending_dir", "interrupted_message", "METRICS"]

@@ -88,10 +88,10 @@ def apply_command(
         typer.echo(f"r2f: warning: entry {entry['index']}: this request is not forgotten: its answers' NLL "
                    f"{_num(req['after']['answer_nll'])} is below {_num(req['bar']['answer_nll'])}, the parent's NLL "
                    "of shuffled answers", err=True)
-    lost = lg.relapsed_text(entry["verification"])
-    if lost not in ("none", "–"):
+    if lg.relapsed_entries(entry["verification"]):
         typer.echo(f"r2f: warning: entry {entry['index']}: earlier requests whose answers are likelier again than "
-                   f"wrong ones (NLL below the bar of their own entry): {lost}", err=True)
+                   f"wrong ones (NLL below the bar of their own entry): {lg.relapsed_text(entry['verification'])}",
+                   err=True)
 
 
 @ledger_app.command("verify")
