@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="world and model seed (default 0)")
     ap.add_argument("--save-every", type=int, default=5, help="checkpoints per request run (resumable)")
     ap.add_argument("--option", "-o", action="append", default=[], help="method option key=value (repeatable)")
+    ap.add_argument("--no-renew", dest="renew", action="store_false",
+                    help="r2f ledger apply --no-renew: never forget earlier requests again")
     add_record_flag(ap)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -211,7 +213,7 @@ def main() -> None:
         pending = lg.pending_dir(ledger)
         resume = pending.is_dir() and any(pending.iterdir())  # an interrupted apply of this request
         lg.apply(ledger, requests[k], method, retain=retains[k], utility=list(measured.values()), steps=args.steps,
-                 seed=args.seed, save_every=args.save_every, resume=resume, **options)
+                 seed=args.seed, save_every=args.save_every, resume=resume, renew=args.renew, **options)
         s = summary(ledger, measured)
         write_json_atomic(out / "sequence.json", s)
         forget_lines = {f"holdout (original) + {FORGET_MARGIN}": s["original"]["holdout"] + FORGET_MARGIN}

@@ -254,10 +254,12 @@ def test_each_request_is_judged_against_the_nll_of_shuffled_answers(copy, setup,
     forgotten, on stderr, and the entry is committed all the same."""
     from r2f import ledger
 
+    # --no-renew: the run forgets this request alone, so its stop threshold is this request's bar
     code, _, err = _cli(capsys, "ledger", "apply", copy, "--forget", setup["world"] / "forget01.jsonl",
-                        "--method", "exact", "--steps", "2")
+                        "--method", "exact", "--steps", "2", "--no-renew")
     assert code == 0, err
     entry = ledger.entries(copy)[-1]
+    assert entry["renewed"] == []
     req = entry["verification"]["request"]
     manifest = json.loads((copy / entry["child"]["path"] / "manifest.json").read_text())
     assert req["bar"]["pairs"] == 8 and req["bar"]["answer_nll"] == pytest.approx(
@@ -281,6 +283,33 @@ def test_each_request_is_judged_against_the_nll_of_shuffled_answers(copy, setup,
     code, out, _ = _cli(capsys, "ledger", "show", copy)
     assert code == 0 and "forgotten NO (NLL" in out.splitlines()[3]
     assert ledger.verify(copy)["ok"]
+
+    # renewal: the next apply forgets entry 4's request again with its own (and any earlier one not forgotten):
+    # the run's forget data are the union; the same apply with --no-renew, on a copy, forgets the request alone.
+    # (What renewal does to a relapsed request is measured on `small`: benchmarks/ledger_sequence.py; on the tiny
+    # model gradient ascent on one author raises every author's NLL alike.)
+    due = ledger.renewal_due(ledger.entries(copy))
+    assert 4 in due and due == sorted(lost + [4])
+    control = copy.parent / "control"
+    shutil.copytree(copy, control)
+    runs = {}
+    for where, flags in ((copy, ()), (control, ("--no-renew",))):
+        code, out, err = _cli(capsys, "ledger", "apply", where, "--forget", setup["world"] / "forget01.jsonl",
+                              "--method", "grad_ascent", "--steps", "1", *flags)
+        assert code == 0, err
+        entry = ledger.entries(where)[-1]
+        manifest = json.loads((where / entry["child"]["path"] / "manifest.json").read_text())
+        row4 = next(r for r in entry["verification"]["earlier"] if r["entry"] == 4)
+        runs[where] = (entry, out, manifest["data"]["forget"]["items"], row4)
+    (entry, out, items, row4), (c_entry, c_out, c_items, c_row4) = runs[copy], runs[control]
+    assert entry["renewed"] == due and f"forgot again: {ledger.entries_text(due)}" in out
+    assert c_entry["renewed"] == [] and "forgot again" not in c_out
+    assert (items, c_items) == (8 + 8 * len(due), 8)  # one-author requests of 8 items each
+    assert row4["before"] == c_row4["before"]  # the same parent, measured once per ledger
+    assert entry["request_sha256"] == c_entry["request_sha256"] == hashlib.sha256(
+        (setup["world"] / "forget01.jsonl").read_bytes()).hexdigest()
+    assert ledger.show(copy)[-1]["renewed"] == due and ledger.verify(copy)["ok"]
+    assert not (copy / "pending").exists()
 
 
 def test_relapsed_requests_are_named_from_the_verification_record():

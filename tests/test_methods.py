@@ -263,12 +263,13 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
 #: sigma_damp and keep_text; the tenth round's answer_tokens (fact) with its format_share; and the eleventh round's
 #: guard_measure (nll, the former behaviour) and retain_data choice renamed (what auto picks without a retain file);
 #: the twelfth round's document_tokens (all: the loss on documents as before); the thirteenth round's past_threshold
-#: (while_clean: past the stop threshold while the collateral watch has not moved).
+#: (while_clean: past the stop threshold while the collateral watch has not moved); the fourteenth round's fallback
+#: (balanced: a run that would halt for want of a step goes on with balanced views once).
 R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "answer_tokens": "fact", "format_share": 0.1, "document_tokens": "all", "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
     "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_measure": "nll", "guard_tol": 0.02,
-    "guard_budget": 0.08, "backtracks": 4, "patience": None, "guard_items": 512, "retain_views": 1, "step_norm": "global",
+    "guard_budget": 0.08, "backtracks": 4, "patience": None, "fallback": "balanced", "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
     "past_threshold": "while_clean", "stats": "retain", "stats_items": 64, "forgotten": None, "sigma_damp": 0.05,
     "keep_text": "guard+generated",
@@ -927,21 +928,63 @@ def test_black_box_runs_never_read_the_targets_statistics(tiny_setup, tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-@pytest.mark.parametrize("patience, halted_at", [(None, 2), (1, 1)])
-def test_r2f_gives_up_a_step_and_stops_after_patience_failed_line_searches(tiny_setup, tmp_path, patience, halted_at):
-    """A line search that finds no step keeps the weights; the run stops after ``patience`` such steps in a row
-    (default: one pass over the forget batches, here 6 items in batches of 3 = 2). A guard tolerance no step can
-    meet makes every search fail: the weights are the source's, and the log says why it stopped where it did."""
+@pytest.mark.parametrize("options, halted_at, fell_back_at", [({}, 4, 2), ({"patience": 1}, 2, 1),
+                                                              ({"patience": 1, "fallback": "none"}, 1, None)])
+def test_r2f_gives_up_a_step_and_stops_after_patience_failed_line_searches(tiny_setup, tmp_path, options, halted_at,
+                                                                           fell_back_at):
+    """A line search that finds no step keeps the weights; after ``patience`` such steps in a row (default: one
+    pass over the forget batches, here 6 items in batches of 3 = 2) the run goes on with balanced views
+    (``fallback``), and stops when those fail ``patience`` steps in a row too (at once with ``fallback=none``).
+    A guard tolerance no step can meet makes every search fail: the weights are the source's, and the log says
+    where it fell back and why it stopped where it did."""
     from transformers import AutoModelForCausalLM
 
     from r2f.methods import unlearn
 
     out = unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"], method="r2f",
-                  decoder="exact", out=tmp_path / "out", steps=5, batch_size=3, seed=1, stop="none",
-                  guard_tol=1e-12, **({} if patience is None else {"patience": patience}))
+                  decoder="exact", out=tmp_path / "out", steps=6, batch_size=3, seed=1, stop="none",
+                  guard_tol=1e-12, **options)
     man = json.loads((out / "manifest.json").read_text())
     assert man["steps"]["done"] == halted_at and len(man["log"]) == halted_at
     assert all(e["step_size"] == 0.0 and "forget_set_nll" in e for e in man["log"])
-    assert f"no step within the guard in {halted_at} step(s) in a row" in man["steps"]["stop_reason"]
+    assert [e["step"] for e in man["log"] if e.get("fallback") == "aggregate=balanced"] == \
+        ([] if fell_back_at is None else [fell_back_at])
+    patience = options.get("patience", 2)
+    assert f"no step within the guard in {patience} step(s) in a row" in man["steps"]["stop_reason"]
     src = dict(AutoModelForCausalLM.from_pretrained(tiny_setup["model"]).named_parameters())
     assert all(torch.equal(p, src[n]) for n, p in AutoModelForCausalLM.from_pretrained(out).named_parameters())
+
+
+def test_r2f_gives_each_request_of_a_renewing_run_its_own_threshold(tiny_setup, tmp_path):
+    """Forget items of several requests (``request``: what ``r2f ledger`` renewal writes): each request's threshold
+    is the one a run on its items alone computes (another run, another code path), each step logs every request's
+    NLL, and the run stops only once every request has reached its own threshold."""
+    from types import SimpleNamespace
+
+    from r2f.methods import unlearn
+    from r2f.methods.r2f import R2F
+
+    recs = [json.loads(ln) for ln in tiny_setup["forget"].read_text().splitlines()]
+    parts = {"7": recs[:3], "9": recs[3:]}
+    both, alone = tmp_path / "both.jsonl", {}
+    both.write_text("".join(json.dumps({**r, "request": int(k)}) + "\n" for k, rs in parts.items() for r in rs))
+    common = dict(method="r2f", decoder="exact", steps=2, batch_size=3, seed=1)
+    for k, rs in parts.items():
+        f = tmp_path / f"alone{k}.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in rs))
+        out = unlearn(str(tiny_setup["model"]), f, tiny_setup["retain"], out=tmp_path / f"out{k}", **common)
+        alone[k] = json.loads((out / "manifest.json").read_text())["method_info"]["stop_threshold"]
+    out = unlearn(str(tiny_setup["model"]), both, tiny_setup["retain"], out=tmp_path / "both", **common)
+    man = json.loads((out / "manifest.json").read_text())
+    got = man["method_info"]["request_thresholds"]
+    assert set(got) == {"7", "9"} and all(got[k] == pytest.approx(alone[k], rel=1e-5) for k in alone)
+    assert all(set(e["forget_request_nll"]) == {"7", "9"} for e in man["log"])
+    # the items without groups: one threshold, as before
+    plain = json.loads((unlearn(str(tiny_setup["model"]), tiny_setup["forget"], tiny_setup["retain"],
+                                out=tmp_path / "plain", **common) / "manifest.json").read_text())
+    assert plain["method_info"]["request_thresholds"] is None and "forget_request_nll" not in plain["log"][0]
+
+    rule = SimpleNamespace(group_thresholds={"7": 2.0, "9": 3.0})
+    assert R2F._groups_reached(rule, [{"forget_request_nll": {"7": 2.5, "9": 2.9}}]) is None
+    said = R2F._groups_reached(rule, [{"forget_request_nll": {"7": 2.5, "9": 3.1}}])
+    assert said.startswith("every request's forget NLL reached its threshold (2 requests") and "request 9" in said

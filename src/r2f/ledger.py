@@ -180,7 +180,8 @@ def show(ledger: str | os.PathLike) -> list[dict]:
         out.append({"index": e.get("index"), "time": e.get("time"), "request_sha256": e.get("request_sha256"),
                     "request_items": (e.get("request") or {}).get("items"),
                     "authors": (e.get("request") or {}).get("authors"),
-                    "method": e.get("method"), "parent": (e.get("parent") or {}).get("fingerprint"),
+                    "method": e.get("method"), "renewed": e.get("renewed") or [],
+                    "parent": (e.get("parent") or {}).get("fingerprint"),
                     "child": (e.get("child") or {}).get("fingerprint"), "path": str((d / MODEL_DIR).resolve()),
                     "config": e.get("config"), "verification": e.get("verification"),
                     "prev_hash": e.get("prev_hash"), "hash": e.get("hash")})
@@ -455,17 +456,37 @@ def _prepare_pending(root: Path, resume: bool, restart: bool) -> Path:
     return pending
 
 
-def _earlier_requests_file(root: Path, chain: list[dict]) -> Path:
-    """The union of every earlier request's items, written (atomically) beside the pending run: what a method
-    keeps forgotten while it honours the next request (each item carries ``request``, its entry). Rebuilt from
-    the verified copies on every apply."""
-    lines = []
-    for k, e in enumerate(chain, start=1):
-        for it in load_items(root / ENTRIES / f"{k:04d}" / REQUEST_DIR / e["request"]["file"]):
-            lines.append(json.dumps({**it.model_dump(exclude_none=True), "request": k}, ensure_ascii=False))
-    path = root / PENDING / "earlier_requests.jsonl"
+def _request_items(root: Path, chain: list[dict], k: int) -> list[QAItem]:
+    """Entry ``k``'s request items (the ledger's verified copy)."""
+    return load_items(root / ENTRIES / f"{k:04d}" / REQUEST_DIR / chain[k - 1]["request"]["file"])
+
+
+def _items_file(path: Path, parts: Sequence[tuple[int, Sequence[QAItem]]]) -> Path:
+    """``parts`` (entry number, its request's items) as one JSONL file, written atomically; each item carries
+    ``request``, its entry (R2F's stop rule gives each request its own threshold)."""
+    lines = [json.dumps({**it.model_dump(exclude_none=True), "request": k}, ensure_ascii=False)
+             for k, items in parts for it in items]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def _earlier_requests_file(root: Path, chain: list[dict], keep: Sequence[int]) -> Path:
+    """The union of the items of the earlier requests ``keep`` (entry numbers), written beside the pending run:
+    what a method keeps forgotten while it honours the next request. Rebuilt from the verified copies on every
+    apply."""
+    return _items_file(root / PENDING / "earlier_requests.jsonl", [(k, _request_items(root, chain, k)) for k in keep])
+
+
+def renewal_due(chain: list[dict]) -> list[int]:
+    """The earlier entries whose requests the newest model version does not keep forgotten, by the newest entry's
+    verdicts (its own request's and every earlier one's): what the next apply forgets again with its request."""
+    if not chain:
+        return []
+    v = chain[-1].get("verification") or {}
+    due = list(relapsed_entries(v) or [])
+    if (v.get("request") or {}).get("forgotten") is False:
+        due.append(len(chain))
+    return sorted(due)
 
 
 def apply(
@@ -489,6 +510,7 @@ def apply(
     threads: int | None = None,
     max_new_tokens: int = 200,
     eval_max_items: int | None = None,
+    renew: bool = True,
     **options: Any,
 ) -> dict:
     """Honour one deletion request: unlearn ``forget`` from the ledger's newest model version with ``method``
@@ -497,7 +519,9 @@ def apply(
 
     Measured before (on the parent) and after (on the child): this request's forget file, every earlier request's
     forget file (the ledger's copies) and each ``utility`` file (without any, the ``retain`` file when given);
-    ``eval_max_items`` caps the items of the utility files. Bad input, or a ledger that fails the checks
+    ``eval_max_items`` caps the items of the utility files. ``renew``: the earlier requests the parent no longer
+    keeps forgotten (:func:`renewal_due`: the parent entry's verdicts) are forgotten again in the same run, their
+    items added to the request's (docs/ledger.md, "Renewal"); the entry records which. Bad input, or a ledger that fails the checks
     :func:`verify` makes, raises :class:`R2FInputError` before anything is written. ``save_every``/``resume``:
     checkpoints in ``L/pending/model/checkpoints``, continued as ``r2f unlearn --resume`` does; ``restart``
     discards an interrupted apply.
@@ -532,15 +556,28 @@ def apply(
         util = [(Path(p), *_data_file(p)) for p in util_paths]
         index = len(chain) + 1
         pending = _prepare_pending(root, resume, restart)
-        if chain and "forgotten" in (METHODS[method].defaults or {}) and "forgotten" not in options:
+        # a request the parent no longer keeps forgotten is honoured again with this one: the run forgets the
+        # union (first-order protection of earlier requests slows their relapse but does not stop it)
+        renewed = renewal_due(chain) if renew else []
+        run_forget = _items_file(root / PENDING / "run_forget.jsonl",
+                                 [(index, forget_items), *((k, _request_items(root, chain, k)) for k in renewed)]) \
+            if renewed else Path(forget)
+        run_forget_sha = file_sha256(run_forget) if renewed else forget_info["sha256"]
+        kept = [k for k in range(1, len(chain) + 1) if k not in renewed]
+        if kept and "forgotten" in (METHODS[method].defaults or {}) and "forgotten" not in options:
             # a method that can keep earlier requests forgotten is shown them (their union, from the ledger's copies)
-            options["forgotten"] = str(_earlier_requests_file(root, chain))
+            options["forgotten"] = str(_earlier_requests_file(root, chain, kept))
 
-        run = unlearn(str(parent_dir), forget, retain, method=method, decoder=decoder, out=pending, steps=steps,
-                      seed=seed, lr=lr, views=views, batch_size=batch_size, save_every=save_every,
-                      resume=resume, device=device, max_failures=max_failures, threads=threads, **options)
+        try:
+            run = unlearn(str(parent_dir), run_forget, retain, method=method, decoder=decoder, out=pending,
+                          steps=steps, seed=seed, lr=lr, views=views, batch_size=batch_size, save_every=save_every,
+                          resume=resume, device=device, max_failures=max_failures, threads=threads, **options)
+        except R2FInputError:
+            if not resume:  # refused before it ran: the files written for it go too (bad input writes nothing)
+                shutil.rmtree(root / PENDING, ignore_errors=True)
+            raise
         manifest = json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8"))
-        if manifest["data"]["forget"]["sha256"] != forget_info["sha256"]:
+        if manifest["data"]["forget"]["sha256"] != run_forget_sha:
             raise R2FInputError("the file changed while the request ran; apply it again", source=str(forget))
         shutil.rmtree(pending / "checkpoints", ignore_errors=True)  # the run is done; the ledger keeps the model
         child = {"fingerprint": _fingerprint(pending), "files": file_digests(pending)}
@@ -579,6 +616,7 @@ def apply(
             "request": {"file": f"forget{suffix}", "given_path": forget_info["path"], "items": forget_info["items"],
                         "authors": authors},
             "method": method,
+            "renewed": renewed,
             "config": {**manifest["config"], "decoder": manifest.get("decoder"), "requested_steps": steps,
                        "save_every": save_every, "max_failures": max_failures},
             "run": {"steps_done": manifest["steps"]["done"], "stop_reason": manifest["steps"]["stop_reason"],
@@ -700,7 +738,7 @@ def write_report(ledger: str | os.PathLike, *, forget_lines: dict[str, float] | 
         parts.append("</table>")
     parts.append("<h2>Entries</h2><table><tr><th>#</th><th>time</th><th>method</th><th>authors</th>"
                  "<th>request sha256</th><th>forget ROUGE before → after</th><th>forgotten (NLL ≥ bar)</th>"
-                 "<th>earlier requests not forgotten</th><th>child</th></tr>")
+                 "<th>earlier requests not forgotten</th><th>forgot again</th><th>child</th></tr>")
     for r in rows:
         req = (r.get("verification") or {}).get("request") or {}
         b, a = (req.get("before") or {}).get("rougeL_recall"), (req.get("after") or {}).get("rougeL_recall")
@@ -708,6 +746,7 @@ def write_report(ledger: str | os.PathLike, *, forget_lines: dict[str, float] | 
                      f"<td>{esc(', '.join(r.get('authors') or []))}</td><td><code>{esc(str(r['request_sha256'])[:16])}"
                      f"</code></td><td>{short_number(b)} → {short_number(a)}</td><td>{esc(verdict_text(req))}</td>"
                      f"<td>{esc(relapsed_text(r.get('verification')))}</td>"
+                     f"<td>{esc(entries_text(r.get('renewed') or []))}</td>"
                      f"<td><code>{esc(str(r['child'])[:16])}</code></td></tr>")
     parts.append("</table>")
     return write_text_atomic(root / REPORT_FILE, "\n".join(parts) + "\n")
@@ -732,12 +771,15 @@ def relapsed_entries(verification: dict | None) -> list[int] | None:
     return [r["entry"] for r in rows if r.get("forgotten") is False]
 
 
+def entries_text(numbers: Sequence[int]) -> str:
+    """Entry numbers as words: "entries 4, 5", "entry 4" or "none"."""
+    return ("entry " if len(numbers) == 1 else "entries ") + ", ".join(map(str, numbers)) if numbers else "none"
+
+
 def relapsed_text(verification: dict | None) -> str:
     """:func:`relapsed_entries` as a table cell: "entries 4, 5", "entry 4", "none", or "–" without verdicts."""
     lost = relapsed_entries(verification)
-    if lost is None:
-        return "–"
-    return ("entry " if len(lost) == 1 else "entries ") + ", ".join(map(str, lost)) if lost else "none"
+    return "–" if lost is None else entries_text(lost)
 
 
 def short_number(v: Any) -> str:
@@ -746,5 +788,5 @@ def short_number(v: Any) -> str:
 
 
 __all__ = ["init", "apply", "verify", "show", "entries", "head", "latest_model", "request_metrics", "forget_bar",
-           "is_forgotten", "write_report", "sequence_table", "verdict_text", "relapsed_entries", "relapsed_text",
-           "record_hash", "file_digests", "pending_dir", "interrupted_message", "METRICS"]
+           "is_forgotten", "renewal_due", "write_report", "sequence_table", "verdict_text", "relapsed_entries",
+           "relapsed_text", "entries_text", "record_hash", "file_digests", "pending_dir", "interrupted_message", "METRICS"]

@@ -68,6 +68,9 @@ def apply_command(
                                                                      "measurements (r2f eval's default)."),
     eval_max_items: Optional[int] = typer.Option(None, "--eval-max-items", help="Measure only the first N items "
                                                                                 "of each --utility file."),
+    renew: bool = typer.Option(True, "--renew/--no-renew", help="Forget again, in the same run, the earlier "
+                                                                 "requests the newest model version no longer keeps "
+                                                                 "forgotten (by its entry's verdicts)."),
     threads: Optional[int] = threads_option(),
 ) -> None:
     """Honour one deletion request: unlearn it from the newest model version into a new one, measure, and commit
@@ -75,13 +78,16 @@ def apply_command(
     entry = lg.apply(ledger, forget, method, retain=retain, utility=utility, decoder=decoder, steps=steps, lr=lr,
                      views=views, seed=seed, batch_size=batch_size, save_every=save_every, resume=resume,
                      restart=restart, device=device, max_failures=max_failures, threads=threads,
-                     max_new_tokens=max_new_tokens, eval_max_items=eval_max_items, **_parse_options(option))
+                     max_new_tokens=max_new_tokens, eval_max_items=eval_max_items, renew=renew,
+                     **_parse_options(option))
     req = entry["verification"]["request"]
     line = (f"entry {entry['index']}: {method}, {entry['run']['steps_done']} steps, forget ROUGE-L "
             f"{_num(req['before']['rougeL_recall'])} -> {_num(req['after']['rougeL_recall'])}, NLL "
             f"{_num(req['before']['answer_nll'])} -> {_num(req['after']['answer_nll'])}")
     for row in entry["verification"]["utility"]:
         line += f", {row['name']} ROUGE-L {_num(row['before']['rougeL_recall'])} -> {_num(row['after']['rougeL_recall'])}"
+    if entry.get("renewed"):
+        line += f", forgot again: {lg.entries_text(entry['renewed'])}"
     typer.echo(f"{line} -> {Path(ledger) / entry['child']['path']}")
     # the entry is committed either way (it records what was done); the verdict is said where a script sees it
     if req.get("forgotten") is False:
@@ -125,6 +131,7 @@ def show_command(
                    f"{str(r['parent'])[:12]} -> {str(r['child'])[:12]}  forget ROUGE-L "
                    f"{_num((req.get('before') or {}).get('rougeL_recall'))} -> "
                    f"{_num((req.get('after') or {}).get('rougeL_recall'))}  forgotten {lg.verdict_text(req)}  "
+                   f"forgot again: {lg.entries_text(r['renewed'])}  "
                    f"earlier not forgotten: {lg.relapsed_text(r.get('verification'))}  {r['path']}")
     typer.echo(f"head {lg.head(ledger)}")
 

@@ -110,6 +110,9 @@ class R2FConfig(MethodConfig):
     backtracks: int = option(4, "search: halvings of η tried before the step is given up (as many doublings too)")
     patience: int | None = option(None, "search: steps in a row without an acceptable η before the run stops "
                                         "(default: one pass over the forget batches)")
+    fallback: Literal["balanced", "none"] = option(
+        "balanced", "search: when `patience` steps in a row found no η: go on with aggregate=balanced (once; the "
+                    "run stops when those fail as long too) | none (stop)")
     guard_items: int = option(512, "guard items the line search scores (retain file, else self-answered; all of "
                                     "them up to this many)")
     retain_views: int = option(1, "question views of each retain item in the retain direction D_r")
@@ -160,6 +163,9 @@ class R2F(UpdateMethod):
     default_lr = 0.004  # η₀: the line search's first trial, a relative change ‖ΔW‖ = η₀·‖W‖ of the probed weights
     config_class = R2FConfig  # options, defaults and their checks (an unknown value is exit 2 naming it)
     config: R2FConfig
+    # per forget item its request, and per request its stop threshold (set by setup; None: one threshold)
+    groups: list[str] | None = None
+    group_thresholds: dict[str, float] | None = None
 
     def setup(self, engine: Engine):
         self.decoder_obj = resolve_decoder(self.options["decoder"])
@@ -179,6 +185,8 @@ class R2F(UpdateMethod):
         self._generated_items: list[QAItem] | None = None  # the target's answers to the generic questions, once
         self.keep_root = self._keep_root(engine, model) if self.step_geometry == "sigma" else None
         self.threshold = self._threshold(engine, model)
+        # forget items of several requests (r2f ledger's renewal marks each with ``request``): each its own threshold
+        self.groups, self.group_thresholds = self._request_groups(engine, model)
         self.window = max(1, int(self.config.stop_window))
         self.engine = engine
         # the collateral watch (past_threshold=while_clean): the target's own answers to the generic questions and
@@ -200,6 +208,8 @@ class R2F(UpdateMethod):
         self.next_eta: float | None = None
         self.halt: str | None = None
         self.failed_in_row = 0  # line searches in a row that found no step (checkpointed)
+        # the views' aggregation now: the option's, until a run that would halt falls back (checkpointed)
+        self.aggregate: str = self.config.aggregate
         self.moments: dict[str, torch.Tensor] = {}  # precondition=adam: first and second moments per weight
         self.adam_t = 0
         return model
@@ -248,7 +258,7 @@ class R2F(UpdateMethod):
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return dict(self.moments), {"next_eta": self.next_eta, "halt": self.halt, "adam_t": self.adam_t,
-                                    "failed_in_row": self.failed_in_row,
+                                    "failed_in_row": self.failed_in_row, "aggregate": self.aggregate,
                                     "last_guard": self.last_guard}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -256,6 +266,7 @@ class R2F(UpdateMethod):
         self.next_eta = meta.get("next_eta")
         self.halt = meta.get("halt")
         self.failed_in_row = int(meta.get("failed_in_row", 0))
+        self.aggregate = meta.get("aggregate", self.config.aggregate)
         self.adam_t = int(meta.get("adam_t", 0))
         self.last_guard = meta.get("last_guard", self.guard_start)
 
@@ -298,6 +309,7 @@ class R2F(UpdateMethod):
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"probe": self.probe.to_dict(), "stop_threshold": self.threshold,
+                                "request_thresholds": self.group_thresholds,
                                 "guard": {"source": self.guard_source, "items": len(self.engine.retain),
                                           "measure": self.guard_measure,
                                           "scored": len(self.guard_set),
@@ -404,24 +416,57 @@ class R2F(UpdateMethod):
             return float(self.config.stop_nll)
         if self.config.stop == "none":
             return None
-        documents = is_documents(engine.forget)
+        return self._wrong_answer_nll(engine, model, engine.forget)
+
+    def _wrong_answer_nll(self, engine: Engine, model, items) -> float | None:
+        """The ``stop`` rule's wrong-answer NLL of ``items`` (see :meth:`_threshold`); None without pairs."""
+        documents = is_documents(items)
         if documents:  # a unit's first half with another document's second half; no perturbed text to use
             bos = [engine.tokenizer.bos_token_id] if engine.tokenizer.bos_token_id is not None else []
-            pairs = shuffled_unit_pairs(engine.forget, bos) if self.config.stop == "shuffled" else []
+            pairs = shuffled_unit_pairs(items, bos) if self.config.stop == "shuffled" else []
         else:
-            pairs = shuffled_answer_pairs(engine.forget) if self.config.stop == "shuffled" else \
-                [(it.question, wrong) for it in engine.forget for wrong in it.perturbed_answer]
+            pairs = shuffled_answer_pairs(items) if self.config.stop == "shuffled" else \
+                [(it.question, wrong) for it in items for wrong in it.perturbed_answer]
         if not pairs:
             return None
         vals = []
         with torch.no_grad():
             for i in range(0, len(pairs), 16):
                 chunk = pairs[i: i + 16]
-                b = engine.make_batch([engine.forget[0]] * len(chunk))
+                b = engine.make_batch([items[0]] * len(chunk))
                 inputs = b.collate(chunk) if documents else b.encode([q for q, _ in chunk], [a for _, a in chunk])
                 s, n = sequence_nll(model, inputs)
                 vals += (s / n.clamp_min(1)).tolist()
         return sum(vals) / len(vals)
+
+    def _request_groups(self, engine: Engine, model) -> tuple[list[str] | None, dict[str, float] | None]:
+        """Per forget item its ``request`` (the ledger's entry number, on every item of a renewing run), and per
+        request the stop rule's threshold on its own items; (None, None) unless the items name two requests or
+        more. Why: the stop rule reads a mean, and a renewed request already halfway forgotten lifts the union's
+        mean to the threshold while the new request is still known (and same-kind answers of other people, which
+        the union's shuffled pairs use, are less wrong than another question's: a lower threshold)."""
+        if is_documents(engine.forget) or self.config.stop_nll is not None or self.threshold is None:
+            return None, None
+        groups = [str((it.model_extra or {}).get("request")) for it in engine.forget]
+        if "None" in groups or len(set(groups)) < 2:
+            return None, None
+        thresholds = {}
+        for g in dict.fromkeys(groups):
+            value = self._wrong_answer_nll(engine, model, [it for it, h in zip(engine.forget, groups) if h == g])
+            if value is None:
+                return None, None
+            thresholds[g] = value
+        return groups, thresholds
+
+    def _group_nlls(self, model) -> dict[str, float] | None:
+        """Per request (see :meth:`_request_groups`), its items' mean answer NLL now; None without groups."""
+        if self.groups is None:
+            return None
+        per_item = self.engine.item_nlls(model, self.engine.forget, chunk=32).float().cpu()
+        out: dict[str, list[float]] = {}
+        for g, v in zip(self.groups, per_item.tolist()):
+            out.setdefault(g, []).append(v)
+        return {g: sum(v) / len(v) for g, v in out.items()}
 
     def _steering(self, engine: Engine, model) -> tuple[torch.nn.Module, torch.Tensor, dict[str, Any]]:
         """RMU's target: (the steered decoder layer, its fixed random target vector, what was chosen).
@@ -489,7 +534,7 @@ class R2F(UpdateMethod):
 
     def decoded(self, model, batches: list[dict], loss_fn) -> dict[str, torch.Tensor]:
         # data-parallel step: the batches are this rank's slices; sketches are summed over ranks before decoding
-        dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.config.aggregate,
+        dirs = decoded_gradients(model, batches, self.decoder_obj, self.probe, loss_fn, aggregate=self.aggregate,
                                  stats=self.sigma_stats, reduce=self.engine.dp.active, checked=True)  # checked at setup
         # FSDP: each direction becomes a DTensor of this rank's rows (like its weight); the rest of the rule
         # (guard, Adam moments, norms, W -= η·D) then runs on shards; module-wide sums go through fsdp.scalar
@@ -718,13 +763,19 @@ class R2F(UpdateMethod):
             self.last_guard = g0
             self.failed_in_row += 1
             patience = self.engine.batches_per_epoch if self.config.patience is None else int(self.config.patience)
-            if self.failed_in_row >= patience:
+            fell_back = {}
+            if self.failed_in_row >= patience and self.config.fallback == "balanced" and self.aggregate != "balanced":
+                # the same batch and weights give the same direction again; each view over its own norm is a
+                # different one (a paraphrase the model answers badly no longer sets it alone: docs/methods.md)
+                self.aggregate, self.failed_in_row = "balanced", 0
+                fell_back = {"fallback": "aggregate=balanced"}
+            elif self.failed_in_row >= patience:
                 self.halt = (f"no step within the guard in {self.failed_in_row} step(s) in a row; the last after "
                              f"{trials} trials ({why})")
             # the stop rule reads the forget set's NLL: unchanged weights, but measured, not the batch's
-            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0,
+            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0, **fell_back,
                     "forget_set_nll": self.engine.mean_nll(model, self.engine.forget, chunk=32),
-                    **self._watch_entry(model)}
+                    **self._group_entry(model), **self._watch_entry(model)}
         self.failed_in_row = 0
         self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
         self.last_guard = g
@@ -734,25 +785,47 @@ class R2F(UpdateMethod):
         o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
         return {"step_size": eta, "trials": trials, "forget_nll_after": f, "forget_set_nll": forget_all,
                 "guard_nll": g, "guard_top1": acc, **({"forgotten_nll": o} if o is not None else {}),
-                **self._watch_entry(model)}
+                **self._group_entry(model), **self._watch_entry(model)}
+
+    def _group_entry(self, model) -> dict[str, Any]:
+        nlls = self._group_nlls(model)
+        return {} if nlls is None else {"forget_request_nll": nlls}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
         if self.halt is not None:
             return self.halt
         if self.threshold is None or len(log) < self.window:
             return None
-        recent = [e.get("forget_set_nll", e["forget_nll"]) for e in log[-self.window:]]
-        mean = sum(recent) / len(recent)
-        if mean < self.threshold:
-            return None
-        what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"
-        reached = f"{what} {mean:.4f} reached the threshold {self.threshold:.4f}"
+        if self.group_thresholds is not None:
+            reached = self._groups_reached(log[-self.window:])
+            if reached is None:
+                return None
+        else:
+            recent = [e.get("forget_set_nll", e["forget_nll"]) for e in log[-self.window:]]
+            mean = sum(recent) / len(recent)
+            if mean < self.threshold:
+                return None
+            what = "forget NLL" if self.window == 1 else f"forget NLL (mean of the last {self.window} steps)"
+            reached = f"{what} {mean:.4f} reached the threshold {self.threshold:.4f}"
         rise = log[-1].get("watch_rise")
         if rise is None:
             return reached
         budget = float(self.config.guard_budget)
         # no visible collateral yet: forgetting deeper costs nothing the run can see, so it goes on
         return f"{reached}; the collateral watch rose {rise:.4f} > {budget:g}" if rise > budget else None
+
+    def _groups_reached(self, recent: list[dict]) -> str | None:
+        """With several requests' items: "every request's forget NLL reached its threshold" once each has (the
+        mean over the stop window), else None."""
+        logged = [e.get("forget_request_nll") for e in recent]
+        if any(e is None for e in logged):
+            return None
+        margins = {g: sum(e[g] for e in logged) / len(logged) - t for g, t in self.group_thresholds.items()}
+        if min(margins.values()) < 0:
+            return None
+        least = min(margins, key=margins.get)
+        return (f"every request's forget NLL reached its threshold ({len(margins)} requests; the least margin "
+                f"{margins[least]:+.4f}, request {least})")
 
 
 @register
