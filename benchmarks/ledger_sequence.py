@@ -115,6 +115,7 @@ def summary(ledger: Path, measured: dict[str, Path]) -> dict:
                      "forget_rouge_before": rouge(v["request"], "before"),
                      "measured_rouge": {names.get(r["name"], r["name"]): rouge(r, "after") for r in v["utility"]},
                      "verdict": lg.verdict_text(v["request"]), "not_forgotten": lg.relapsed_text(v),
+                     "renewed": lg.entries_text(e.get("renewed") or []),
                      "steps_done": e["run"]["steps_done"], "stop_reason": e["run"]["stop_reason"],
                      "unlearn_s": (e["run"].get("cost") or {}).get("wall_s")})
     original = {names.get(r["name"], r["name"]): rouge(r, "before") for r in recs[0]["verification"]["utility"]} \
@@ -222,6 +223,7 @@ def main() -> None:
               "ROUGE " + " ".join(f"{v:.2f}" for v in last["forget_rouge"].values()) + "; " +
               ", ".join(f"{n} {v:.3f}" for n, v in last["measured_rouge"].items()) +
               f"; forgotten: {last['verdict']}; earlier not forgotten: {last['not_forgotten']}"
+              f"; forgot again: {last['renewed']}"
               f"; {time.perf_counter() - t0:.0f} s", flush=True)
         lg.write_report(ledger, forget_lines=forget_lines, title=f"{args.method} on {args.size}: sequential requests")
     s = summary(ledger, measured)
@@ -239,12 +241,12 @@ def main() -> None:
     if not args.no_record:
         header = ["after request", "forget ROUGE (max over requests so far)", "unnamed authors ROUGE",
                   "world facts ROUGE", "steps", "unlearn s", "ledger verdict: this request",
-                  "earlier requests not forgotten"]
+                  "earlier requests not forgotten", "forgot again (renewal)"]
         rows = [["original", None, s["original"].get("unnamed"), s["original"].get("world_facts"), None, None,
-                 None, None]]
+                 None, None, None]]
         rows += [[r["entry"], max(v for v in r["forget_rouge"].values() if v is not None),
                   r["measured_rouge"].get("unnamed"), r["measured_rouge"].get("world_facts"), r["steps_done"],
-                  r["unlearn_s"], r["verdict"], r["not_forgotten"]] for r in s["entries"]]
+                  r["unlearn_s"], r["verdict"], r["not_forgotten"], r["renewed"]] for r in s["entries"]]
         body = table(header, rows) + "\n\n" + "\n".join(f"- {'pass' if ok else 'FAIL'}: {n} ({d})"
                                                         for n, ok, d in results)
         record(f"ledger_sequence_{args.method}_{args.size}",
