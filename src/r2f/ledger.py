@@ -521,10 +521,10 @@ def apply(
     forget file (the ledger's copies) and each ``utility`` file (without any, the ``retain`` file when given);
     ``eval_max_items`` caps the items of the utility files. ``renew``: the earlier requests the parent no longer
     keeps forgotten (:func:`renewal_due`: the parent entry's verdicts) are forgotten again in the same run, their
-    items added to the request's (docs/ledger.md, "Renewal"); the entry records which. Bad input, or a ledger that fails the checks
-    :func:`verify` makes, raises :class:`R2FInputError` before anything is written. ``save_every``/``resume``:
-    checkpoints in ``L/pending/model/checkpoints``, continued as ``r2f unlearn --resume`` does; ``restart``
-    discards an interrupted apply.
+    items added to the request's (docs/ledger.md, "Renewal"); the entry records which. Bad input, or a ledger
+    that fails the checks :func:`verify` makes, raises :class:`R2FInputError` before anything is written.
+    ``save_every``/``resume``: checkpoints in ``L/pending/model/checkpoints``, continued as ``r2f unlearn
+    --resume`` does; ``restart`` discards an interrupted apply.
     """
     # deferred (torch): see the note under the module's imports
     from r2f.methods import unlearn
@@ -789,4 +789,5 @@ def short_number(v: Any) -> str:
 
 __all__ = ["init", "apply", "verify", "show", "entries", "head", "latest_model", "request_metrics", "forget_bar",
            "is_forgotten", "renewal_due", "write_report", "sequence_table", "verdict_text", "relapsed_entries",
-           "relapsed_text", "entries_text", "record_hash", "file_digests", "pending_dir", "interrupted_message", "METRICS"]
+           "relapsed_text", "entries_text", "record_hash", "file_digests", "pending_dir", "interrupted_message",
+           "METRICS"]
