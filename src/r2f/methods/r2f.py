@@ -25,7 +25,8 @@ value is a default that needs no tuning per target (docs/methods.md has the reas
    generic questions, text no guard step looks at — has risen by more than ``guard_budget`` since the start; while
    it has not, go on (``past_threshold="while_clean"``: a model that forgets without visible collateral is taken
    deeper). Also stop when no step has fitted the guard for ``patience`` steps in a row (a step without one keeps
-   the weights and moves on to the next batch).
+   the weights and moves on to the next batch), after one more try with balanced views (``fallback``); with
+   forget items of several ledger requests (``request``), each request must reach its own threshold.
 
 ``exact`` is the same rule with exact gradients (the perfect-decoder oracle).
 """
