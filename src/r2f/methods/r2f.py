@@ -448,9 +448,10 @@ class R2F(UpdateMethod):
         the union's shuffled pairs use, are less wrong than another question's: a lower threshold)."""
         if is_documents(engine.forget) or self.config.stop_nll is not None or self.threshold is None:
             return None, None
-        groups = [str((it.model_extra or {}).get("request")) for it in engine.forget]
-        if "None" in groups or len(set(groups)) < 2:
+        named = [(it.model_extra or {}).get("request") for it in engine.forget]
+        if None in named or len(set(named)) < 2:
             return None, None
+        groups = [str(k) for k in named]
         thresholds = {}
         for g in dict.fromkeys(groups):
             value = self._wrong_answer_nll(engine, model, [it for it, h in zip(engine.forget, groups) if h == g])
@@ -459,15 +460,17 @@ class R2F(UpdateMethod):
             thresholds[g] = value
         return groups, thresholds
 
-    def _group_nlls(self, model) -> dict[str, float] | None:
-        """Per request (see :meth:`_request_groups`), its items' mean answer NLL now; None without groups."""
-        if self.groups is None:
-            return None
-        per_item = self.engine.item_nlls(model, self.engine.forget, chunk=32).float().cpu()
-        out: dict[str, list[float]] = {}
-        for g, v in zip(self.groups, per_item.tolist()):
-            out.setdefault(g, []).append(v)
-        return {g: sum(v) / len(v) for g, v in out.items()}
+    def _forget_set_entry(self, model) -> dict[str, Any]:
+        """The log's whole-forget-set NLL after a step (what the stop rule reads) and, with several requests' items
+        (:meth:`_request_groups`), each request's mean: one forward pass over the forget set for both."""
+        per_item = self.engine.item_nlls(model, self.engine.forget, chunk=32)
+        entry: dict[str, Any] = {"forget_set_nll": float(per_item.mean())}
+        if self.groups is not None:
+            out: dict[str, list[float]] = {}
+            for g, v in zip(self.groups, per_item.float().cpu().tolist()):
+                out.setdefault(g, []).append(v)
+            entry["forget_request_nll"] = {g: sum(v) / len(v) for g, v in out.items()}
+        return entry
 
     def _steering(self, engine: Engine, model) -> tuple[torch.nn.Module, torch.Tensor, dict[str, Any]]:
         """RMU's target: (the steered decoder layer, its fixed random target vector, what was chosen).
@@ -775,22 +778,17 @@ class R2F(UpdateMethod):
                              f"{trials} trials ({why})")
             # the stop rule reads the forget set's NLL: unchanged weights, but measured, not the batch's
             return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0, **fell_back,
-                    "forget_set_nll": self.engine.mean_nll(model, self.engine.forget, chunk=32),
-                    **self._group_entry(model), **self._watch_entry(model)}
+                    **self._forget_set_entry(model), **self._watch_entry(model)}
         self.failed_in_row = 0
         self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
         self.last_guard = g
         # the stop rule reads the whole forget set's NLL after the step: one batch's NLL swings by ±50 %
         # between batches and made the run stop late, well past the oracle's level
-        forget_all = self.engine.mean_nll(model, self.engine.forget, chunk=32)
+        forget_all = self._forget_set_entry(model)
         o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
-        return {"step_size": eta, "trials": trials, "forget_nll_after": f, "forget_set_nll": forget_all,
-                "guard_nll": g, "guard_top1": acc, **({"forgotten_nll": o} if o is not None else {}),
-                **self._group_entry(model), **self._watch_entry(model)}
-
-    def _group_entry(self, model) -> dict[str, Any]:
-        nlls = self._group_nlls(model)
-        return {} if nlls is None else {"forget_request_nll": nlls}
+        return {"step_size": eta, "trials": trials, "forget_nll_after": f,
+                "forget_set_nll": forget_all.pop("forget_set_nll"), "guard_nll": g, "guard_top1": acc,
+                **({"forgotten_nll": o} if o is not None else {}), **forget_all, **self._watch_entry(model)}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
         if self.halt is not None:
