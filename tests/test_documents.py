@@ -278,6 +278,11 @@ def test_r2f_shuffled_stop_rule_on_documents(doc_setup, tmp_path):
                   out=tmp_path / "o", steps=2, batch_size=2, chunk_tokens=16)
     info = json.loads((out / "manifest.json").read_text())["method_info"]
     assert math.isfinite(info["stop_threshold"])
+    # on documents the line search's run budget is 0.04 (a unit's mean NLL dilutes a change); an explicit one wins
+    assert info["guard"]["budget"] == 0.04 and (info["watch"] is None or info["watch"]["budget"] == 0.04)
+    out = unlearn(str(doc_setup["model"]), doc_setup["docs"], doc_setup["retain"], method="r2f", decoder="ls",
+                  out=tmp_path / "o2", steps=1, batch_size=2, chunk_tokens=16, guard_budget=0.08)
+    assert json.loads((out / "manifest.json").read_text())["method_info"]["guard"]["budget"] == 0.08
 
 
 # ------------------------------------------------------------------------------------ metrics

@@ -49,24 +49,26 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
     # the line search's contract, read from the log: no accepted step raised the guard NLL by more than
     # guard_tol, and the run never by more than guard_budget
     opts, guard = man["config"]["options"], man["method_info"]["guard"]
+    budget = guard["budget"]
+    assert opts["guard_budget"] is None and budget == 0.08  # the default on QA forget data
     prev = guard["nll_start"]
     for entry in man["log"]:
         if entry["step_size"] > 0:
             assert entry["guard_nll"] - prev <= opts["guard_tol"] + 1e-6
-            assert entry["guard_nll"] - guard["nll_start"] <= opts["guard_budget"] + 1e-6
+            assert entry["guard_nll"] - guard["nll_start"] <= budget + 1e-6
         prev = entry["guard_nll"]
     # the stop rule's contract: past the threshold the run went on only while the collateral watch (the target's
     # NLL of its own answers to the generic questions) stayed within guard_budget, and a stop at the threshold
     # says the watch had moved more; the watch's start is the full model's NLL of those answers, recomputed here
     watch, threshold = man["method_info"]["watch"], man["method_info"]["stop_threshold"]
-    assert watch["budget"] == opts["guard_budget"] and watch["items"] == len(generated)
+    assert watch["budget"] == budget and watch["items"] == len(generated)
     assert watch["nll_start"] == pytest.approx(mean_answer_nll(tiny_models["full"], generated), abs=1e-4)
     for entry in man["log"][:-1]:
         if entry["forget_set_nll"] >= threshold:
-            assert entry["watch_rise"] <= opts["guard_budget"], entry
+            assert entry["watch_rise"] <= budget, entry
     reason = man["steps"]["stop_reason"] or ""
     if "reached the threshold" in reason:
-        assert man["log"][-1]["watch_rise"] > opts["guard_budget"] and "collateral watch rose" in reason
+        assert man["log"][-1]["watch_rise"] > budget and "collateral watch rose" in reason
     assert man["method_info"]["decoder"]["file"] == str(proxy_decoder)
     assert man["method_info"]["guard"]["source"] == ("file" if retain else "renamed")
     # the default forget loss reads the answers' fact tokens: some token ids were found to be format words

@@ -186,15 +186,17 @@ class Engine:
         return float(self.item_nlls(model, items, chunk).mean())
 
     def item_nlls(self, model, items: Sequence[QAItem], chunk: int | None = None) -> torch.Tensor:
-        """Per item, its mean answer-token NLL (eval mode, ``chunk`` items a forward pass)."""
+        """Per item, its mean answer-token NLL (eval mode, ``chunk`` items a forward pass, no autograd graph: a
+        measurement, never differentiated)."""
         chunk = chunk or max(1, self.config.batch_size)
         was_training = model.training
         model.eval()
         vals = []
-        for i in range(0, len(items), chunk):
-            b = self.make_batch(items[i:i + chunk])
-            s, n = sequence_nll(model, b.inputs)
-            vals.append(s / n.clamp_min(1))
+        with torch.no_grad():
+            for i in range(0, len(items), chunk):
+                b = self.make_batch(items[i:i + chunk])
+                s, n = sequence_nll(model, b.inputs)
+                vals.append(s / n.clamp_min(1))
         model.train(was_training)
         return torch.cat(vals)
 
