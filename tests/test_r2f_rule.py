@@ -100,7 +100,7 @@ def test_stop_rule_goes_past_the_threshold_only_while_the_collateral_watch_is_cl
     from r2f.methods.guard import GENERATED_SOURCE
 
     method = get_method("r2f")
-    method.halt, method.threshold, method.window = None, 1.0, 1
+    method.halt, method.threshold, method.window, method.guard_budget = None, 1.0, 1, 0.08  # as setup leaves them on QA
     assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 0.9, "watch_rise": 0.5}]) is None
     assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.08}]) is None
     reason = method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.0801}])
