@@ -56,6 +56,19 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
         if entry["step_size"] > 0:
             assert entry["guard_nll"] - prev <= opts["guard_tol"] + 1e-6
             assert entry["guard_nll"] - guard["nll_start"] <= budget + 1e-6
+        # every trial is logged with its verdict, and a verdict agrees with the numbers it was given
+        trials = entry["search"]
+        assert len(trials) == entry["trials"]
+        assert [t["verdict"] for t in trials].count("accepted") == (entry["step_size"] > 0)
+        for t in trials:
+            if t["verdict"] == "accepted":
+                assert t["eta"] == entry["step_size"] and t["guard"] == entry["guard_nll"]
+            elif "> guard_tol" in t["verdict"]:
+                assert t["guard"] - prev > opts["guard_tol"]
+            elif "> guard_budget" in t["verdict"]:
+                assert t["guard"] - guard["nll_start"] > budget
+            else:
+                assert t["verdict"].startswith("forget NLL did not rise") or t["verdict"] == "non-finite loss", t
         prev = entry["guard_nll"]
     # the stop rule's contract: past the threshold the run went on only while the collateral watch (the target's
     # NLL of its own answers to the generic questions) stayed within guard_budget, and a stop at the threshold

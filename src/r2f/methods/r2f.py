@@ -745,9 +745,11 @@ class R2F(UpdateMethod):
         too_big: float | None = None  # the smallest η seen to break the guard this step
         measure = self.guard_measure.upper()
         halvings = 0
+        tried: list[dict[str, Any]] = []  # every trial and its verdict, for the step's log
         for trials in range(1, 2 * (int(self.config.backtracks) + 1) + 1):
             self._apply(params, directions, unit, eta, base=base)
             f, (g, acc) = self._forget_batch_nll(model, forget), self._guard_scores(model)
+            tried.append({"eta": eta, "forget_nll": f, "guard": g})
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
             elif g - g0 > float(self.config.guard_tol):
@@ -760,13 +762,16 @@ class R2F(UpdateMethod):
                 why = f"forget NLL did not rise ({f:.4f} <= {f0:.4f})"
                 longer = min(2 * eta, MAX_ETA)
                 if longer > eta and (too_big is None or longer < too_big):
+                    tried[-1]["verdict"] = why
                     eta = longer
                     continue
                 # no longer step to try (η at its cap, or the next one broke the guard): a step this long may
                 # overshoot the forget NLL's rise, so shorter ones are tried, as after a guard break
             else:
                 accepted = True
+                tried[-1]["verdict"] = "accepted"
                 break
+            tried[-1]["verdict"] = why
             too_big = eta if too_big is None else min(too_big, eta)
             if halvings == int(self.config.backtracks):
                 break
@@ -787,7 +792,8 @@ class R2F(UpdateMethod):
                 self.halt = (f"no step within the guard in {self.failed_in_row} step(s) in a row; the last after "
                              f"{trials} trials ({why})")
             # the stop rule reads the forget set's NLL: unchanged weights, but measured, not the batch's
-            return {"step_size": 0.0, "trials": trials, "forget_nll_after": f0, "guard_nll": g0, **fell_back,
+            return {"step_size": 0.0, "trials": trials, "search": tried, "forget_nll_after": f0, "guard_nll": g0,
+                    **fell_back,
                     **self._forget_set_entry(model), **self._watch_entry(model)}
         self.failed_in_row = 0
         self.next_eta = min(2 * eta if trials == 1 else eta, MAX_ETA)
@@ -796,7 +802,7 @@ class R2F(UpdateMethod):
         # between batches and made the run stop late, well past the oracle's level
         forget_all = self._forget_set_entry(model)
         o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
-        return {"step_size": eta, "trials": trials, "forget_nll_after": f,
+        return {"step_size": eta, "trials": trials, "search": tried, "forget_nll_after": f,
                 "forget_set_nll": forget_all.pop("forget_set_nll"), "guard_nll": g, "guard_top1": acc,
                 **({"forgotten_nll": o} if o is not None else {}), **forget_all, **self._watch_entry(model)}
 
