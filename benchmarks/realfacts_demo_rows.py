@@ -5,10 +5,13 @@ files; all from the cache once built), then runs each named demo row with the de
 ``evaluate_row`` (the same options, step budget and realfacts scoring) and prints its summary. Each row's eval.json
 and manifest.json land in ``OUT/runs/NAME`` as in the demo (``original``: its eval.json only). For a session that
 cannot wait for the whole demo, to add rows to one that was stopped, or to measure a method option on this bench
-(``-o key=value`` replaces the row's option, as a bench grid entry does; ``--steps`` the demo's budget of 10):
+(``-o key=value`` replaces the row's option, as a bench grid entry does; ``--steps`` the demo's budget of 10), or
+on another forget request than the shipped one (``--request K``, 1–5: ten other countries by the same split rule,
+``r2f.data.realfacts.assign_splits``), so that a setting can be chosen on requests the reported one never saw:
 
     python benchmarks/realfacts_demo_rows.py --out /tmp/h1/rf_rows npo grad_diff original
     python benchmarks/realfacts_demo_rows.py --out /tmp/h1/rf_w1 -o retain_weight=1 r2f
+    python benchmarks/realfacts_demo_rows.py --out /tmp/h1/rf_req1 --request 1 r2f original
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def parse_option(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from r2f.data.realfacts import write_request
     from r2f.demo import DEMO_METHODS, DemoConfig, evaluate_row, prepare, run_method
     from r2f.io import write_json_atomic
 
@@ -44,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="step budget (default: the realfacts demo's)")
     ap.add_argument("-o", "--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                     help="replace a method option of every named method row (repeatable)")
+    ap.add_argument("--request", type=int, default=0,
+                    help="forget request of the realfacts split rule (default 0: the shipped splits)")
     args = ap.parse_args(argv)
-    cfg = DemoConfig(target="smollm2-base", bench="realfacts", seed=args.seed, steps=args.steps)
+    data = str(write_request(args.out / f"realfacts-request-{args.request}", args.request)) if args.request else None
+    cfg = DemoConfig(target="smollm2-base", bench="realfacts", seed=args.seed, steps=args.steps, realfacts_data=data)
     prep = prepare(args.out, cfg, print, {})
     for name in args.rows:
         t0 = time.perf_counter()

@@ -86,6 +86,33 @@ def test_split_rule_reads_only_the_records(shipped):
         assert sorted(shuffled[name]) == sorted(original[name])
 
 
+def test_other_forget_requests_follow_the_same_rule(shipped, tmp_path):
+    """Request k > 0 forgets the next ten eligible countries; the shipped splits are request 0, written again."""
+    from r2f.data.realfacts import write_request
+
+    ids, items = shipped.kept_items()
+    zero = load_realfacts(write_request(tmp_path / "r0", 0))
+    assert {k: list(v) for k, v in zero.splits.items()} == {k: list(v) for k, v in shipped.splits.items()}
+    one = load_realfacts(write_request(tmp_path / "r1", 1))
+    subjects0, subjects1 = set(shipped.measurement["forget_subjects"]), set(one.measurement["forget_subjects"])
+    assert len(subjects1) == N_FORGET_SUBJECTS and not subjects0 & subjects1
+    forget1 = [one.facts[i] for i in one.splits["forget"]]
+    assert {_extra(it, "subject") for it in forget1} == subjects1
+    assert sorted(i for i in ids if _extra(shipped.facts[i], "subject") in subjects1) == sorted(one.splits["forget"])
+    # request 0's countries are ordinary subjects now: neighbours or retain, never forgotten
+    excluded = set(assign_splits(ids, items, request=1)["excluded"])
+    kept0 = {i for i in ids if _extra(shipped.facts[i], "subject") in subjects0}
+    assert kept0 <= set(one.splits["neighbour"]) | set(one.splits["retain"]) | excluded
+    assert not {_extra(one.facts[i], "subject") for i in one.splits["neighbour"]} & subjects1
+    everything = [i for name in one.splits for i in one.splits[name]] + sorted(excluded)
+    assert len(everything) == len(set(everything)) and set(everything) == set(ids)
+    assert one.measurement["request"] == 1 and "reference" not in one.measurement
+    for bad in (-1, 6):
+        with pytest.raises(R2FInputError, match="request"):
+            write_request(tmp_path / "bad", bad)
+    assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
 def test_facts_file_is_what_the_source_tables_expand_to():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

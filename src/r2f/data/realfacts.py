@@ -28,7 +28,7 @@ from typing import Iterator, Mapping, Sequence
 from r2f.data.loader import item_locations, load_items
 from r2f.data.schema import QAItem
 from r2f.errors import R2FInputError
-from r2f.io import read_json, read_text
+from r2f.io import read_json, read_text, write_json_atomic, write_text_atomic
 
 BENCH = "realfacts"
 FACTS_FILE, KEPT_FILE, HELDOUT_FILE = "facts.jsonl", "kept.json", "heldout.txt"
@@ -97,11 +97,17 @@ def _names(item: QAItem, subject: str) -> bool:
     return bool(pattern.search(item.question) or pattern.search(item.answer))
 
 
-def assign_splits(ids: Sequence[str], items: Sequence[QAItem]) -> dict[str, list[str]]:
+def assign_splits(ids: Sequence[str], items: Sequence[QAItem], request: int = 0) -> dict[str, list[str]]:
     """The deterministic splits of the kept facts (:data:`SPLIT_RULE`); also lists ``excluded`` ids.
 
     Reads only the records, so the same kept set always gives the same splits, whatever the file order.
+    ``request`` k > 0 makes another forget request by the same rule: the (k+1)-th run of
+    :data:`N_FORGET_SUBJECTS` eligible subjects in the same order is forgotten, every other subject (those of
+    request 0 too) is a candidate neighbour or retain subject. The shipped splits are request 0; the others are
+    for choosing a method's settings on requests that the reported one never saw (:func:`write_request`).
     """
+    if request < 0:
+        raise R2FInputError(f"must be >= 0, got {request}", source="request")
     by_subject: dict[str, list[str]] = {}
     others: dict[str, list[str]] = {}
     item_of = dict(zip(ids, items))
@@ -111,7 +117,11 @@ def assign_splits(ids: Sequence[str], items: Sequence[QAItem]) -> dict[str, list
         else:
             others.setdefault(_extra(it, "relation"), []).append(i)
     subjects = sorted(by_subject, key=_digest)
-    forget_subjects = [s for s in subjects if len(by_subject[s]) >= MIN_FACTS][:N_FORGET_SUBJECTS]
+    eligible = [s for s in subjects if len(by_subject[s]) >= MIN_FACTS]
+    forget_subjects = eligible[request * N_FORGET_SUBJECTS:(request + 1) * N_FORGET_SUBJECTS]
+    if request and len(forget_subjects) < N_FORGET_SUBJECTS:
+        raise R2FInputError(f"{request} does not exist: {len(eligible)} subjects have {MIN_FACTS}+ facts "
+                            f"(requests 0–{len(eligible) // N_FORGET_SUBJECTS - 1})", source="request")
     out: dict[str, list[str]] = {name: [] for name in (*SPLITS, "excluded")}
     for s in forget_subjects:
         out["forget"].extend(by_subject[s])
@@ -131,6 +141,29 @@ def assign_splits(ids: Sequence[str], items: Sequence[QAItem]) -> dict[str, list
             general = rank % 2 == 0 and rank // 2 < N_GENERAL_PER_RELATION
             out["general" if general else "retain"].append(i)
     out["forget_subjects"] = forget_subjects
+    return out
+
+
+def write_request(out_dir: str | os.PathLike, request: int, root: str | os.PathLike | None = None) -> Path:
+    """A realfacts directory whose splits are forget request ``request`` (:func:`assign_splits`) of the shipped
+    benchmark (or the one in ``root``): the same facts, kept set and held-out text, written to ``out_dir`` for
+    ``DemoConfig(realfacts_data=...)`` and ``r2f eval --bench realfacts --data``."""
+    with _root_dir(root) as d:
+        record = read_json(d / KEPT_FILE)
+        bench = load_realfacts(d)
+        splits = assign_splits(list(bench.kept), [bench.facts[i] for i in bench.kept], request=request)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (FACTS_FILE, HELDOUT_FILE):
+            write_text_atomic(out / name, (d / name).read_text(encoding="utf-8"))
+    forget_subjects = splits.pop("forget_subjects")
+    record.update(forget_subjects=forget_subjects, request=request, splits=splits,
+                  sizes={k: len(v) for k, v in splits.items()})
+    if request:  # the shipped reference shares are request 0's splits
+        record.pop("reference", None)
+        record["split_rule"] = f"{record.get('split_rule', SPLIT_RULE)}; request {request}: the forget subjects are " \
+                               f"eligible subjects {request * N_FORGET_SUBJECTS + 1}–{(request + 1) * N_FORGET_SUBJECTS}"
+    write_json_atomic(out / KEPT_FILE, record)
     return out
 
 
