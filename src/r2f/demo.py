@@ -301,17 +301,18 @@ def evaluate_row(model: str | Path, prep: Prepared, cfg: DemoConfig, retain_eval
     return evaluate(model, prep.world, retain_log=retain_eval, spec=cfg.eval_spec)
 
 
-def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict | None) -> dict:
+def demo_row(prep: Prepared, cfg: DemoConfig, name: str, out: Path, retain_eval: dict | None,
+             overrides: dict | None = None) -> dict:
     """One row of the demo table: unlearn with demo method ``name`` into ``out`` and evaluate the result (for
     ``original`` and ``retrain``: evaluate the target and the retain oracle). A module-level function so that
-    :func:`r2f.parallel.run_jobs` workers can run it.
+    :func:`r2f.parallel.run_jobs` workers can run it. ``overrides``: as :func:`run_method`'s.
 
     Returns ``{"eval", "manifest", "dir", "method", "options"}`` (models only: ``{"eval", "model_dir"}``).
     """
     if name in ("original", "retrain"):
         model = prep.full if name == "original" else prep.retain
         return {"model_dir": model, "eval": evaluate_row(model, prep, cfg, retain_eval)}
-    run = run_method(prep, cfg, name, out)
+    run = run_method(prep, cfg, name, out, overrides)
     ev = evaluate_row(run["dir"], prep, cfg, retain_eval)
     write_json_atomic(Path(run["dir"]) / "eval.json", ev)
     return {**run, "eval": ev}
