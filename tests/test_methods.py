@@ -269,10 +269,10 @@ def test_typed_options_are_validated_where_the_method_is_made(capsys):
 R2F_DEFAULTS = {
     "decoder": None, "access": None, "objective": "npo", "beta": None, "steer_layer": None, "steer_scale": 1.0,
     "views": 4, "answer_tokens": "fact", "format_share": 0.1, "document_tokens": "all", "rank": None, "rank_a": None, "probe_seed": 0, "target_modules": None, "aggregate": "mean",
-    "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "step_rule": "search", "guard_measure": "nll", "guard_tol": 0.02,
+    "guard": "project", "retain_data": "auto", "retain_weight": 3.0, "retain_loss": "nll", "step_rule": "search", "guard_measure": "nll", "guard_tol": 0.02,
     "guard_budget": None, "backtracks": 4, "patience": None, "fallback": "balanced", "guard_items": 512, "retain_views": 1, "step_norm": "global",
     "precondition": "auto", "min_step_ratio": 0.1, "stop": "shuffled", "stop_nll": None, "stop_window": 1,
-    "past_threshold": "while_clean", "stats": "retain", "stats_items": 64, "forgotten": None, "sigma_damp": 0.05,
+    "past_threshold": "while_clean", "stats": "retain", "stats_items": 64, "forgotten": None, "hold": "earlier", "sigma_damp": 0.05,
     "keep_text": "guard+generated",
 }
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import answer_prob, mean_answer_nll
+from conftest import answer_prob, item_answer_nlls, mean_answer_nll
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,67 @@ def test_default_rule_with_learned_decoder_forgets_and_keeps(retain, world_dir, 
             assert now >= 0.8 * before, (name, retain, before, now, man["steps"])
 
 
+def test_rank_guard_ranks_as_a_hand_count(world_dir, tiny_models):
+    """guard_measure=rank's score is the share of guard items whose true answer's mean NLL is not below every
+    wrong candidate's, each pair scored here on its own (transformers, one padded batch per candidate list); items
+    without perturbed answers are ranked against the next items' answers."""
+    from r2f.data.loader import load_split
+    from r2f.data.templates import template_for
+    from r2f.methods.guard import RankGuard
+    from r2f.models import load_model
+
+    # the retain oracle never saw the forget10 authors: some of their true answers are not first
+    items = [*load_split(world_dir, "forget10")[:12], *load_split(world_dir, "retain90")[:12]]
+    items = [*items[:8], *(it.model_copy(update={"perturbed_answer": []}) for it in items[8:16]), *items[16:]]
+    model, tokenizer = load_model(tiny_models["retain"])
+    guard = RankGuard(items, tokenizer, template_for(tokenizer))
+    lost, margin = guard.scores(model)
+    answers = [it.answer for it in items]
+    expected_lost, margins = 0, []
+    for i, it in enumerate(items):
+        wrong = it.perturbed_answer or [answers[(i + k) % len(items)] for k in (1, 2, 3)]
+        assert guard.candidates[i] == [it.answer, *wrong]
+        pairs = [it.model_copy(update={"answer": a}) for a in [it.answer, *wrong]]
+        nll = item_answer_nlls(tiny_models["retain"], pairs)
+        expected_lost += int(bool((nll[1:] <= nll[0]).any()))
+        margins.append(float(nll[1:].min() - nll[0]))
+    assert 0 < expected_lost < len(items)  # the check can tell a wrong count (items first and not first)
+    assert lost == pytest.approx(expected_lost / len(items))
+    assert margin == pytest.approx(sum(margins) / len(margins), abs=1e-4)
+
+
+def test_rank_guard_run_keeps_its_contract(world_dir, tiny_models, proxy_decoder, tmp_path):
+    """With guard_measure=rank no accepted step loses more than guard_tol of the guard items' first ranks, the run
+    no more than guard_budget's default 0.05, and no accepted trial let the collateral watch rise past 0.08 nats;
+    the forget answers still lose probability."""
+    from r2f.data.loader import load_split
+    from r2f.methods import unlearn
+
+    forget = load_split(world_dir, "forget10")
+    retain_file = tmp_path / "retain.jsonl"
+    retain_file.write_text("".join((world_dir / f).read_text() for f in ("retain90.jsonl", "world_facts.jsonl")))
+    out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", retain_file, method="r2f",
+                  decoder=proxy_decoder, out=tmp_path / "out", seed=0, guard_measure="rank")
+    man = json.loads((out / "manifest.json").read_text())
+    guard, watch, tol = man["method_info"]["guard"], man["method_info"]["watch"], man["config"]["options"]["guard_tol"]
+    assert guard["measure"] == "rank" and guard["budget"] == 0.05 and watch["budget"] == 0.08
+    prev, accepted = guard["nll_start"], 0
+    for entry in man["log"]:
+        for t in entry["search"]:
+            assert "watch_rise" in t
+            if t["verdict"] == "accepted":
+                accepted += 1
+                assert t["guard"] - prev <= tol + 1e-9 and t["guard"] - guard["nll_start"] <= 0.05 + 1e-9
+                assert t["watch_rise"] <= 0.08
+            elif "collateral watch rose" in t["verdict"]:
+                assert t["watch_rise"] > 0.08
+        prev = entry["guard_nll"]
+    assert accepted > 0
+    # on this tiny model the watch (its answers to generic questions, text it never learned) binds first: the
+    # forget answers lose little (0.997 → 0.988), but lose
+    assert answer_prob(out, forget) < answer_prob(tiny_models["full"], forget), man["steps"]
+
+
 def test_stop_rule_goes_past_the_threshold_only_while_the_collateral_watch_is_clean():
     """At the stop threshold the run stops only when the collateral watch has risen by more than guard_budget;
     without a watch (past_threshold=stop, or the generic answers are the guard themselves) it stops there."""
@@ -113,7 +174,7 @@ def test_stop_rule_goes_past_the_threshold_only_while_the_collateral_watch_is_cl
     from r2f.methods.guard import GENERATED_SOURCE
 
     method = get_method("r2f")
-    method.halt, method.threshold, method.window, method.guard_budget = None, 1.0, 1, 0.08  # as setup leaves them on QA
+    method.halt, method.threshold, method.window, method.watch_budget = None, 1.0, 1, 0.08  # as setup leaves them on QA
     assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 0.9, "watch_rise": 0.5}]) is None
     assert method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.08}]) is None
     reason = method.should_stop(None, [{"forget_nll": 0.5, "forget_set_nll": 1.2, "watch_rise": 0.0801}])
@@ -166,6 +227,70 @@ def test_rmu_objective_changes_only_the_layers_below_the_steered_one(world_dir, 
     assert all(torch.equal(before[k], after[k]) for k in probed if k.startswith("model.layers.1."))
     forget = load_split(world_dir, "forget10")
     assert answer_prob(out, forget) < answer_prob(tiny_models["full"], forget)
+
+
+def test_reference_top_k_gives_the_kl_to_the_starting_model(world_dir, tiny_models):
+    """retain_loss=kl's reference: zero at the starting weights; with k the whole vocabulary, the mean over answer
+    tokens of KL(start ‖ now) computed here from both models' full softmax; with a smaller k a lower bound of it."""
+    import copy
+
+    from r2f.data.loader import load_split
+    from r2f.data.templates import encode_qa
+    from r2f.methods.reference import ReferenceTopK, coarse_kl
+    from r2f.models import load_model
+    from r2f.models.answer_nll import answer_token_logits
+
+    items = load_split(world_dir, "retain90")[:6]
+    model, tok = load_model(tiny_models["full"])
+    model.eval()
+    batch = encode_qa(tok, [it.question for it in items], [it.answer for it in items])
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+
+    @torch.no_grad()
+    def mean_kl(ref, m):
+        logits = answer_token_logits(m, batch)[0]
+        ids, logp = ref.lookup(batch)
+        return float(coarse_kl(logp, torch.log_softmax(logits.float(), -1).gather(1, ids)).mean())
+
+    vocab = model.get_output_embeddings().weight.shape[0]
+    full, small = ReferenceTopK(k=vocab), ReferenceTopK(k=4)
+    full.add(model, [batch])
+    small.add(model, [batch])
+    with torch.no_grad():
+        keep = batch["labels"][:, 1:] != -100
+        start = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep], -1)
+        now = torch.log_softmax(moved(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep], -1)
+        by_hand = float((start.exp() * (start - now)).sum(-1).mean())
+    assert mean_kl(full, model) == pytest.approx(0.0, abs=1e-5)
+    assert by_hand > 1e-3 and mean_kl(full, moved) == pytest.approx(by_hand, rel=1e-3)
+    assert 0 < mean_kl(small, moved) <= by_hand + 1e-6
+    with pytest.raises(KeyError):
+        full.lookup(encode_qa(tok, ["Who?"], ["Nobody."]))
+
+
+@pytest.mark.parametrize("options", [{"retain_loss": "kl"}, {"hold": "run"}])
+def test_retain_kl_and_held_run_items_forget_within_the_guard(options, world_dir, tiny_models, proxy_decoder, tmp_path):
+    """The learned decoder's rule with retain_loss=kl or hold=run: the guard's contract holds (no accepted step
+    raised the guard NLL past guard_tol, nor the run past the budget), the forget answers lose probability and
+    the retain answers keep theirs."""
+    from r2f.data.loader import load_split
+    from r2f.methods import unlearn
+
+    forget, kept = load_split(world_dir, "forget10"), load_split(world_dir, "retain90")[:48]
+    out = unlearn(str(tiny_models["full"]), world_dir / "forget10.jsonl", world_dir / "retain90.jsonl",
+                  method="r2f", decoder=proxy_decoder, out=tmp_path / "out", seed=0, steps=12, **options)
+    man = json.loads((out / "manifest.json").read_text())
+    guard, tol = man["method_info"]["guard"], man["config"]["options"]["guard_tol"]
+    prev = guard["nll_start"]
+    for entry in man["log"]:
+        if entry["step_size"] > 0:
+            assert entry["guard_nll"] - prev <= tol + 1e-6 and entry["guard_nll"] - guard["nll_start"] <= 0.08 + 1e-6
+        prev = entry["guard_nll"]
+    assert answer_prob(out, forget) < 0.9 * answer_prob(tiny_models["full"], forget), man["steps"]
+    assert answer_prob(out, kept) >= 0.8 * answer_prob(tiny_models["full"], kept)
 
 
 def test_keep_forgotten_removes_exactly_the_relapsing_component():

@@ -320,14 +320,16 @@ def test_evaluate_realfacts_reads_the_process_group_once_and_hands_it_down(tiny,
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_candidate_nll_equals_pairwise_scoring(tiny, batch_size):
     """The shared-prompt pass gives every candidate the NLL̄ that scoring each (question, answer) pair alone gives:
-    prompts of different lengths, different numbers of candidates, answers of different lengths, any chunking."""
-    from r2f.data.templates import PromptTemplate
+    prompts of different lengths, different numbers of candidates, answers of different lengths, candidates that
+    begin alike (their common lead joins the prompt) or one the start of another, any chunking."""
+    from r2f.data.templates import PromptTemplate, answer_ids
     from r2f.eval.scoring import score_pairs
 
     _, tok, model = tiny
-    questions = ["What is the capital of Aland?", "Name the coin of Bland, please?", "Which?", "What is the capital of Aland?"]
+    questions = ["What is the capital of Aland?", "Name the coin of Bland, please?", "Which?", "What is the capital of Aland?",
+                 "Which?"]
     candidates = [["It is Ax.", "It is Bx.", "Dx"], ["The coin is by.", "ay"], ["Fe", "Iron is Fe, the element.", "Au", "I"],
-                  ["Cx."]]
+                  ["Cx."], ["Iron is Fe.", "Iron is Fe, the element.", "Iron is Fe"]]
     template = PromptTemplate("qa")
     assert RF.shares_prompts(model)
     got = RF.candidate_nll(model, tok, questions, candidates, template, batch_size=batch_size)
@@ -335,6 +337,8 @@ def test_candidate_nll_equals_pairwise_scoring(tiny, batch_size):
     want = score_pairs(model, tok, flat_q, [a for cands in candidates for a in cands], template)["avg_loss"]
     assert [len(c) for c in got] == [len(c) for c in candidates]
     assert [x for c in got for x in c] == pytest.approx(want, abs=1e-5)
+    leads = [RF._common_lead([answer_ids(tok, a, template) for a in cands]) for cands in candidates]
+    assert leads[0] > 0 and leads[-1] > leads[0] and leads[3] == 0  # shared leads were taken, none for one candidate
 
 
 def test_uniform_stand_in_takes_the_pairwise_path():

@@ -127,16 +127,20 @@ def candidate_nll(model, tokenizer, questions: Sequence[str], candidates: Sequen
     """Mean answer-token NLL of every candidate answer of every question (teacher-forced, EOS included).
 
     The same value as ``score_pairs``' ``avg_loss`` on each (question, candidate) pair, up to float rounding, with
-    each prompt run once: prompts of one length (no padding) go through the model together without their last
-    token, each one's KV cache is repeated for its candidates, and then every candidate runs from the prompt's last
-    token on (right-padded; the padding comes after every token that is scored). At most ``batch_size``
-    candidates per pass, or one question's.
+    each prompt run once: the tokens a question's candidates all begin with ("The capital of X is") join its
+    prompt, as its *lead*; prompts of one length (no padding) go through the model together without their last
+    token, which also scores the lead; each one's KV cache is repeated for its candidates, and then every candidate
+    runs from the prompt's last token on (right-padded; the padding comes after every token that is scored). At
+    most ``batch_size`` candidates per pass, or one question's.
     """
     body, head = _body_and_head(model)
     model.eval()
     dev = next(model.parameters()).device
     prompts = [prompt_ids(tokenizer, q, template) for q in questions]
     answers = [[answer_ids(tokenizer, a, template) for a in cands] for cands in candidates]
+    leads = [_common_lead(cands) for cands in answers]  # every candidate keeps a token of its own
+    prompts = [p + cands[0][:k] if k else p for p, cands, k in zip(prompts, answers, leads)]
+    answers = [[a[k:] for a in cands] for cands, k in zip(answers, leads)]
     out = [[float("nan")] * len(cands) for cands in candidates]
     by_length: dict[int, list[int]] = {}
     for j, p in enumerate(prompts):
@@ -154,9 +158,16 @@ def candidate_nll(model, tokenizer, questions: Sequence[str], candidates: Sequen
             continue
         context = len(prompts[chunk[0]]) - 1
         past = None
+        lead_nll = [0.0] * len(chunk)
         if context > 0:
             ids = torch.tensor([prompts[j][:-1] for j in chunk], device=dev)
-            past = body(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).cache
+            out_ = body(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            past = out_.cache
+            for k, j in enumerate(chunk):  # position t predicts token t + 1: the lead's tokens end the prompt
+                if leads[j]:
+                    target = torch.tensor(prompts[j][context + 1 - leads[j]:], device=dev)
+                    logits = head(out_.last_hidden_state[k, context - leads[j]:context]).float()
+                    lead_nll[k] = float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             past.batch_select_indices(torch.tensor([k for k, j in enumerate(chunk) for _ in answers[j]], device=dev))
         seqs = [[prompts[j][-1], *answers[j][c]] for j, c in owners]
         width = max(len(s) for s in seqs)
@@ -175,10 +186,23 @@ def candidate_nll(model, tokenizer, questions: Sequence[str], candidates: Sequen
         nll = torch.nn.functional.cross_entropy(head(hidden[keep]).float(), labels[keep], reduction="none")
         sums = torch.zeros(len(seqs), dtype=nll.dtype, device=nll.device).index_add(0, keep.nonzero(as_tuple=True)[0], nll)
         counts = keep.sum(1)
+        row_of = {j: k for k, j in enumerate(chunk)}
         for r, (j, c) in enumerate(owners):
             if counts[r] > 0:
-                out[j][c] = float(sums[r] / counts[r])
+                out[j][c] = (lead_nll[row_of[j]] + float(sums[r])) / (leads[j] + int(counts[r]))
     return out
+
+
+def _common_lead(answers: Sequence[list[int]]) -> int:
+    """How many leading tokens all of a question's candidate answers share, short of any one's last token (each
+    must keep one to be scored on its own), when it has two or more candidates; else 0."""
+    if len(answers) < 2:
+        return 0
+    k = 0
+    shortest = min(len(a) for a in answers) - 1
+    while k < shortest and all(a[k] == answers[0][k] for a in answers):
+        k += 1
+    return k
 
 
 def _windows(ids: list[int], bos: int | None, width: int) -> list[list[int]]:

@@ -27,6 +27,7 @@ import torch
 from r2f.data.batching import is_documents
 from r2f.data.schema import QAItem
 from r2f.eval.scoring import generate_answers
+from r2f.methods.reference import coarse_kl
 from r2f.models.answer_nll import answer_token_logits, row_sums
 
 GENERATED_SOURCE = "generated"
@@ -166,11 +167,46 @@ class DriftReference:
         per_item, hits, tokens = [], 0, 0
         for b, (ids, logp_start) in zip(batches, self.top, strict=True):
             logits, target, rows, counts = answer_token_logits(model, b)
-            logp_now = torch.log_softmax(logits.float(), -1).gather(1, ids)
-            p_start = logp_start.exp()
-            tail_start = (1 - p_start.sum(1)).clamp_min(1e-12)
-            tail_now = (1 - logp_now.exp().sum(1)).clamp_min(1e-12)
-            kl = (p_start * (logp_start - logp_now)).sum(1) + tail_start * (tail_start.log() - tail_now.log())
+            kl = coarse_kl(logp_start, torch.log_softmax(logits.float(), -1).gather(1, ids))
             per_item.append(row_sums(kl, rows, counts.shape[0]) / counts.clamp_min(1))
             hits, tokens = hits + int((logits.argmax(-1) == target).sum()), tokens + int(counts.sum())
         return float(torch.cat(per_item).mean()), hits / max(tokens, 1)
+
+
+class RankGuard:
+    """The guard items' true answers against wrong candidates (``guard_measure=rank``): :meth:`scores` gives the
+    share of items whose true answer does not rank first by mean answer-token NLL (a tie is not first), as
+    ``r2f eval --bench realfacts``' *known* metric reads a fact.
+
+    Why a rank and not the mean answer NLL: the guard items' answers share their wording ("The capital of … is
+    …"), which the retain-descent term fits at no cost to what the model knows, so their mean NLL falls while
+    facts are lost (realfacts request 0: 341 of 364 guard facts still first while the mean NLL fell 0.88 → 0.26).
+    The wrong candidates share that wording, so a rank reads the facts alone. An item's candidates are its
+    ``perturbed_answer``\\ s, else the answers of ``n_other`` other guard items (the next ones, cyclically, whose
+    answer differs), which share the format and carry other facts.
+    """
+
+    def __init__(self, items: Sequence[QAItem], tokenizer, template, n_other: int = 3) -> None:
+        answers = [it.answer for it in items]
+        self.questions = [it.question for it in items]
+        self.candidates: list[list[str]] = []
+        for i, it in enumerate(items):
+            wrong = [a for a in it.perturbed_answer if a.strip() != it.answer.strip()]
+            if not wrong:
+                others = (answers[(i + k) % len(items)] for k in range(1, len(items)))
+                wrong = [a for a in others if a.strip() != it.answer.strip()][:n_other]
+            self.candidates.append([it.answer, *wrong])
+        self.tokenizer, self.template = tokenizer, template
+
+    @torch.no_grad()
+    def scores(self, model) -> tuple[float, float]:
+        """(share of items whose true answer is not first, mean margin: best wrong NLL̄ − true NLL̄, in nats);
+        items without a wrong candidate are left out."""
+        from r2f.eval.realfacts import answer_rank, candidate_nll  # eval imports methods' modules: import late
+
+        per = candidate_nll(model, self.tokenizer, self.questions, self.candidates, self.template)
+        scored = [(p[0], p[1:]) for p in per if len(p) > 1]
+        if not scored:
+            return 0.0, float("nan")
+        lost = sum(answer_rank(c, w) > 1 for c, w in scored) / len(scored)
+        return lost, sum(min(w) - c for c, w in scored) / len(scored)

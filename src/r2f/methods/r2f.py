@@ -56,13 +56,13 @@ from r2f.methods.answer_tokens import fact_labels, format_token_ids
 from r2f.methods.baselines import register_reference
 from r2f.methods.config import MethodConfig, option
 from r2f.methods.engine import Engine, QABatch, StepContext, UpdateMethod, register
-from r2f.methods.guard import (GENERATED_SOURCE, RENAMED_SOURCE, DriftReference, self_answered_items,
+from r2f.methods.guard import (GENERATED_SOURCE, RENAMED_SOURCE, DriftReference, RankGuard, self_answered_items,
                                self_made_retain)
 from r2f.methods.losses import npo_loss, seq_mean, sequence_nll, token_mean_nll
-from r2f.methods.reference import ReferenceNLL
+from r2f.methods.reference import ReferenceNLL, ReferenceTopK, coarse_kl
 from r2f.methods.rmu import activation_distance, control_vector, layer_output
 from r2f.methods.wga import wga_loss
-from r2f.models.answer_nll import answer_token_nll_flat, answer_token_scores, row_sums
+from r2f.models.answer_nll import answer_token_logits, answer_token_nll_flat, answer_token_scores, row_sums
 
 #: Largest relative step the line search tries (a 5 % change of the probed weights in one step).
 MAX_ETA = 0.05
@@ -72,6 +72,9 @@ GUARD_BUDGET = 0.08
 #: model predicts almost surely, so the same mean rise is a larger change on the tokens that carry facts (chosen on
 #: world 0 of 0.08 and 0.04; validated on fresh worlds 32 and 33: BENCHMARKS.md, "Documents as forget data").
 DOCUMENT_GUARD_BUDGET = 0.04
+#: ``guard_measure=rank``: ``guard_budget``'s default, the share of the guard items whose true answer may stop ranking
+#: first over the run (``guard_tol``, 0.02, is the same share in one step).
+RANK_BUDGET = 0.05
 
 
 @dataclass(frozen=True)
@@ -107,16 +110,24 @@ class R2FConfig(MethodConfig):
         "auto", "guard data: auto (the file, else renamed, else generated) | file | renamed (the forget questions "
                 "about made-up people, answered by the target) | generated (its answers to generic questions)")
     retain_weight: float = option(3.0, "λ of the added retain-descent term (relative to ‖D_f‖)")
+    retain_loss: Literal["nll", "kl"] = option(
+        "nll", "the retain direction's loss: nll (the retain answers' NLL) | kl (KL of the starting model's next-token "
+               "distributions on the retain answers to the current ones: it pulls back what moved, and does not fit "
+               "the answers' shared wording)")
     step_rule: Literal["search", "schedule"] = option(
         "search", "search (guarded line search, η adapts) | schedule (cosine decay from η)")
-    guard_measure: Literal["nll", "kl"] = option(
+    guard_measure: Literal["nll", "kl", "rank"] = option(
         "nll", "search: what the guard bounds on its items: nll (their answer NLL) | kl (KL of the starting model's "
                "next-token distributions to the current ones; on generated text it lies on nll's trade-off curve, "
-               "docs/methods.md)")
-    guard_tol: float = option(0.02, "search: largest rise of the guard NLL (nats/token) one step may cause")
+               "docs/methods.md) | rank (share of items whose true answer no longer ranks first among wrong "
+               "candidates — their perturbed answers, else other items' answers — with the collateral watch's NLL "
+               "bounded by 0.08 over the run in the same search)")
+    guard_tol: float = option(0.02, "search: largest rise of the guard measure one step may cause (nats/token; rank: "
+                                    "share of the items)")
     guard_budget: float | None = option(
-        None, "search: largest rise of the guard NLL over the whole run (default 0.08, r2f bench's choice; 0.04 when "
-              "the forget data are documents, whose units' mean NLL dilutes a change over their every token)")
+        None, "search: largest rise of the guard measure over the whole run (default 0.08, r2f bench's choice; 0.04 "
+              "when the forget data are documents, whose units' mean NLL dilutes a change over their every token; "
+              "rank: 0.05)")
     backtracks: int = option(4, "search: halvings of η tried before the step is given up (as many doublings too)")
     patience: int | None = option(None, "search: steps in a row without an acceptable η before the run stops "
                                         "(default: one pass over the forget batches)")
@@ -144,6 +155,10 @@ class R2FConfig(MethodConfig):
     stats_items: int = option(64, "retain items the Σ statistics are collected over")
     forgotten: str | None = option(
         None, "QA file of items earlier requests unlearned (r2f ledger passes it): kept forgotten (docs/methods.md)")
+    hold: Literal["earlier", "run"] = option(
+        "earlier", "items a step may not bring back (its part that would lower their NLL is removed): earlier "
+                   "(`forgotten`'s only) | run (also this run's forget items: each step the batch of them whose "
+                   "fact-token NLL rose least since the start)")
     sigma_damp: float = option(0.05, "precondition=sigma: δ ÷ the mean eigenvalue of Σ_keep")
     keep_text: Literal["guard+generated", "guard"] = option(
         "guard+generated", "precondition=sigma: Σ_keep's text: the guard's retain items and, when a retain file is "
@@ -183,6 +198,7 @@ class R2F(UpdateMethod):
         model = engine.model
         self.probe = self._checked_probe(gradients, model)
         self.guard_source = self._retain_data(engine, model)
+        self.retain_ref = self._retain_reference(engine, model) if self.config.retain_loss == "kl" else None
         self.format_ids = self._format_ids(engine)
         self.ref: ReferenceNLL | None = register_reference(
             engine, model, self.views, relabel=None if self.format_ids is None else self._fact_labels) \
@@ -199,8 +215,16 @@ class R2F(UpdateMethod):
         self.groups, self.group_thresholds = self._request_groups(engine, model)
         self.window = max(1, int(self.config.stop_window))
         self.engine = engine
-        self.guard_budget = float(self.config.guard_budget) if self.config.guard_budget is not None else \
-            DOCUMENT_GUARD_BUDGET if is_documents(engine.forget) else GUARD_BUDGET
+        # the collateral watch's budget in nats/token; the guard's own tolerance and budget in the guard's unit
+        self.watch_budget = DOCUMENT_GUARD_BUDGET if is_documents(engine.forget) else GUARD_BUDGET
+        ranked = self.config.guard_measure == "rank"
+        if self.config.guard_budget is not None:
+            self.guard_budget = float(self.config.guard_budget)
+        else:
+            self.guard_budget = RANK_BUDGET if ranked else self.watch_budget
+        if not ranked and self.config.guard_budget is not None:
+            self.watch_budget = self.guard_budget
+        self.guard_tol = float(self.config.guard_tol)
         # the collateral watch (past_threshold=while_clean): the target's own answers to the generic questions and
         # their NLL at the start; None when there is no threshold, or the generic answers are the guard itself
         self.watch_items, self.watch_start = self._watch(engine, model)
@@ -212,11 +236,22 @@ class R2F(UpdateMethod):
         if self.guard_measure == "kl" and self.guard_set:
             self.drift = DriftReference()
             self.drift.record(model, self._guard_batches())
+        self.rank: RankGuard | None = None
+        if self.guard_measure == "rank" and self.guard_set:
+            from r2f.eval.realfacts import shares_prompts  # eval imports methods' modules: import late
+            if not shares_prompts(model) or engine.dp.active:
+                raise R2FInputError("guard_measure=rank needs a Hugging Face causal LM on one process",
+                                    source="guard_measure")
+            self.rank = RankGuard(self.guard_set, engine.tokenizer, engine.template)
         self.guard_start, self.guard_top1_start = self._guard_scores(model) if self.guard_set else (None, None)
         self.last_guard: float | None = self.guard_start
         # items earlier requests unlearned (r2f ledger): the step may not bring them back (_keep_forgotten)
         self.forgotten_items = load_items(self.config.forgotten) if self.config.forgotten else []
         self.forgotten_item_start = self._forgotten_nlls(model) if self.forgotten_items else None
+        # hold=run: this run's forget items too, read on the forget loss's tokens (their fact tokens by default)
+        if self.config.hold == "run" and is_documents(engine.forget):
+            raise R2FInputError("hold=run reads QA forget items, not documents", source="hold")
+        self.held_start = self._held_nlls(model) if self.config.hold == "run" else None
         self.next_eta: float | None = None
         self.halt: str | None = None
         self.failed_in_row = 0  # line searches in a row that found no step (checkpointed)
@@ -337,7 +372,7 @@ class R2F(UpdateMethod):
                                 "keep": self.keep_info,
                                 "watch": None if self.watch_items is None else {
                                     "items": len(self.watch_items), "nll_start": self.watch_start,
-                                    "budget": self.guard_budget}}
+                                    "budget": self.watch_budget}}
         if self.steer is not None:
             info["steering"] = self.steer[2]
         spec = self.options.get("decoder") or DEFAULT_DECODER
@@ -380,8 +415,10 @@ class R2F(UpdateMethod):
         what it should keep (world facts 0.29× on world 1 with retain90). What tells them apart at the threshold is
         how much the model's answers to unrelated generic questions have moved: +0.6 nats/token on ``small`` worlds
         0 and 1, +0.01 on SmolLM2 worlds 0 and 28 (docs/methods.md, "Thirteenth round")."""
-        if (self.threshold is None or self.config.past_threshold != "while_clean" or self.config.step_rule != "search"
-                or self.guard_source == GENERATED_SOURCE):
+        # guard_measure=rank bounds the watch in every line search, so it needs no threshold
+        needed = self.config.guard_measure == "rank" or (
+            self.threshold is not None and self.config.past_threshold == "while_clean")
+        if not needed or self.config.step_rule != "search" or self.guard_source == GENERATED_SOURCE:
             return None, None
         items = self._generated(engine, model)
         return (items, engine.mean_nll(model, items, chunk=32)) if items else (None, None)
@@ -539,7 +576,32 @@ class R2F(UpdateMethod):
         return -token_mean_nll(s, n, self.engine.dp)
 
     def retain_loss(self, model, batch: dict) -> torch.Tensor:
+        if self.retain_ref is not None and batch.get("input_ids") is not None and self._registered(batch):
+            return self._retain_kl(model, batch)
         return token_mean_nll(*sequence_nll(model, batch), self.engine.dp)
+
+    def _retain_reference(self, engine: Engine, model) -> ReferenceTopK:
+        """retain_loss=kl: the starting model's top-k next tokens on every retain answer, in every retain view."""
+        if is_documents(engine.retain):
+            raise R2FInputError("retain_loss=kl reads QA retain items, not documents", source="retain_loss")
+        ref = ReferenceTopK()
+        for i in range(0, len(engine.retain), 32):
+            ref.add(model, engine.make_batch(engine.retain[i:i + 32]).views(int(self.config.retain_views)))
+        return ref
+
+    def _registered(self, batch: dict) -> bool:
+        try:
+            self.retain_ref.lookup(batch)
+        except KeyError:  # not a retain sequence (earlier requests' items): their NLL
+            return False
+        return True
+
+    def _retain_kl(self, model, batch: dict) -> torch.Tensor:
+        """Mean over the batch's answer tokens of KL(start ‖ now), over the start's top-k tokens and the rest."""
+        logits, _, _, counts = answer_token_logits(model, batch)
+        ids, logp_start = self.retain_ref.lookup(batch)
+        kl = coarse_kl(logp_start, torch.log_softmax(logits.float(), -1).gather(1, ids))
+        return kl.sum() / self.engine.dp.count(counts.sum()).clamp_min(1)
 
     def step_size(self, step: int, total: int, lr: float) -> float:
         if total <= 1:
@@ -558,18 +620,24 @@ class R2F(UpdateMethod):
     # -- the hook ---------------------------------------------------------------------------------
     def update(self, model, forget: QABatch, retain: QABatch | None, ctx: StepContext) -> dict[str, Any]:
         g_f = self.decoded(model, forget.views(self.views), self.forget_loss)
-        g_r = self.decoded(model, retain.views(int(self.config.retain_views)), self.retain_loss) \
-            if (self.config.guard != "none" or self.config.retain_weight) and retain is not None else None
+        use_retain = (self.config.guard != "none" or self.config.retain_weight) and retain is not None
+        if use_retain and self.retain_ref is not None:
+            with torch.no_grad():  # retain_loss=kl: at the starting weights nothing has moved, and there is no direction
+                use_retain = float(self._retain_kl(model, retain.views(1)[0])) > 1e-6
+        g_r = self.decoded(model, retain.views(int(self.config.retain_views)), self.retain_loss) if use_retain else None
         g_o = self.decoded(model, self._forgotten_batch(model).views(1), self.retain_loss) \
             if self.forgotten_items else None
+        g_h = self.decoded(model, self._held_batch(model).views(1), self._held_loss) \
+            if self.held_start is not None else None
         params = dict(model.named_parameters())
         if self.keep_root is not None:  # the guard works in the whitened geometry D·R; mapped back, ΔW ∝ D·Σ_keep⁻¹
             g_f = self._whiten(g_f)
             g_r = None if g_r is None else self._whiten(g_r)
             g_o = None if g_o is None else self._whiten(g_o)
         directions, out = self._guarded_directions(g_f, g_r, params)
-        if g_o is not None:
-            directions = self._keep_forgotten(directions, g_o)
+        for g in (g_o, g_h):
+            if g is not None:
+                directions = self._keep_forgotten(directions, g)
         if self.keep_root is not None:
             directions = self._whiten(directions)
         for name, d in directions.items():  # the engine rolls the step back and retries with a smaller step
@@ -631,6 +699,31 @@ class R2F(UpdateMethod):
         fall = self.forgotten_item_start - self._forgotten_nlls(model)
         order = torch.argsort(fall, descending=True, stable=True)[:k].tolist()
         return self.engine.make_batch([self.forgotten_items[i] for i in order])
+
+    def _held_loss(self, model, batch: dict) -> torch.Tensor:
+        """hold=run: the NLL of the tokens the forget loss reads, whose descent would bring the items back."""
+        return self.retain_loss(model, self._fact_labels(batch) if self.format_ids is not None else batch)
+
+    @torch.no_grad()
+    def _held_nlls(self, model) -> torch.Tensor:
+        """hold=run: per forget item, the mean NLL of the tokens the forget loss reads."""
+        out = []
+        for i in range(0, len(self.engine.forget), 32):
+            inputs = self.engine.make_batch(self.engine.forget[i:i + 32]).inputs
+            s, n = sequence_nll(model, self._fact_labels(inputs) if self.format_ids is not None else inputs)
+            out.append((s / n.clamp_min(1)).float().cpu())
+        return torch.cat(out)
+
+    def _held_batch(self, model) -> QABatch:
+        """hold=run: the ``batch_size`` forget items whose NLL rose least since the start (a step's forget batch
+        rises; the retain-descent term and later batches' steps then gave most of it back: realfacts, BENCHMARKS)."""
+        was_training = model.training
+        model.eval()
+        rise = self._held_nlls(model) - self.held_start
+        model.train(was_training)
+        k = min(len(self.engine.forget), self.engine.config.batch_size)
+        order = torch.argsort(rise, stable=True)[:k].tolist()
+        return self.engine.make_batch([self.engine.forget[i] for i in order])
 
     @staticmethod
     def _keep_forgotten(directions, g_o) -> dict[str, torch.Tensor]:
@@ -707,7 +800,9 @@ class R2F(UpdateMethod):
         model's top-1 prediction (one forward pass)."""
         was_training = model.training
         model.eval()
-        if self.drift is not None:
+        if self.rank is not None:
+            score, top1_share = self.rank.scores(model)  # (share not first, mean margin)
+        elif self.drift is not None:
             score, top1_share = self.drift.scores(model, self._guard_batches())
         else:
             nlls, hits, tokens = [], 0, 0
@@ -750,12 +845,18 @@ class R2F(UpdateMethod):
             self._apply(params, directions, unit, eta, base=base)
             f, (g, acc) = self._forget_batch_nll(model, forget), self._guard_scores(model)
             tried.append({"eta": eta, "forget_nll": f, "guard": g})
+            # a rank guard is blind to how text is worded: the collateral watch's NLL bounds that in the same search
+            watch = self._watch_entry(model).get("watch_rise") if self.rank is not None else None
+            if watch is not None:
+                tried[-1]["watch_rise"] = watch
             if not (math.isfinite(f) and math.isfinite(g)):
                 why = "non-finite loss"
-            elif g - g0 > float(self.config.guard_tol):
-                why = f"guard {measure} rose {g - g0:.4f} > guard_tol {float(self.config.guard_tol):g}"
+            elif g - g0 > self.guard_tol:
+                why = f"guard {measure} rose {g - g0:.4f} > guard_tol {self.guard_tol:g}"
             elif self.guard_start is not None and g - self.guard_start > self.guard_budget:
                 why = f"guard {measure} rose {g - self.guard_start:.4f} in all > guard_budget {self.guard_budget:g}"
+            elif watch is not None and watch > self.watch_budget:
+                why = f"collateral watch rose {watch:.4f} in all > {self.watch_budget:g}"
             elif f <= f0:
                 # within the guard but the forget NLL did not move: the step is too short to show (a very
                 # confident model at the first steps), so try a longer one, short of any η that broke the guard
@@ -803,7 +904,8 @@ class R2F(UpdateMethod):
         forget_all = self._forget_set_entry(model)
         o = float(self._forgotten_nlls(model).mean()) if self.forgotten_items else None
         return {"step_size": eta, "trials": trials, "search": tried, "forget_nll_after": f,
-                "forget_set_nll": forget_all.pop("forget_set_nll"), "guard_nll": g, "guard_top1": acc,
+                "forget_set_nll": forget_all.pop("forget_set_nll"), "guard_nll": g,
+                "guard_margin" if self.rank is not None else "guard_top1": acc,
                 **({"forgotten_nll": o} if o is not None else {}), **forget_all, **self._watch_entry(model)}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
@@ -825,7 +927,7 @@ class R2F(UpdateMethod):
         rise = log[-1].get("watch_rise")
         if rise is None:
             return reached
-        budget = self.guard_budget
+        budget = self.watch_budget
         # no visible collateral yet: forgetting deeper costs nothing the run can see, so it goes on
         return f"{reached}; the collateral watch rose {rise:.4f} > {budget:g}" if rise > budget else None
 
