@@ -215,15 +215,13 @@ class R2F(UpdateMethod):
         self.groups, self.group_thresholds = self._request_groups(engine, model)
         self.window = max(1, int(self.config.stop_window))
         self.engine = engine
-        # the collateral watch's budget in nats/token; the guard's own tolerance and budget in the guard's unit
-        self.watch_budget = DOCUMENT_GUARD_BUDGET if is_documents(engine.forget) else GUARD_BUDGET
+        # the guard's tolerance and budget are in the guard's unit; the collateral watch's budget in nats/token is
+        # the NLL guard's (guard_budget, or its default) and stays at the default under a rank guard
+        nll_budget = DOCUMENT_GUARD_BUDGET if is_documents(engine.forget) else GUARD_BUDGET
         ranked = self.config.guard_measure == "rank"
-        if self.config.guard_budget is not None:
-            self.guard_budget = float(self.config.guard_budget)
-        else:
-            self.guard_budget = RANK_BUDGET if ranked else self.watch_budget
-        if not ranked and self.config.guard_budget is not None:
-            self.watch_budget = self.guard_budget
+        chosen = None if self.config.guard_budget is None else float(self.config.guard_budget)
+        self.guard_budget = chosen if chosen is not None else RANK_BUDGET if ranked else nll_budget
+        self.watch_budget = nll_budget if ranked or chosen is None else chosen
         self.guard_tol = float(self.config.guard_tol)
         # the collateral watch (past_threshold=while_clean): the target's own answers to the generic questions and
         # their NLL at the start; None when there is no threshold, or the generic answers are the guard itself
@@ -576,8 +574,6 @@ class R2F(UpdateMethod):
         return -token_mean_nll(s, n, self.engine.dp)
 
     def retain_loss(self, model, batch: dict) -> torch.Tensor:
-        if self.retain_ref is not None and batch.get("input_ids") is not None and self._registered(batch):
-            return self._retain_kl(model, batch)
         return token_mean_nll(*sequence_nll(model, batch), self.engine.dp)
 
     def _retain_reference(self, engine: Engine, model) -> ReferenceTopK:
@@ -588,13 +584,6 @@ class R2F(UpdateMethod):
         for i in range(0, len(engine.retain), 32):
             ref.add(model, engine.make_batch(engine.retain[i:i + 32]).views(int(self.config.retain_views)))
         return ref
-
-    def _registered(self, batch: dict) -> bool:
-        try:
-            self.retain_ref.lookup(batch)
-        except KeyError:  # not a retain sequence (earlier requests' items): their NLL
-            return False
-        return True
 
     def _retain_kl(self, model, batch: dict) -> torch.Tensor:
         """Mean over the batch's answer tokens of KL(start ‖ now), over the start's top-k tokens and the rest."""
@@ -624,7 +613,8 @@ class R2F(UpdateMethod):
         if use_retain and self.retain_ref is not None:
             with torch.no_grad():  # retain_loss=kl: at the starting weights nothing has moved, and there is no direction
                 use_retain = float(self._retain_kl(model, retain.views(1)[0])) > 1e-6
-        g_r = self.decoded(model, retain.views(int(self.config.retain_views)), self.retain_loss) if use_retain else None
+        retain_fn = self.retain_loss if self.retain_ref is None else self._retain_kl
+        g_r = self.decoded(model, retain.views(int(self.config.retain_views)), retain_fn) if use_retain else None
         g_o = self.decoded(model, self._forgotten_batch(model).views(1), self.retain_loss) \
             if self.forgotten_items else None
         g_h = self.decoded(model, self._held_batch(model).views(1), self._held_loss) \
@@ -695,10 +685,13 @@ class R2F(UpdateMethod):
     def _forgotten_batch(self, model) -> QABatch:
         """The step's batch of earlier requests' items: the ``batch_size`` whose NLL fell most since this run
         started (the ones coming back; a fixed batch in turn protected only itself and let others return)."""
-        k = min(len(self.forgotten_items), self.engine.config.batch_size)
-        fall = self.forgotten_item_start - self._forgotten_nlls(model)
-        order = torch.argsort(fall, descending=True, stable=True)[:k].tolist()
-        return self.engine.make_batch([self.forgotten_items[i] for i in order])
+        return self._coming_back(self.forgotten_items, self.forgotten_item_start, self._forgotten_nlls(model))
+
+    def _coming_back(self, items, start: torch.Tensor, now: torch.Tensor) -> QABatch:
+        """The ``batch_size`` of ``items`` whose NLL fell most (rose least) from ``start`` to ``now``."""
+        k = min(len(items), self.engine.config.batch_size)
+        order = torch.argsort(start - now, descending=True, stable=True)[:k].tolist()
+        return self.engine.make_batch([items[i] for i in order])
 
     def _held_loss(self, model, batch: dict) -> torch.Tensor:
         """hold=run: the NLL of the tokens the forget loss reads, whose descent would bring the items back."""
@@ -719,11 +712,9 @@ class R2F(UpdateMethod):
         rises; the retain-descent term and later batches' steps then gave most of it back: realfacts, BENCHMARKS)."""
         was_training = model.training
         model.eval()
-        rise = self._held_nlls(model) - self.held_start
+        now = self._held_nlls(model)
         model.train(was_training)
-        k = min(len(self.engine.forget), self.engine.config.batch_size)
-        order = torch.argsort(rise, stable=True)[:k].tolist()
-        return self.engine.make_batch([self.engine.forget[i] for i in order])
+        return self._coming_back(self.engine.forget, self.held_start, now)
 
     @staticmethod
     def _keep_forgotten(directions, g_o) -> dict[str, torch.Tensor]:
@@ -837,6 +828,7 @@ class R2F(UpdateMethod):
         eta = min(self.next_eta * ctx.engine.step_scale if self.next_eta is not None else ctx.lr, MAX_ETA)
         accepted, why, trials = False, "", 0
         f = g = acc = float("nan")
+        watch: float | None = None  # the collateral watch's rise at the trial's weights (rank guard only)
         too_big: float | None = None  # the smallest η seen to break the guard this step
         measure = self.guard_measure.upper()
         halvings = 0
@@ -906,7 +898,9 @@ class R2F(UpdateMethod):
         return {"step_size": eta, "trials": trials, "search": tried, "forget_nll_after": f,
                 "forget_set_nll": forget_all.pop("forget_set_nll"), "guard_nll": g,
                 "guard_margin" if self.rank is not None else "guard_top1": acc,
-                **({"forgotten_nll": o} if o is not None else {}), **forget_all, **self._watch_entry(model)}
+                **({"forgotten_nll": o} if o is not None else {}), **forget_all,
+                # a rank guard's search measured the watch at these weights already
+                **({"watch_rise": watch} if watch is not None else self._watch_entry(model))}
 
     def should_stop(self, ctx: StepContext, log: list[dict]) -> str | None:
         if self.halt is not None:
