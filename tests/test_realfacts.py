@@ -441,3 +441,31 @@ def test_smollm2_as_shipped_knows_the_kept_facts(shipped):
         known = [v["known"] for v in RF.known_by_index(ctx, "kept").values()]
         assert len(known) == len(shipped.kept)
         assert sum(known) / len(known) >= 0.95, kind
+
+
+def test_step_specificity_masks_the_weight_gradient_to_the_chosen_positions():
+    """benchmarks/realfacts_step_specificity.py's position mask: the weight gradient is Σₜ mₜ·δₜxₜᵀ (by hand), the
+    forward value and the gradient reaching the input stay those of the plain layer."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from realfacts_step_specificity import MaskedWeightGradients, token_span
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    upstream = torch.randn(2, 5, 3)
+    plain = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    (plain * upstream).sum().backward()
+    plain_x_grad = x.grad.clone()
+    x.grad = None
+    lin.zero_grad(set_to_none=True)
+    masker = MaskedWeightGradients([lin])
+    masker.mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.float32)
+    y = lin(x)
+    (y * upstream).sum().backward()
+    by_hand = upstream[0, 1:3].T @ x[0, 1:3].detach() + upstream[1, 4:].T @ x[1, 4:].detach()
+    assert torch.allclose(y, plain) and torch.allclose(x.grad, plain_x_grad, atol=1e-6)
+    assert torch.allclose(lin.weight.grad, by_hand, atol=1e-6)
+    assert token_span([5, 1, 2, 7, 1, 2], [1, 2], 0, 6) == [4, 5]  # the last occurrence
+    assert token_span([5, 1, 2, 7, 1, 2], [1, 2], 0, 4) == [1, 2] and token_span([5, 1], [1, 2], 0, 2) is None
