@@ -10,11 +10,14 @@ direction (each a positional argument):
   decoder, its guard and keep-whitening; the ``-o`` values replace options), captured where R2F applies it and
   scaled as R2F scales it (η = relative change of the probed weights, the line search's first trial is 0.004). Its
   forget batch is the step's 8 facts, so the forget share can fall by at most 8/34 from the step's own batch.
-- ``exact[:positions=all|subject|last,modules=all|mlp,project=K]``: the exact gradient of the fact-token NLL (the
-  tokens of each answer's short ``target``) of *all* forget facts, one view, stepped along +gradient with
-  η·‖W‖/‖D‖ over the chosen projections; ``positions`` keeps only the weight-gradient terms δₜxₜᵀ at the
-  question's subject tokens (or its last one, as locate-then-edit methods do); ``project=K`` removes the part of the
-  direction in the span of K retain facts' own gradients per relation of the request (retain split: never scored).
+- ``exact[:positions=all|subject|last,modules=all|mlp,project=K,steps=N,repair=L]``: the exact gradient of the
+  fact-token NLL (the tokens of each answer's short ``target``) of *all* forget facts, one view, stepped along
+  +gradient with η·‖W‖/‖D‖ over the chosen projections; ``positions`` keeps only the weight-gradient terms δₜxₜᵀ at
+  the question's subject tokens (or its last one, as locate-then-edit methods do); ``project=K`` removes the part of
+  the direction in the span of K retain facts' own gradients per relation of the request (retain split: never
+  scored). ``steps=N`` (no ``project``) takes N steps of η instead, the gradient taken again before each, and
+  ``repair=L`` subtracts L times the unit fact-token NLL gradient of 16 random retain facts from each unit step
+  (a retain-descent term); the shares are read after the N-th step.
 
     python benchmarks/realfacts_step_specificity.py --out /tmp/spec --request 1 r2f r2f:sigma_damp=0.005
     python benchmarks/realfacts_step_specificity.py --out /tmp/spec --request 1 --etas 0.0003,0.001,0.002 \\
@@ -148,6 +151,47 @@ def exact_direction(model, tokenizer, template, bench, opts) -> tuple[dict[str, 
     return {n: -v for n, v in out.items()}, info  # applied as W ← W − η·D, like R2F's step
 
 
+def iterated_exact(model, tokenizer, template, bench, opts, spec, etas, known) -> dict:
+    """``exact:...,steps=N[,repair=L]``: per η, N re-linearised steps from the starting weights, then the shares."""
+    import random
+
+    if "project" in opts:
+        raise SystemExit(f"direction {spec!r}: steps= does not take project=")
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("_proj")]
+    if opts.get("modules", "all") == "mlp":
+        modules = [(n, m) for n, m in modules if ".mlp." in n]
+    params = {n + ".weight": m.weight for n, m in modules}
+    start = {n: p.detach().clone() for n, p in params.items()}
+    masker = MaskedWeightGradients([m for _, m in modules])
+    _, forget = bench.split("forget")
+    _, retain = bench.split("retain")
+    enc, masks = encode_facts(tokenizer, template, forget)
+    positions, repair = opts.get("positions", "all"), float(opts.get("repair", 0))
+    w_norm = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params.values()))
+    row = {"direction": spec, "by_eta": {}}
+    t0 = time.perf_counter()
+    for eta in etas:
+        rng = random.Random(0)
+        for _ in range(int(opts["steps"])):
+            d = fact_nll_gradient(model, params, enc, masker, None if positions == "all" else masks[positions])
+            d = d / d.norm()
+            if repair:
+                r = fact_nll_gradient(model, params, encode_facts(tokenizer, template, rng.sample(retain, 16))[0],
+                                      masker, None)
+                d = d - repair * r / r.norm()
+            off = 0
+            with torch.no_grad():
+                for p in params.values():
+                    p.add_(eta * w_norm * d[off:off + p.numel()].view_as(p))
+                    off += p.numel()
+        row["by_eta"][str(eta)] = known()
+        print(spec, eta, row["by_eta"][str(eta)], f"{time.perf_counter() - t0:.0f} s", flush=True)
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+    return row
+
+
 def r2f_direction(prep, cfg, opts, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """``r2f:...``: the guarded, whitened direction R2F's first step applies, times its unit scale."""
     from r2f.commands.unlearn import _parse_options
@@ -211,6 +255,10 @@ def main(argv: list[str] | None = None) -> None:
             direction, info = r2f_direction(prep, cfg, opts, args.out / "runs" / f"r2f-{len(results)}")
         else:
             direction, info = exact_direction(model, tokenizer, template_for(tokenizer), bench, opts)
+        if kind == "exact" and int(opts.get("steps", 1)) > 1:
+            results.append(iterated_exact(model, tokenizer, template_for(tokenizer), bench, opts, spec, etas, known))
+            (args.out / "specificity.json").write_text(json.dumps({"request": args.request, "rows": results}, indent=1))
+            continue
         row = {"direction": spec, **info, "by_eta": {}}
         for eta in etas:
             with torch.no_grad():
