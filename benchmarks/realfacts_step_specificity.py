@@ -114,8 +114,9 @@ def fact_nll_gradient(model, params, enc, masker, mask) -> torch.Tensor:
     return torch.cat([p.grad.detach().flatten() for p in params.values()])
 
 
-def exact_direction(model, tokenizer, template, bench, opts) -> tuple[dict[str, torch.Tensor], dict]:
-    """``exact:...``: the (masked, projected) fact-token NLL gradient per weight, and its step scale ‖W‖/‖D‖."""
+def exact_setup(model, tokenizer, template, bench, opts):
+    """What both ``exact`` modes read: the chosen projections' weights (their gradients maskable), the forget and
+    retain facts, and the forget facts' batch with its subject masks."""
     modules = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("_proj")]
     if opts.get("modules", "all") == "mlp":
         modules = [(n, m) for n, m in modules if ".mlp." in n]
@@ -125,7 +126,13 @@ def exact_direction(model, tokenizer, template, bench, opts) -> tuple[dict[str, 
     _, retain = bench.split("retain")
     enc, masks = encode_facts(tokenizer, template, forget)
     positions = opts.get("positions", "all")
-    d = fact_nll_gradient(model, params, enc, masker, None if positions == "all" else masks[positions])
+    return params, masker, forget, retain, enc, None if positions == "all" else masks[positions]
+
+
+def exact_direction(model, tokenizer, template, bench, opts) -> tuple[dict[str, torch.Tensor], dict]:
+    """``exact:...``: the (masked, projected) fact-token NLL gradient per weight, and its step scale ‖W‖/‖D‖."""
+    params, masker, forget, retain, enc, mask = exact_setup(model, tokenizer, template, bench, opts)
+    d = fact_nll_gradient(model, params, enc, masker, mask)
     info = {}
     k = int(opts.get("project", 0))
     if k:
@@ -157,23 +164,16 @@ def iterated_exact(model, tokenizer, template, bench, opts, spec, etas, known) -
 
     if "project" in opts:
         raise SystemExit(f"direction {spec!r}: steps= does not take project=")
-    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("_proj")]
-    if opts.get("modules", "all") == "mlp":
-        modules = [(n, m) for n, m in modules if ".mlp." in n]
-    params = {n + ".weight": m.weight for n, m in modules}
+    params, masker, _, retain, enc, mask = exact_setup(model, tokenizer, template, bench, opts)
     start = {n: p.detach().clone() for n, p in params.items()}
-    masker = MaskedWeightGradients([m for _, m in modules])
-    _, forget = bench.split("forget")
-    _, retain = bench.split("retain")
-    enc, masks = encode_facts(tokenizer, template, forget)
-    positions, repair = opts.get("positions", "all"), float(opts.get("repair", 0))
+    repair = float(opts.get("repair", 0))
     w_norm = torch.sqrt(sum((p.detach().float() ** 2).sum() for p in params.values()))
     row = {"direction": spec, "by_eta": {}}
     t0 = time.perf_counter()
     for eta in etas:
         rng = random.Random(0)
         for _ in range(int(opts["steps"])):
-            d = fact_nll_gradient(model, params, enc, masker, None if positions == "all" else masks[positions])
+            d = fact_nll_gradient(model, params, enc, masker, mask)
             d = d / d.norm()
             if repair:
                 r = fact_nll_gradient(model, params, encode_facts(tokenizer, template, rng.sample(retain, 16))[0],
